@@ -1,0 +1,30 @@
+"""fastopt: fused, in-place, compiled optimizer updates for large flat arrays.
+
+Each rule is a class with torch.optim's names, defaults and formulas (``SGD``, ``Adagrad``,
+``RMSprop``, ``Adam``, ``AdamW``) and a functional step (``adam_step`` and so on) for code
+that manages its own state. The updates are numba kernels: one multithreaded, vectorized,
+in-place pass over parameter, gradient and state. ``fastopt.reference`` holds the plain NumPy
+implementation of every rule.
+"""
+
+from fastopt.optimizer import Optimizer
+from fastopt.rules.adagrad import Adagrad, adagrad_step
+from fastopt.rules.adam import Adam, AdamW, adam_step
+from fastopt.rules.rmsprop import RMSprop, rmsprop_step
+from fastopt.rules.sgd import SGD, sgd_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Optimizer",
+    "RMSprop",
+    "__version__",
+    "adagrad_step",
+    "adam_step",
+    "rmsprop_step",
+    "sgd_step",
+]

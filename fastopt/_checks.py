@@ -1,0 +1,124 @@
+"""Validation at the public boundary: arrays and hyperparameters.
+
+Every public entry point checks everything here before it writes anything, and raises
+``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong value, shape or memory
+layout) naming the argument, what was expected and what was given. Kernels do no checking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "check_beta",
+    "check_disjoint",
+    "check_flag",
+    "check_fraction",
+    "check_grad",
+    "check_nonnegative",
+    "check_param",
+    "check_state",
+    "check_step",
+]
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_param(name: str, array: object) -> np.ndarray:
+    """A parameter (or state) array: a writeable, C-contiguous float32/float64 ndarray."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(array).__name__}")
+    if array.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}")
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+    if not array.flags.writeable:
+        raise ValueError(f"{name} must be writeable, got a read-only array")
+    return array
+
+
+def check_grad(name: str, grad: object, param: np.ndarray) -> np.ndarray:
+    """A gradient: a C-contiguous array of its parameter's dtype and shape, not aliasing it."""
+    if not isinstance(grad, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(grad).__name__}")
+    if grad.dtype != param.dtype:
+        raise TypeError(f"{name} must have the parameter's dtype {param.dtype}, got {grad.dtype}")
+    if grad.shape != param.shape:
+        raise ValueError(f"{name} must have the parameter's shape {param.shape}, got {grad.shape}")
+    if not grad.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+    if np.may_share_memory(grad, param):
+        raise ValueError(f"{name} shares memory with its parameter; pass a separate array")
+    return grad
+
+
+def check_state(name: str, array: object, param: np.ndarray) -> np.ndarray:
+    """A state array: writeable, C-contiguous, of its parameter's dtype and size."""
+    check_param(name, array)
+    assert isinstance(array, np.ndarray)
+    if array.dtype != param.dtype:
+        raise TypeError(f"{name} must have the parameter's dtype {param.dtype}, got {array.dtype}")
+    if array.size != param.size:
+        raise ValueError(f"{name} must have the parameter's size {param.size}, got {array.size}")
+    return array
+
+
+def check_disjoint(named_arrays: Sequence[tuple[str, np.ndarray]]) -> None:
+    """No two of the arrays share memory (an update writes some of them)."""
+    for i, (first_name, first) in enumerate(named_arrays):
+        for second_name, second in named_arrays[i + 1 :]:
+            if np.may_share_memory(first, second):
+                raise ValueError(f"{first_name} and {second_name} share memory")
+
+
+def _finite_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"Invalid {name}: {value} (must be finite)")
+    return value
+
+
+def check_nonnegative(name: str, value: object) -> float:
+    """A finite real number ``>= 0``."""
+    value = _finite_real(name, value)
+    if value < 0.0:
+        raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
+    return value
+
+
+def check_beta(name: str, value: object) -> float:
+    """A finite real number in ``[0, 1)``."""
+    value = _finite_real(name, value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"Invalid {name}: {value} (must be in [0, 1))")
+    return value
+
+
+def check_fraction(name: str, value: object) -> float:
+    """A finite real number in ``[0, 1]``."""
+    value = _finite_real(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"Invalid {name}: {value} (must be in [0, 1])")
+    return value
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A bool (numpy bools too)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def check_step(value: object) -> int:
+    """The 1-based count of updates, this one included."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"step must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"Invalid step: {value} (must be >= 1, counting this update)")
+    return int(value)

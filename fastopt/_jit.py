@@ -1,0 +1,91 @@
+"""The one place where numba options are chosen.
+
+Every kernel in fastopt is compiled through the decorators defined here, so that the
+floating-point contract (no ``nnan``/``ninf`` fast-math flags: NaN and Inf must propagate),
+the error model (``"numpy"``: division by zero gives Inf instead of raising, which keeps the
+loops vectorizable) and on-disk caching are the same everywhere. A test checks that no
+kernel bypasses them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numba
+from numba.core import types
+from numba.extending import overload
+
+__all__ = [
+    "FASTMATH_FLAGS",
+    "JIT_OPTIONS",
+    "PARALLEL_THRESHOLD",
+    "as_dtype_of",
+    "elementwise",
+    "kernel",
+    "parallel_kernel",
+    "segment",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# ``contract`` lets LLVM fuse multiply-adds, ``arcp`` turns division by a loop-invariant
+# value into a multiplication, ``nsz`` ignores the sign of zero. None of them changes how
+# NaN or Inf flow through an update.
+FASTMATH_FLAGS = frozenset({"contract", "arcp", "nsz"})
+
+JIT_OPTIONS: dict[str, Any] = {
+    "fastmath": set(FASTMATH_FLAGS),
+    "error_model": "numpy",
+    "boundscheck": False,
+    "nogil": True,
+    "cache": True,
+}
+
+# Below this many elements an update runs on the calling thread: starting the thread pool
+# costs more than the work. Override with the FASTOPT_PARALLEL_THRESHOLD environment variable.
+PARALLEL_THRESHOLD = int(os.environ.get("FASTOPT_PARALLEL_THRESHOLD", 1 << 16))
+
+
+def kernel(fn: F) -> F:
+    """Compile a serial kernel with fastopt's options."""
+    return numba.njit(**JIT_OPTIONS)(fn)
+
+
+def parallel_kernel(fn: F) -> F:
+    """Compile a multithreaded (``prange``) kernel with fastopt's options."""
+    return numba.njit(parallel=True, **JIT_OPTIONS)(fn)
+
+
+def elementwise(fn: F) -> F:
+    """Compile an element-wise update body, inlined into the kernels that call it."""
+    options = {k: v for k, v in JIT_OPTIONS.items() if k != "cache"}
+    return numba.njit(inline="always", **options)(fn)
+
+
+def segment(array, lo, hi):  # pragma: no cover - replaced by the overload below in jitted code
+    """``array[lo:hi]``, or ``None`` when the optional state array is absent."""
+    return None if array is None else array[lo:hi]
+
+
+@overload(segment, inline="always")
+def _segment_overload(array, lo, hi):
+    # Resolved on the argument's type, so a missing state array is pruned at compile time
+    # and the kernel keeps a precise (non-optional) array type that LLVM can vectorize.
+    if isinstance(array, types.NoneType):
+        return lambda array, lo, hi: None
+    return lambda array, lo, hi: array[lo:hi]
+
+
+def as_dtype_of(value, array):  # pragma: no cover - replaced by the overload below
+    """``value`` converted to the element type of ``array``."""
+    return array.dtype.type(value)
+
+
+@overload(as_dtype_of, inline="always")
+def _as_dtype_of_overload(value, array):
+    # Hyperparameters arrive as float64; float32 arrays are updated in float32 arithmetic
+    # (as torch does), so each scalar is rounded once, outside the loop.
+    element_type = array.dtype
+    return lambda value, array: element_type(value)

@@ -1,0 +1,47 @@
+"""Host-side launch of the CPU kernels, and the helpers their drivers share.
+
+Every rule has two drivers with the same arguments ``(bounds, hyper, param, grad, *state)``:
+a serial one for small arrays and a ``prange`` one that splits the flat array into one
+contiguous chunk per thread. ``bounds`` (int64, ``S + 1`` offsets) cuts the arrays into ``S``
+segments and row ``s`` of ``hyper`` (float64, ``S x K``) holds the hyperparameters of segment
+``s``, so one launch can update several parameter groups with different settings.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numba
+import numpy as np
+
+from fastopt._jit import PARALLEL_THRESHOLD, elementwise
+
+__all__ = ["chunk_length", "first_segment", "launch", "single_segment"]
+
+
+@elementwise
+def chunk_length(n, n_chunks):
+    """Elements per chunk, rounded up to whole 64-element (cache-line aligned) blocks."""
+    per_chunk = (n + n_chunks - 1) // n_chunks
+    return (per_chunk + 63) // 64 * 64
+
+
+@elementwise
+def first_segment(bounds, index):
+    """The segment that holds element ``index``."""
+    return np.searchsorted(bounds, index, side="right") - 1
+
+
+@lru_cache(maxsize=256)
+def single_segment(n: int) -> np.ndarray:
+    """The segment table of one array of ``n`` elements (shared: kernels only read it)."""
+    return np.array([0, n], dtype=np.int64)
+
+
+def launch(kernels, bounds, hyper, param, *arrays) -> None:
+    """Run a rule's serial or parallel driver, chosen by the number of elements."""
+    serial, parallel = kernels
+    if param.size < PARALLEL_THRESHOLD:
+        serial(bounds, hyper, param, *arrays)
+    else:
+        parallel(numba.get_num_threads(), bounds, hyper, param, *arrays)

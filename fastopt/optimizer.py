@@ -1,0 +1,392 @@
+"""The optimizer base class: parameter groups, state, checkpoints and the step driver.
+
+A rule (``SGD``, ``Adam``, ...) subclasses :class:`Optimizer` and supplies four things: its
+hyperparameter check, the names of its state arrays, their initial value and the update of one
+array. Everything else (the ``params`` forms, gradient pairing and validation before any write,
+schedules, ``state_dict``) lives here once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, TypeAlias
+
+import numpy as np
+
+from fastopt._checks import check_grad, check_param
+
+__all__ = ["GradsT", "Optimizer", "ParamsT", "ScheduleLike"]
+
+ParamsT: TypeAlias = "np.ndarray | Iterable[np.ndarray] | Iterable[Mapping[str, Any]]"
+GradsT: TypeAlias = "np.ndarray | Sequence[np.ndarray | None]"
+ScheduleLike: TypeAlias = "float | Callable[[int], float]"
+
+
+def _is_scheduled(value: object) -> bool:
+    return callable(value) or (isinstance(value, tuple) and any(callable(v) for v in value))
+
+
+def _evaluate(spec: Any, step: int) -> Any:
+    if isinstance(spec, tuple):
+        return tuple(float(v(step)) if callable(v) else v for v in spec)
+    return float(spec(step))
+
+
+def _as_groups(params: object) -> list[dict[str, Any]]:
+    if isinstance(params, np.ndarray):
+        return [{"params": [params]}]
+    if isinstance(params, (Mapping, str, bytes)) or not isinstance(params, Iterable):
+        raise TypeError(
+            "params must be an ndarray, a list of ndarrays or a list of parameter-group dicts, "
+            f"got {type(params).__name__}"
+        )
+    items = list(params)
+    if not items:
+        raise ValueError("params is empty: the optimizer got no parameters")
+    if all(isinstance(item, Mapping) for item in items):
+        return [dict(item) for item in items]
+    if any(isinstance(item, Mapping) for item in items):
+        raise TypeError("params mixes parameter-group dicts and arrays; use one form")
+    return [{"params": items}]
+
+
+def _overlapping_pair(arrays: Sequence[np.ndarray]) -> tuple[int, int] | None:
+    """Indices of two arrays whose memory overlaps, or None (sorted sweep, O(n log n))."""
+    spans = []
+    for index, array in enumerate(arrays):
+        start = array.__array_interface__["data"][0]
+        spans.append((start, start + array.nbytes, index))
+    spans.sort()
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        if start < end:
+            return first, second
+    return None
+
+
+class Optimizer:
+    """Base class of fastopt's optimizers (torch.optim's vocabulary, NumPy arrays).
+
+    Parameters
+    ----------
+    params
+        One C-contiguous float32/float64 array, a list of them, or a list of parameter-group
+        dicts (``{"params": [...], "lr": ...}``) whose other keys override ``defaults``.
+    defaults
+        The rule's hyperparameters. A value may be a schedule (any callable of the step count,
+        see :mod:`fastopt.schedules`); it is evaluated once per step before the update.
+
+    Attributes
+    ----------
+    param_groups : list of dict
+        The groups with their current hyperparameters; edit them between steps to change the
+        settings (no recompilation). ``group["schedules"]`` holds the scheduled ones.
+    state : dict of int to dict
+        Per-parameter state, keyed by the parameter's position in the flat parameter list.
+    step_count : int
+        Number of completed steps; schedules are evaluated at this value.
+    """
+
+    #: Hyperparameters that may be given per group, in the rule's signature order.
+    hyperparameters: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: ParamsT, defaults: Mapping[str, Any]) -> None:
+        self.defaults = dict(defaults)
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[int, dict[str, Any]] = {}
+        self.step_count = 0
+        self._params: list[np.ndarray] = []
+        self._views: dict[int, dict[str, np.ndarray]] = {}
+        self._hyper_rows: dict[int, np.ndarray] = {}
+        self._checked: list[tuple[Any, ...] | None] = []
+        self._attached: dict[str, Any] = {}
+        for group in _as_groups(params):
+            self.add_param_group(group)
+
+    # ------------------------------------------------------------------ rule interface
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        """Raise ``TypeError``/``ValueError`` if a hyperparameter of ``group`` is invalid."""
+        raise NotImplementedError
+
+    def _state_names(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        """Names of the state arrays a parameter of ``group`` needs."""
+        raise NotImplementedError
+
+    def _initial_value(self, name: str, group: Mapping[str, Any]) -> float:
+        """The value a new state array ``name`` starts from."""
+        return 0.0
+
+    def _update(
+        self,
+        group: Mapping[str, Any],
+        state: dict[str, Any],
+        views: Mapping[str, np.ndarray],
+        grad: np.ndarray,
+        hyper: np.ndarray,
+        created: bool,
+    ) -> None:
+        """Update one parameter in place.
+
+        ``views`` holds flat views of the parameter (``"param"``) and its state arrays,
+        ``grad`` is the flat gradient, ``hyper`` a (1, K) float64 buffer for the kernel's
+        hyperparameter row and ``created`` tells whether the state arrays were just made.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ groups
+    @property
+    def params(self) -> list[np.ndarray]:
+        """All parameters, in the order ``step`` expects their gradients."""
+        return list(self._params)
+
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a group of parameters with its own hyperparameters (torch's semantics)."""
+        if not isinstance(param_group, Mapping):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError("param_group must have a 'params' entry")
+        group = dict(param_group)
+        number = len(self.param_groups)
+        params = group["params"]
+        params = [params] if isinstance(params, np.ndarray) else list(params)
+        if not params:
+            raise ValueError(f"param_groups[{number}] has no parameters")
+        for i, param in enumerate(params):
+            check_param(f"param_groups[{number}]['params'][{i}]", param)
+        unknown = set(group) - set(self.defaults) - {"params", "schedules"}
+        if unknown:
+            raise ValueError(f"param_groups[{number}] has unknown keys {sorted(unknown)}")
+        overlap = _overlapping_pair(self._params + params)
+        if overlap is not None:
+            raise ValueError(
+                "a parameter appears twice (or two parameters share memory): positions "
+                f"{overlap[0]} and {overlap[1]} of the parameter list"
+            )
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        schedules = dict(group.get("schedules", {}))
+        schedules.update(
+            {k: v for k, v in group.items() if k in self.defaults and _is_scheduled(v)}
+        )
+        for key, spec in schedules.items():
+            group[key] = _evaluate(spec, self.step_count)
+        group["schedules"] = schedules
+        group["params"] = params
+        self._check_group(group)
+        self.param_groups.append(group)
+        self._checked.append(self._hyper_key(group))
+        self._params.extend(params)
+
+    def _hyper_key(self, group: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(group[key] for key in self.defaults)
+
+    def attach(self, name: str, obj: Any) -> None:
+        """Carry ``obj.state_dict()`` (a scheduler's, say) in this optimizer's checkpoints."""
+        self._attached[name] = obj
+
+    # ------------------------------------------------------------------ step
+    def _pair_grads(self, grads: GradsT) -> list[np.ndarray | None]:
+        count = len(self._params)
+        if isinstance(grads, np.ndarray):
+            if count != 1:
+                raise TypeError(f"grads must be a list of {count} arrays (one per parameter)")
+            grads = [grads]
+        elif not isinstance(grads, Sequence) or isinstance(grads, (str, bytes)):
+            raise TypeError(f"grads must be an ndarray or a list of them, got {type(grads)}")
+        if len(grads) != count:
+            raise ValueError(f"grads has {len(grads)} entries, expected {count} (one per param)")
+        for index, (grad, param) in enumerate(zip(grads, self._params, strict=False)):
+            if grad is not None:
+                check_grad(f"grads[{index}]", grad, param)
+        return list(grads)
+
+    def _refresh_hyperparameters(self) -> None:
+        for number, group in enumerate(self.param_groups):
+            for key, spec in group["schedules"].items():
+                group[key] = _evaluate(spec, self.step_count)
+            key = self._hyper_key(group)
+            if key != self._checked[number]:
+                self._check_group(group)
+                self._checked[number] = key
+
+    def _prepare_state(self, index: int, param: np.ndarray, group: Mapping[str, Any]) -> bool:
+        state = self.state.setdefault(index, {"step": 0})
+        missing = [name for name in self._state_names(group) if name not in state]
+        for name in missing:
+            state[name] = np.full_like(param, self._initial_value(name, group))
+        if missing or index not in self._views:
+            self._refresh_views(index)
+        return bool(missing)
+
+    def _refresh_views(self, index: int) -> None:
+        views = {"param": self._params[index].reshape(-1)}
+        views.update(
+            (name, value.reshape(-1))
+            for name, value in self.state[index].items()
+            if isinstance(value, np.ndarray)
+        )
+        self._views[index] = views
+
+    def step(self, grads: GradsT) -> None:
+        """Update every parameter in place from its gradient.
+
+        Parameters
+        ----------
+        grads
+            One gradient per parameter, in the order of :attr:`params` (an ndarray when there
+            is a single parameter). A ``None`` entry skips that parameter, as torch does for a
+            parameter without ``.grad``. Everything is validated before anything is written.
+        """
+        paired = self._pair_grads(grads)
+        self._refresh_hyperparameters()
+        index = 0
+        for group in self.param_groups:
+            for param in group["params"]:
+                grad = paired[index]
+                if grad is not None:
+                    created = self._prepare_state(index, param, group)
+                    hyper = self._hyper_rows.get(index)
+                    if hyper is None:
+                        hyper = self._hyper_rows[index] = np.empty((1, self._hyper_width))
+                    self._update(
+                        group,
+                        self.state[index],
+                        self._views[index],
+                        grad.reshape(-1),
+                        hyper,
+                        created,
+                    )
+                index += 1
+        self.step_count += 1
+
+    #: Length of the rule's kernel hyperparameter row.
+    _hyper_width: ClassVar[int] = 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """A checkpoint: copies of every state array, the groups' hyperparameters, the step.
+
+        The layout is torch's (``"state"`` keyed by parameter position, ``"param_groups"``
+        with ``"params"`` as positions) plus ``"step_count"`` and the state of attached
+        objects (``"attached"``). Schedules are not stored: rebuild the optimizer with the same
+        schedules and the restored ``step_count`` continues them exactly.
+        """
+        groups, start = [], 0
+        for group in self.param_groups:
+            saved = {k: v for k, v in group.items() if k not in ("params", "schedules")}
+            saved["params"] = list(range(start, start + len(group["params"])))
+            start += len(group["params"])
+            groups.append(saved)
+        state = {
+            index: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in entry.items()}
+            for index, entry in self.state.items()
+        }
+        attached = {name: obj.state_dict() for name, obj in self._attached.items()}
+        return {
+            "state": state,
+            "param_groups": groups,
+            "step_count": self.step_count,
+            "attached": attached,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a checkpoint made by :meth:`state_dict` (validated whole before any change).
+
+        Raises
+        ------
+        ValueError
+            If the checkpoint does not match this optimizer: group count, parameter counts,
+            hyperparameters, state array names, shapes or dtypes.
+        """
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise ValueError(f"state_dict has no {key!r} entry")
+        saved_groups = list(state_dict["param_groups"])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict has {len(saved_groups)} parameter groups, "
+                f"the optimizer has {len(self.param_groups)}"
+            )
+        merged_groups = []
+        for number, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=False)):
+            if len(saved.get("params", ())) != len(group["params"]):
+                raise ValueError(
+                    f"state_dict param_groups[{number}] has {len(saved.get('params', ()))} "
+                    f"parameters, the optimizer's has {len(group['params'])}"
+                )
+            merged = dict(group)
+            merged.update({k: v for k, v in saved.items() if k in self.defaults})
+            self._check_group(merged)
+            merged_groups.append(merged)
+        group_of = [g for g in merged_groups for _ in g["params"]]
+        new_state = {}
+        for raw_index, entry in dict(state_dict["state"]).items():
+            index = int(raw_index)
+            if not 0 <= index < len(self._params):
+                raise ValueError(f"state_dict has state for parameter {raw_index}, which is absent")
+            new_state[index] = self._checked_entry(index, entry, group_of[index])
+        step_count = state_dict.get("step_count", 0)
+        if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)):
+            raise ValueError(f"state_dict step_count must be an int, got {step_count!r}")
+        if step_count < 0:
+            raise ValueError(f"state_dict step_count must be >= 0, got {step_count}")
+        attached = dict(state_dict.get("attached", {}))
+        for name, obj in self._attached.items():
+            if name in attached:
+                obj.load_state_dict(attached[name])
+        for number, merged in enumerate(merged_groups):
+            self.param_groups[number].update(
+                {k: v for k, v in merged.items() if k in self.defaults}
+            )
+            self._checked[number] = self._hyper_key(self.param_groups[number])
+        self.state = new_state
+        self._views.clear()
+        for index in self.state:
+            self._refresh_views(index)
+        self.step_count = int(step_count)
+
+    def _checked_entry(
+        self, index: int, entry: Mapping[str, Any], group: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        param = self._params[index]
+        allowed = self._all_state_names()
+        checked: dict[str, Any] = {}
+        for name, value in entry.items():
+            where = f"state_dict state[{index}][{name!r}]"
+            if name == "step":
+                step = float(value) if isinstance(value, np.ndarray) else value
+                if isinstance(step, bool) or not isinstance(step, (int, float, np.number)):
+                    raise ValueError(f"{where} must be a number, got {type(value).__name__}")
+                if not (math.isfinite(step) and step >= 0 and step == int(step)):
+                    raise ValueError(f"{where} must be a whole number >= 0, got {step}")
+                checked[name] = int(step)
+                continue
+            if name not in allowed:
+                raise ValueError(f"{where} is not a state of {type(self).__name__}")
+            if not isinstance(value, np.ndarray):
+                raise ValueError(f"{where} must be an ndarray, got {type(value).__name__}")
+            if value.dtype != param.dtype or value.shape != param.shape:
+                raise ValueError(
+                    f"{where} must have dtype {param.dtype} and shape {param.shape}, "
+                    f"got {value.dtype} {value.shape}"
+                )
+            checked[name] = np.array(value, order="C", copy=True)
+        missing = set(self._state_names(group)) - set(checked)
+        if missing and checked.get("step", 0) > 0:
+            raise ValueError(f"state_dict state[{index}] lacks {sorted(missing)}")
+        checked.setdefault("step", 0)
+        return checked
+
+    def _all_state_names(self) -> frozenset[str]:
+        """Every state array name this rule may use, whatever the options."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for number, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {number}")
+            for key in self.defaults:
+                lines.append(f"    {key}: {group[key]}")
+        lines.append(")")
+        return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""One module per update rule: its element-wise body, kernels, functional step and class."""

@@ -1,0 +1,230 @@
+"""AdaGrad (Duchi, Hazan & Singer, 2011), with torch's semantics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numba import prange
+
+from fastopt._checks import (
+    check_disjoint,
+    check_flag,
+    check_grad,
+    check_nonnegative,
+    check_param,
+    check_state,
+    check_step,
+)
+from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel
+from fastopt._launch import chunk_length, first_segment, launch, single_segment
+from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
+
+__all__ = ["Adagrad", "adagrad_step"]
+
+_HYPER_WIDTH = 4
+
+
+def adagrad_update(i, param, grad, state_sum, clr, eps, weight_decay, maximize):
+    """Element ``i`` of one AdaGrad step (the rule's math, shared by every kernel)."""
+    g = -grad[i] if maximize else grad[i]
+    p = param[i]
+    if weight_decay != 0:
+        g = g + weight_decay * p
+    s = state_sum[i] + g * g
+    state_sum[i] = s
+    param[i] = p - clr * (g / (math.sqrt(s) + eps))
+
+
+_adagrad_update = elementwise(adagrad_update)
+
+
+@kernel
+def _adagrad_block(h, param, grad, state_sum):
+    clr = as_dtype_of(h[0], param)
+    eps = as_dtype_of(h[1], param)
+    weight_decay = as_dtype_of(h[2], param)
+    maximize = h[3] != 0
+    for i in range(param.size):
+        _adagrad_update(i, param, grad, state_sum, clr, eps, weight_decay, maximize)
+
+
+@kernel
+def _adagrad_serial(bounds, hyper, param, grad, state_sum):
+    for s in range(bounds.size - 1):
+        lo, hi = bounds[s], bounds[s + 1]
+        _adagrad_block(hyper[s], param[lo:hi], grad[lo:hi], state_sum[lo:hi])
+
+
+@parallel_kernel
+def _adagrad_parallel(n_chunks, bounds, hyper, param, grad, state_sum):
+    n = param.size
+    chunk = chunk_length(n, n_chunks)
+    for c in prange(n_chunks):
+        lo = min(c * chunk, n)
+        hi = min(lo + chunk, n)
+        s = first_segment(bounds, lo)
+        while lo < hi:
+            end = min(hi, bounds[s + 1])
+            _adagrad_block(hyper[s], param[lo:end], grad[lo:end], state_sum[lo:end])
+            lo = end
+            s += 1
+
+
+ADAGRAD_KERNELS = (_adagrad_serial, _adagrad_parallel)
+
+
+def adagrad_hyperparameters(
+    *, lr: float, lr_decay: float, weight_decay: float, eps: float, maximize: bool, step: int
+) -> tuple[float, ...]:
+    """The kernel's hyperparameter row for update number ``step`` (host side, float64)."""
+    return (lr / (1.0 + (step - 1) * lr_decay), eps, weight_decay, float(maximize))
+
+
+def _check_hyperparameters(lr: float, lr_decay: float, weight_decay: float, eps: float) -> None:
+    check_nonnegative("lr", lr)
+    check_nonnegative("lr_decay", lr_decay)
+    check_nonnegative("weight_decay", weight_decay)
+    check_nonnegative("eps", eps)
+
+
+def adagrad_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    state_sum: np.ndarray,
+    *,
+    lr: float = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    eps: float = 1e-10,
+    maximize: bool = False,
+    step: int,
+) -> None:
+    r"""One fused, in-place AdaGrad step on arrays whose state you manage.
+
+    .. math::
+
+        g &\leftarrow g + \lambda p \qquad
+        \tilde\eta = \frac{\eta}{1 + (t - 1)\,\text{lr\_decay}} \\
+        s &\leftarrow s + g^2 \qquad
+        p \leftarrow p - \tilde\eta \, \frac{g}{\sqrt{s} + \epsilon}
+
+    Parameters
+    ----------
+    param, grad, state_sum
+        C-contiguous arrays of one dtype (float32 or float64) and size; ``param`` and
+        ``state_sum`` (the running sum of squared gradients) are updated in place.
+    lr, lr_decay, weight_decay, eps, maximize
+        As in :class:`Adagrad`.
+    step
+        Number of updates including this one (1 for the first), for ``lr_decay``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt
+    >>> x = np.array([10.0]); s = np.zeros(1)
+    >>> fastopt.adagrad_step(x, 2 * x, s, lr=1.0, step=1)
+    >>> x, s
+    (array([9.]), array([400.]))
+    """
+    arrays = [("param", check_param("param", param)), ("grad", check_grad("grad", grad, param))]
+    arrays.append(("state_sum", check_state("state_sum", state_sum, param)))
+    check_disjoint(arrays)
+    _check_hyperparameters(lr, lr_decay, weight_decay, eps)
+    row = adagrad_hyperparameters(
+        lr=lr,
+        lr_decay=lr_decay,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=check_flag("maximize", maximize),
+        step=check_step(step),
+    )
+    flat = [array.reshape(-1) for _, array in arrays]
+    launch(ADAGRAD_KERNELS, single_segment(param.size), np.array([row]), *flat)
+
+
+class Adagrad(Optimizer):
+    """AdaGrad, updating NumPy arrays in place with one fused pass per array.
+
+    Same names, defaults and formulas as ``torch.optim.Adagrad`` (eps outside the square
+    root), written out in :func:`adagrad_step`.
+
+    Parameters
+    ----------
+    params
+        An array, a list of arrays or a list of parameter-group dicts.
+    lr : float or schedule, default 1e-2
+    lr_decay : float, default 0
+    weight_decay : float, default 0
+    initial_accumulator_value : float, default 0
+        Starting value of the sum of squared gradients.
+    eps : float, default 1e-10
+    maximize : bool, default False
+
+    Notes
+    -----
+    Conventions: optax's ``adagrad`` starts the accumulator at 0.1 and puts eps inside the
+    square root; Keras starts it at 0.1 too. Pass ``initial_accumulator_value=0.1`` to match
+    their starting point.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt
+    >>> x = np.array([10.0])
+    >>> opt = fastopt.Adagrad(x, lr=1.0, eps=1e-8)
+    >>> opt.step(2 * x)
+    >>> x
+    array([9.])
+    """
+
+    _hyper_width = _HYPER_WIDTH
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: ScheduleLike = 1e-2,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value,
+            "eps": eps,
+            "maximize": maximize,
+        }
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        _check_hyperparameters(group["lr"], group["lr_decay"], group["weight_decay"], group["eps"])
+        check_nonnegative("initial_accumulator_value", group["initial_accumulator_value"])
+        check_flag("maximize", group["maximize"])
+
+    def _state_names(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("sum",)
+
+    def _all_state_names(self) -> frozenset[str]:
+        return frozenset(("sum",))
+
+    def _initial_value(self, name: str, group: Mapping[str, Any]) -> float:
+        return float(group["initial_accumulator_value"])
+
+    def _update(self, group, state, views, grad, hyper, created) -> None:
+        state["step"] += 1
+        hyper[0] = adagrad_hyperparameters(
+            lr=group["lr"],
+            lr_decay=group["lr_decay"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+            step=state["step"],
+        )
+        param = views["param"]
+        launch(ADAGRAD_KERNELS, single_segment(param.size), hyper, param, grad, views["sum"])
