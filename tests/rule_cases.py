@@ -1,0 +1,150 @@
+"""The table of rules and options the tests run, and a driver of the NumPy reference.
+
+``run_reference`` replays what an optimizer class does (state creation, step counting,
+torch's first-step momentum rule) with :mod:`fastopt.reference` alone, so a class and the
+reference can be compared array by array after any number of steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import fastopt
+from fastopt import reference
+
+# (rule id, class, constructor keyword arguments)
+CASES: list[tuple[str, type[fastopt.Optimizer], dict[str, Any]]] = [
+    ("sgd", fastopt.SGD, {"lr": 0.1}),
+    ("sgd", fastopt.SGD, {"lr": 0.05, "momentum": 0.9}),
+    ("sgd", fastopt.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3}),
+    ("sgd", fastopt.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+    ("sgd", fastopt.SGD, {"lr": 0.05, "momentum": 0.5, "weight_decay": 0.1}),
+    ("sgd", fastopt.SGD, {"lr": 0.05, "momentum": 0.9, "maximize": True}),
+    ("adagrad", fastopt.Adagrad, {"lr": 0.1}),
+    ("adagrad", fastopt.Adagrad, {"lr": 0.1, "lr_decay": 0.05, "weight_decay": 0.1}),
+    ("adagrad", fastopt.Adagrad, {"lr": 0.1, "initial_accumulator_value": 0.5, "eps": 1e-6}),
+    ("adagrad", fastopt.Adagrad, {"lr": 0.1, "maximize": True}),
+    ("rmsprop", fastopt.RMSprop, {"lr": 0.01}),
+    ("rmsprop", fastopt.RMSprop, {"lr": 0.01, "alpha": 0.9, "centered": True}),
+    ("rmsprop", fastopt.RMSprop, {"lr": 0.01, "momentum": 0.9}),
+    ("rmsprop", fastopt.RMSprop, {"lr": 0.01, "momentum": 0.5, "centered": True}),
+    ("rmsprop", fastopt.RMSprop, {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
+    ("adam", fastopt.Adam, {"lr": 0.01}),
+    ("adam", fastopt.Adam, {"lr": 0.01, "amsgrad": True}),
+    ("adam", fastopt.Adam, {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.1}),
+    ("adam", fastopt.Adam, {"lr": 0.01, "maximize": True, "eps": 1e-6}),
+    ("adam", fastopt.Adam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("adam", fastopt.AdamW, {"lr": 0.01}),
+    ("adam", fastopt.AdamW, {"lr": 0.01, "amsgrad": True, "weight_decay": 0.5}),
+]
+
+
+def case_id(case: tuple[str, type, dict[str, Any]]) -> str:
+    _, cls, kwargs = case
+    options = ",".join(f"{k}={v}" for k, v in kwargs.items() if k != "lr")
+    return f"{cls.__name__}({options})"
+
+
+def problem(size: int, dtype: type, steps: int, seed: int = 0):
+    """A parameter and ``steps`` gradients, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    param = rng.standard_normal(size).astype(dtype)
+    grads = [rng.standard_normal(size).astype(dtype) for _ in range(steps)]
+    return param, grads
+
+
+def _defaults(cls: type[fastopt.Optimizer], kwargs: dict[str, Any]) -> dict[str, Any]:
+    probe = cls(np.zeros(1), **kwargs)
+    return dict(probe.defaults)
+
+
+def run_reference(
+    rule: str, cls: type[fastopt.Optimizer], kwargs: dict[str, Any], param: np.ndarray, grads
+) -> dict[str, np.ndarray]:
+    """Apply the reference rule to ``param`` in place; return its state arrays by name."""
+    hp = _defaults(cls, kwargs)
+    state: dict[str, np.ndarray] = {}
+    zeros = np.zeros_like
+    for step, grad in enumerate(grads, start=1):
+        if rule == "sgd":
+            first = "momentum_buffer" not in state and hp["momentum"] != 0
+            if first:
+                state["momentum_buffer"] = zeros(param)
+            reference.sgd_step(
+                param,
+                grad,
+                state.get("momentum_buffer"),
+                lr=hp["lr"],
+                momentum=hp["momentum"],
+                dampening=hp["dampening"],
+                nesterov=hp["nesterov"],
+                weight_decay=hp["weight_decay"],
+                maximize=hp["maximize"],
+                initialize_buffer=first,
+            )
+        elif rule == "adagrad":
+            state.setdefault("sum", np.full_like(param, hp["initial_accumulator_value"]))
+            reference.adagrad_step(
+                param,
+                grad,
+                state["sum"],
+                lr=hp["lr"],
+                lr_decay=hp["lr_decay"],
+                weight_decay=hp["weight_decay"],
+                eps=hp["eps"],
+                maximize=hp["maximize"],
+                step=step,
+            )
+        elif rule == "rmsprop":
+            state.setdefault("square_avg", zeros(param))
+            if hp["momentum"] > 0:
+                state.setdefault("momentum_buffer", zeros(param))
+            if hp["centered"]:
+                state.setdefault("grad_avg", zeros(param))
+            reference.rmsprop_step(
+                param,
+                grad,
+                state["square_avg"],
+                state.get("momentum_buffer"),
+                state.get("grad_avg"),
+                lr=hp["lr"],
+                alpha=hp["alpha"],
+                eps=hp["eps"],
+                weight_decay=hp["weight_decay"],
+                momentum=hp["momentum"],
+                maximize=hp["maximize"],
+            )
+        elif rule == "adam":
+            state.setdefault("exp_avg", zeros(param))
+            state.setdefault("exp_avg_sq", zeros(param))
+            if hp["amsgrad"]:
+                state.setdefault("max_exp_avg_sq", zeros(param))
+            reference.adam_step(
+                param,
+                grad,
+                state["exp_avg"],
+                state["exp_avg_sq"],
+                state.get("max_exp_avg_sq"),
+                lr=hp["lr"],
+                beta1=hp["betas"][0],
+                beta2=hp["betas"][1],
+                eps=hp["eps"],
+                weight_decay=hp["weight_decay"],
+                maximize=hp["maximize"],
+                decoupled_weight_decay=hp["decoupled_weight_decay"],
+                step=step,
+            )
+        else:
+            raise ValueError(rule)
+    return state
+
+
+def assert_close(actual: np.ndarray, desired: np.ndarray, err_msg: str = "") -> None:
+    """Equal to rounding: rtol 1e-12 (float64) or 1e-5 (float32), with an absolute floor of
+    the same size relative to the array's largest magnitude (elements that cancel to near 0
+    carry the rounding error of their larger inputs, e.g. fused multiply-adds)."""
+    rtol = 1e-12 if desired.dtype == np.float64 else 1e-5
+    scale = float(np.max(np.abs(desired), initial=1.0))
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * scale, err_msg=err_msg)
