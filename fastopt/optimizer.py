@@ -1,9 +1,9 @@
 """The optimizer base class: parameter groups, state, checkpoints and the step driver.
 
-A rule (``SGD``, ``Adam``, ...) subclasses :class:`Optimizer` and supplies four things: its
-hyperparameter check, the names of its state arrays, their initial value and the update of one
-array. Everything else (the ``params`` forms, gradient pairing and validation before any write,
-schedules, ``state_dict``) lives here once.
+A rule (``SGD``, ``Adam``, ...) subclasses :class:`Optimizer` and supplies: its hyperparameter
+check, the names of its state arrays and their initial value, its kernels, the kernel's
+hyperparameter row and the order of its state arrays. Everything else (the ``params`` forms,
+gradient pairing and validation before any write, schedules, ``state_dict``) lives here once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeAlias
 import numpy as np
 
 from fastopt._checks import check_grad, check_param
+from fastopt._launch import launch, single_segment
 
 __all__ = ["GradsT", "Optimizer", "ParamsT", "ScheduleLike"]
 
@@ -117,21 +118,23 @@ class Optimizer:
         """The value a new state array ``name`` starts from."""
         return 0.0
 
-    def _update(
-        self,
-        group: Mapping[str, Any],
-        state: dict[str, Any],
-        views: Mapping[str, np.ndarray],
-        grad: np.ndarray,
-        hyper: np.ndarray,
-        created: bool,
-    ) -> None:
-        """Update one parameter in place.
+    #: The rule's (serial, parallel) CPU drivers, see :mod:`fastopt._launch`.
+    _kernels: ClassVar[tuple[Callable[..., None], Callable[..., None]]]
 
-        ``views`` holds flat views of the parameter (``"param"``) and its state arrays,
-        ``grad`` is the flat gradient, ``hyper`` a (1, K) float64 buffer for the kernel's
-        hyperparameter row and ``created`` tells whether the state arrays were just made.
+    def _row(
+        self, group: Mapping[str, Any], step: int, created: bool, grad_scale: float
+    ) -> tuple[float, ...]:
+        """The kernel's hyperparameter row for update number ``step`` of a parameter.
+
+        ``created`` tells whether its state arrays were made for this step (torch's first-step
+        rules) and ``grad_scale`` multiplies the gradient inside the kernel (1 for none).
         """
+        raise NotImplementedError
+
+    def _kernel_state(
+        self, group: Mapping[str, Any], views: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray | None, ...]:
+        """The state arrays in the kernel's order, ``None`` for those ``group`` does not use."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ groups
@@ -245,20 +248,36 @@ class Optimizer:
             for param in group["params"]:
                 grad = paired[index]
                 if grad is not None:
-                    created = self._prepare_state(index, param, group)
-                    hyper = self._hyper_rows.get(index)
-                    if hyper is None:
-                        hyper = self._hyper_rows[index] = np.empty((1, self._hyper_width))
-                    self._update(
-                        group,
-                        self.state[index],
-                        self._views[index],
-                        grad.reshape(-1),
-                        hyper,
-                        created,
-                    )
+                    self._update_one(index, param, grad, group, 1.0)
                 index += 1
         self.step_count += 1
+
+    def _update_one(
+        self,
+        index: int,
+        param: np.ndarray,
+        grad: np.ndarray,
+        group: Mapping[str, Any],
+        grad_scale: float,
+    ) -> None:
+        """Advance parameter ``index`` by one update (everything already validated)."""
+        created = self._prepare_state(index, param, group)
+        state = self.state[index]
+        state["step"] += 1
+        hyper = self._hyper_rows.get(index)
+        if hyper is None:
+            hyper = self._hyper_rows[index] = np.empty((1, self._hyper_width))
+        hyper[0] = self._row(group, state["step"], created, grad_scale)
+        views = self._views[index]
+        flat = views["param"]
+        launch(
+            self._kernels,
+            single_segment(flat.size),
+            hyper,
+            flat,
+            grad.reshape(-1),
+            *self._kernel_state(group, views),
+        )
 
     #: Length of the rule's kernel hyperparameter row.
     _hyper_width: ClassVar[int] = 0

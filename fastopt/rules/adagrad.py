@@ -24,12 +24,21 @@ from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["Adagrad", "adagrad_step"]
 
-_HYPER_WIDTH = 4
+_HYPER_WIDTH = 5
 
 
-def adagrad_update(i, param, grad, state_sum, clr, eps, weight_decay, maximize):
+def adagrad_update(i, param, grad, state_sum, scalars):
     """Element ``i`` of one AdaGrad step (the rule's math, shared by every kernel)."""
-    g = -grad[i] if maximize else grad[i]
+    (
+        grad_scale,
+        clr,
+        eps,
+        weight_decay,
+        maximize,
+    ) = scalars
+    g = grad[i] * grad_scale
+    if maximize:
+        g = -g
     p = param[i]
     if weight_decay != 0:
         g = g + weight_decay * p
@@ -41,14 +50,24 @@ def adagrad_update(i, param, grad, state_sum, clr, eps, weight_decay, maximize):
 _adagrad_update = elementwise(adagrad_update)
 
 
+@elementwise
+def _adagrad_scalars(h, param):
+    """Row ``h`` of the hyperparameter table as the update's scalar arguments."""
+    return (
+        as_dtype_of(h[0], param),
+        as_dtype_of(h[1], param),
+        as_dtype_of(h[2], param),
+        as_dtype_of(h[3], param),
+        h[4] != 0,
+    )
+
+
 @kernel
 def _adagrad_block(h, param, grad, state_sum):
-    clr = as_dtype_of(h[0], param)
-    eps = as_dtype_of(h[1], param)
-    weight_decay = as_dtype_of(h[2], param)
-    maximize = h[3] != 0
+    # Unpacked before the loop: as far as LLVM knows, h could alias the arrays.
+    scalars = _adagrad_scalars(h, param)
     for i in range(param.size):
-        _adagrad_update(i, param, grad, state_sum, clr, eps, weight_decay, maximize)
+        _adagrad_update(i, param, grad, state_sum, scalars)
 
 
 @kernel
@@ -77,10 +96,18 @@ ADAGRAD_KERNELS = (_adagrad_serial, _adagrad_parallel)
 
 
 def adagrad_hyperparameters(
-    *, lr: float, lr_decay: float, weight_decay: float, eps: float, maximize: bool, step: int
+    *,
+    lr: float,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    step: int,
+    grad_scale: float = 1.0,
 ) -> tuple[float, ...]:
     """The kernel's hyperparameter row for update number ``step`` (host side, float64)."""
-    return (lr / (1.0 + (step - 1) * lr_decay), eps, weight_decay, float(maximize))
+    clr = lr / (1.0 + (step - 1) * lr_decay)
+    return (grad_scale, clr, eps, weight_decay, float(maximize))
 
 
 def _check_hyperparameters(lr: float, lr_decay: float, weight_decay: float, eps: float) -> None:
@@ -180,6 +207,7 @@ class Adagrad(Optimizer):
     """
 
     _hyper_width = _HYPER_WIDTH
+    _kernels = ADAGRAD_KERNELS
 
     def __init__(
         self,
@@ -216,15 +244,16 @@ class Adagrad(Optimizer):
     def _initial_value(self, name: str, group: Mapping[str, Any]) -> float:
         return float(group["initial_accumulator_value"])
 
-    def _update(self, group, state, views, grad, hyper, created) -> None:
-        state["step"] += 1
-        hyper[0] = adagrad_hyperparameters(
+    def _row(self, group, step, created, grad_scale) -> tuple[float, ...]:
+        return adagrad_hyperparameters(
             lr=group["lr"],
             lr_decay=group["lr_decay"],
             weight_decay=group["weight_decay"],
             eps=group["eps"],
             maximize=group["maximize"],
-            step=state["step"],
+            step=step,
+            grad_scale=grad_scale,
         )
-        param = views["param"]
-        launch(ADAGRAD_KERNELS, single_segment(param.size), hyper, param, grad, views["sum"])
+
+    def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:
+        return (views["sum"],)

@@ -25,29 +25,27 @@ from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["Adam", "AdamW", "adam_step"]
 
-_HYPER_WIDTH = 10
+_HYPER_WIDTH = 11
 
 
-def adam_update(
-    i,
-    param,
-    grad,
-    exp_avg,
-    exp_avg_sq,
-    max_exp_avg_sq,
-    step_size,
-    one_minus_beta1,
-    beta2,
-    one_minus_beta2,
-    eps,
-    bias_correction2_sqrt,
-    weight_decay,
-    decay_factor,
-    maximize,
-    decoupled,
-):
+def adam_update(i, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars):
     """Element ``i`` of one Adam step (the rule's math, shared by every kernel)."""
-    g = -grad[i] if maximize else grad[i]
+    (
+        grad_scale,
+        step_size,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        eps,
+        bias_correction2_sqrt,
+        weight_decay,
+        decay_factor,
+        maximize,
+        decoupled,
+    ) = scalars
+    g = grad[i] * grad_scale
+    if maximize:
+        g = -g
     p = param[i]
     if weight_decay != 0:
         if decoupled:
@@ -69,38 +67,30 @@ def adam_update(
 _adam_update = elementwise(adam_update)
 
 
+@elementwise
+def _adam_scalars(h, param):
+    """Row ``h`` of the hyperparameter table as the update's scalar arguments."""
+    return (
+        as_dtype_of(h[0], param),
+        as_dtype_of(h[1], param),
+        as_dtype_of(h[2], param),
+        as_dtype_of(h[3], param),
+        as_dtype_of(h[4], param),
+        as_dtype_of(h[5], param),
+        as_dtype_of(h[6], param),
+        as_dtype_of(h[7], param),
+        as_dtype_of(h[8], param),
+        h[9] != 0,
+        h[10] != 0,
+    )
+
+
 @kernel
 def _adam_block(h, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
-    # Unpacked before the loop: h could alias the arrays as far as LLVM knows.
-    step_size = as_dtype_of(h[0], param)
-    one_minus_beta1 = as_dtype_of(h[1], param)
-    beta2 = as_dtype_of(h[2], param)
-    one_minus_beta2 = as_dtype_of(h[3], param)
-    eps = as_dtype_of(h[4], param)
-    bias_correction2_sqrt = as_dtype_of(h[5], param)
-    weight_decay = as_dtype_of(h[6], param)
-    decay_factor = as_dtype_of(h[7], param)
-    maximize = h[8] != 0
-    decoupled = h[9] != 0
+    # Unpacked before the loop: as far as LLVM knows, h could alias the arrays.
+    scalars = _adam_scalars(h, param)
     for i in range(param.size):
-        _adam_update(
-            i,
-            param,
-            grad,
-            exp_avg,
-            exp_avg_sq,
-            max_exp_avg_sq,
-            step_size,
-            one_minus_beta1,
-            beta2,
-            one_minus_beta2,
-            eps,
-            bias_correction2_sqrt,
-            weight_decay,
-            decay_factor,
-            maximize,
-            decoupled,
-        )
+        _adam_update(i, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars)
 
 
 @kernel
@@ -152,11 +142,13 @@ def adam_hyperparameters(
     maximize: bool,
     decoupled_weight_decay: bool,
     step: int,
+    grad_scale: float = 1.0,
 ) -> tuple[float, ...]:
     """The kernel's hyperparameter row for update number ``step`` (host side, float64)."""
     bias_correction1 = 1.0 - beta1**step
     bias_correction2 = 1.0 - beta2**step
     return (
+        grad_scale,
         lr / bias_correction1,
         1.0 - beta1,
         beta2,
@@ -294,6 +286,7 @@ class Adam(Optimizer):
     """
 
     _hyper_width = _HYPER_WIDTH
+    _kernels = ADAM_KERNELS
 
     def __init__(
         self,
@@ -334,10 +327,9 @@ class Adam(Optimizer):
     def _all_state_names(self) -> frozenset[str]:
         return frozenset(("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
 
-    def _update(self, group, state, views, grad, hyper, created) -> None:
-        state["step"] += 1
+    def _row(self, group, step, created, grad_scale) -> tuple[float, ...]:
         beta1, beta2 = group["betas"]
-        hyper[0] = adam_hyperparameters(
+        return adam_hyperparameters(
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
@@ -345,19 +337,13 @@ class Adam(Optimizer):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
-            step=state["step"],
+            step=step,
+            grad_scale=grad_scale,
         )
-        param = views["param"]
-        launch(
-            ADAM_KERNELS,
-            single_segment(param.size),
-            hyper,
-            param,
-            grad,
-            views["exp_avg"],
-            views["exp_avg_sq"],
-            views["max_exp_avg_sq"] if group["amsgrad"] else None,
-        )
+
+    def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:
+        amsgrad = views["max_exp_avg_sq"] if group["amsgrad"] else None
+        return (views["exp_avg"], views["exp_avg_sq"], amsgrad)
 
 
 class AdamW(Adam):

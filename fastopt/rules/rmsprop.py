@@ -23,26 +23,24 @@ from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["RMSprop", "rmsprop_step"]
 
-_HYPER_WIDTH = 7
+_HYPER_WIDTH = 8
 
 
-def rmsprop_update(
-    i,
-    param,
-    grad,
-    square_avg,
-    momentum_buffer,
-    grad_avg,
-    lr,
-    alpha,
-    one_minus_alpha,
-    eps,
-    weight_decay,
-    momentum,
-    maximize,
-):
+def rmsprop_update(i, param, grad, square_avg, momentum_buffer, grad_avg, scalars):
     """Element ``i`` of one RMSProp step (the rule's math, shared by every kernel)."""
-    g = -grad[i] if maximize else grad[i]
+    (
+        grad_scale,
+        lr,
+        alpha,
+        one_minus_alpha,
+        eps,
+        weight_decay,
+        momentum,
+        maximize,
+    ) = scalars
+    g = grad[i] * grad_scale
+    if maximize:
+        g = -g
     p = param[i]
     if weight_decay != 0:
         g = g + weight_decay * p
@@ -64,31 +62,27 @@ def rmsprop_update(
 _rmsprop_update = elementwise(rmsprop_update)
 
 
+@elementwise
+def _rmsprop_scalars(h, param):
+    """Row ``h`` of the hyperparameter table as the update's scalar arguments."""
+    return (
+        as_dtype_of(h[0], param),
+        as_dtype_of(h[1], param),
+        as_dtype_of(h[2], param),
+        as_dtype_of(h[3], param),
+        as_dtype_of(h[4], param),
+        as_dtype_of(h[5], param),
+        as_dtype_of(h[6], param),
+        h[7] != 0,
+    )
+
+
 @kernel
 def _rmsprop_block(h, param, grad, square_avg, momentum_buffer, grad_avg):
-    lr = as_dtype_of(h[0], param)
-    alpha = as_dtype_of(h[1], param)
-    one_minus_alpha = as_dtype_of(h[2], param)
-    eps = as_dtype_of(h[3], param)
-    weight_decay = as_dtype_of(h[4], param)
-    momentum = as_dtype_of(h[5], param)
-    maximize = h[6] != 0
+    # Unpacked before the loop: as far as LLVM knows, h could alias the arrays.
+    scalars = _rmsprop_scalars(h, param)
     for i in range(param.size):
-        _rmsprop_update(
-            i,
-            param,
-            grad,
-            square_avg,
-            momentum_buffer,
-            grad_avg,
-            lr,
-            alpha,
-            one_minus_alpha,
-            eps,
-            weight_decay,
-            momentum,
-            maximize,
-        )
+        _rmsprop_update(i, param, grad, square_avg, momentum_buffer, grad_avg, scalars)
 
 
 @kernel
@@ -131,10 +125,17 @@ RMSPROP_KERNELS = (_rmsprop_serial, _rmsprop_parallel)
 
 
 def rmsprop_hyperparameters(
-    *, lr: float, alpha: float, eps: float, weight_decay: float, momentum: float, maximize: bool
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    maximize: bool,
+    grad_scale: float = 1.0,
 ) -> tuple[float, ...]:
     """The kernel's hyperparameter row (host side, float64)."""
-    return (lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, float(maximize))
+    return (grad_scale, lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, float(maximize))
 
 
 def _check_hyperparameters(
@@ -260,6 +261,7 @@ class RMSprop(Optimizer):
     """
 
     _hyper_width = _HYPER_WIDTH
+    _kernels = RMSPROP_KERNELS
 
     def __init__(
         self,
@@ -302,23 +304,19 @@ class RMSprop(Optimizer):
     def _all_state_names(self) -> frozenset[str]:
         return frozenset(("square_avg", "momentum_buffer", "grad_avg"))
 
-    def _update(self, group, state, views, grad, hyper, created) -> None:
-        state["step"] += 1
-        hyper[0] = rmsprop_hyperparameters(
+    def _row(self, group, step, created, grad_scale) -> tuple[float, ...]:
+        return rmsprop_hyperparameters(
             lr=group["lr"],
             alpha=group["alpha"],
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             momentum=group["momentum"],
             maximize=group["maximize"],
+            grad_scale=grad_scale,
         )
-        param = views["param"]
-        launch(
-            RMSPROP_KERNELS,
-            single_segment(param.size),
-            hyper,
-            param,
-            grad,
+
+    def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:
+        return (
             views["square_avg"],
             views["momentum_buffer"] if group["momentum"] > 0 else None,
             views["grad_avg"] if group["centered"] else None,

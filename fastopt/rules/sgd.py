@@ -22,24 +22,24 @@ from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["SGD", "sgd_step"]
 
-_HYPER_WIDTH = 7
+_HYPER_WIDTH = 8
 
 
-def sgd_update(
-    i,
-    param,
-    grad,
-    momentum_buffer,
-    lr,
-    weight_decay,
-    momentum,
-    one_minus_dampening,
-    nesterov,
-    maximize,
-    initialize_buffer,
-):
+def sgd_update(i, param, grad, momentum_buffer, scalars):
     """Element ``i`` of one SGD step (the rule's math, shared by every kernel)."""
-    g = -grad[i] if maximize else grad[i]
+    (
+        grad_scale,
+        lr,
+        weight_decay,
+        momentum,
+        one_minus_dampening,
+        nesterov,
+        maximize,
+        initialize_buffer,
+    ) = scalars
+    g = grad[i] * grad_scale
+    if maximize:
+        g = -g
     p = param[i]
     if weight_decay != 0:
         g = g + weight_decay * p
@@ -53,29 +53,27 @@ def sgd_update(
 _sgd_update = elementwise(sgd_update)
 
 
+@elementwise
+def _sgd_scalars(h, param):
+    """Row ``h`` of the hyperparameter table as the update's scalar arguments."""
+    return (
+        as_dtype_of(h[0], param),
+        as_dtype_of(h[1], param),
+        as_dtype_of(h[2], param),
+        as_dtype_of(h[3], param),
+        as_dtype_of(h[4], param),
+        h[5] != 0,
+        h[6] != 0,
+        h[7] != 0,
+    )
+
+
 @kernel
 def _sgd_block(h, param, grad, momentum_buffer):
-    lr = as_dtype_of(h[0], param)
-    weight_decay = as_dtype_of(h[1], param)
-    momentum = as_dtype_of(h[2], param)
-    one_minus_dampening = as_dtype_of(h[3], param)
-    nesterov = h[4] != 0
-    maximize = h[5] != 0
-    initialize_buffer = h[6] != 0
+    # Unpacked before the loop: as far as LLVM knows, h could alias the arrays.
+    scalars = _sgd_scalars(h, param)
     for i in range(param.size):
-        _sgd_update(
-            i,
-            param,
-            grad,
-            momentum_buffer,
-            lr,
-            weight_decay,
-            momentum,
-            one_minus_dampening,
-            nesterov,
-            maximize,
-            initialize_buffer,
-        )
+        _sgd_update(i, param, grad, momentum_buffer, scalars)
 
 
 @kernel
@@ -112,9 +110,11 @@ def sgd_hyperparameters(
     weight_decay: float,
     maximize: bool,
     initialize_buffer: bool,
+    grad_scale: float = 1.0,
 ) -> tuple[float, ...]:
     """The kernel's hyperparameter row (host side, float64)."""
     return (
+        grad_scale,
         lr,
         weight_decay,
         momentum,
@@ -243,6 +243,7 @@ class SGD(Optimizer):
     """
 
     _hyper_width = _HYPER_WIDTH
+    _kernels = SGD_KERNELS
 
     def __init__(
         self,
@@ -281,10 +282,8 @@ class SGD(Optimizer):
     def _all_state_names(self) -> frozenset[str]:
         return frozenset(("momentum_buffer",))
 
-    def _update(self, group, state, views, grad, hyper, created) -> None:
-        state["step"] += 1
-        uses_buffer = group["momentum"] != 0
-        hyper[0] = sgd_hyperparameters(
+    def _row(self, group, step, created, grad_scale) -> tuple[float, ...]:
+        return sgd_hyperparameters(
             lr=group["lr"],
             momentum=group["momentum"],
             dampening=group["dampening"],
@@ -292,7 +291,8 @@ class SGD(Optimizer):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
             initialize_buffer=created,
+            grad_scale=grad_scale,
         )
-        param = views["param"]
-        buffer = views["momentum_buffer"] if uses_buffer else None
-        launch(SGD_KERNELS, single_segment(param.size), hyper, param, grad, buffer)
+
+    def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:
+        return (views["momentum_buffer"] if group["momentum"] != 0 else None,)
