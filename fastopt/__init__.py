@@ -5,8 +5,16 @@ Each rule is a class with torch.optim's names, defaults and formulas (``SGD``, `
 that manages its own state. The updates are numba kernels: one multithreaded, vectorized,
 in-place pass over parameter, gradient and state. ``fastopt.reference`` holds the plain NumPy
 implementation of every rule.
+
+Around the step: non-finite gradient policies, loss unscaling and gradient clipping fused into
+one read pass plus the update (:mod:`fastopt.gradients`), dynamic loss scaling
+(:class:`LossScaler`) and atomic, checksummed, pickle-free checkpoints (:func:`save`,
+:func:`load`).
 """
 
+from fastopt.checkpoint import Checkpoint, CheckpointError, load, save
+from fastopt.gradients import StepStats, global_norm
+from fastopt.loss_scaling import LossScaler
 from fastopt.optimizer import Optimizer
 from fastopt.rules.adagrad import Adagrad, adagrad_step
 from fastopt.rules.adam import Adam, AdamW, adam_step
@@ -20,11 +28,18 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "Checkpoint",
+    "CheckpointError",
+    "LossScaler",
     "Optimizer",
     "RMSprop",
+    "StepStats",
     "__version__",
     "adagrad_step",
     "adam_step",
+    "global_norm",
+    "load",
     "rmsprop_step",
+    "save",
     "sgd_step",
 ]

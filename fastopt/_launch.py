@@ -9,6 +9,8 @@ segments and row ``s`` of ``hyper`` (float64, ``S x K``) holds the hyperparamete
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from functools import lru_cache
 
 import numba
@@ -16,7 +18,7 @@ import numpy as np
 
 from fastopt._jit import PARALLEL_THRESHOLD, elementwise
 
-__all__ = ["chunk_length", "first_segment", "launch", "single_segment"]
+__all__ = ["chunk_length", "first_segment", "launch", "run_parallel", "single_segment"]
 
 
 @elementwise
@@ -38,10 +40,27 @@ def single_segment(n: int) -> np.ndarray:
     return np.array([0, n], dtype=np.int64)
 
 
+_PARALLEL_LOCK = threading.Lock()
+# None until the first parallel launch has started numba's threading layer (only then can it
+# be asked which one it chose); then whether that layer accepts concurrent launches.
+_layer_is_threadsafe: bool | None = None
+
+
+def run_parallel(kernel: Callable[..., object], *args: object) -> None:
+    """Call a ``prange`` kernel, serialized when the threading layer is not thread-safe."""
+    global _layer_is_threadsafe
+    if _layer_is_threadsafe:
+        kernel(*args)
+        return
+    with _PARALLEL_LOCK:
+        kernel(*args)
+        _layer_is_threadsafe = numba.threading_layer() != "workqueue"
+
+
 def launch(kernels, bounds, hyper, param, *arrays) -> None:
     """Run a rule's serial or parallel driver, chosen by the number of elements."""
     serial, parallel = kernels
     if param.size < PARALLEL_THRESHOLD:
         serial(bounds, hyper, param, *arrays)
     else:
-        parallel(numba.get_num_threads(), bounds, hyper, param, *arrays)
+        run_parallel(parallel, numba.get_num_threads(), bounds, hyper, param, *arrays)

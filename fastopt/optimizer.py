@@ -17,6 +17,14 @@ import numpy as np
 
 from fastopt._checks import check_grad, check_param
 from fastopt._launch import launch, single_segment
+from fastopt.gradients import (
+    NonfinitePolicy,
+    Prestep,
+    StepStats,
+    check_gradient_options,
+    check_loss_scale,
+    prestep,
+)
 
 __all__ = ["GradsT", "Optimizer", "ParamsT", "ScheduleLike"]
 
@@ -77,6 +85,18 @@ class Optimizer:
     defaults
         The rule's hyperparameters. A value may be a schedule (any callable of the step count,
         see :mod:`fastopt.schedules`); it is evaluated once per step before the update.
+    nonfinite : {"propagate", "skip", "raise"}, default "propagate"
+        What a step does with NaN or Inf gradients (see :mod:`fastopt.gradients`): let them
+        through (torch.optim's behavior), skip the step leaving everything bit-identical
+        (``GradScaler``'s), or raise ``FloatingPointError`` before anything changes.
+    max_norm : float, optional
+        Clip the gradients by their global norm, as ``torch.nn.utils.clip_grad_norm_`` does
+        (``math.inf`` reports the norm without clipping). Fused into the step.
+    norm_type : float, default 2.0
+        The norm ``max_norm`` refers to: 2.0 or ``math.inf``.
+    clip_value : float, optional
+        Clamp each gradient element to ``[-clip_value, clip_value]`` after the other
+        scalings, as ``torch.nn.utils.clip_grad_value_`` does. Fused into the update kernel.
 
     Attributes
     ----------
@@ -87,12 +107,29 @@ class Optimizer:
         Per-parameter state, keyed by the parameter's position in the flat parameter list.
     step_count : int
         Number of completed steps; schedules are evaluated at this value.
+    nonfinite, max_norm, norm_type, clip_value
+        The gradient options above; they may be changed between steps.
+    last_step : StepStats or None
+        What the last call to :meth:`step` found: the global norm before clipping, the clip
+        coefficient, whether the gradients were finite and whether the step was applied.
     """
 
     #: Hyperparameters that may be given per group, in the rule's signature order.
     hyperparameters: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: ParamsT, defaults: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        params: ParamsT,
+        defaults: Mapping[str, Any],
+        *,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
+    ) -> None:
+        options = check_gradient_options(nonfinite, max_norm, norm_type, clip_value)
+        self.nonfinite, self.max_norm, self.norm_type, self.clip_value = options
+        self.last_step: StepStats | None = None
         self.defaults = dict(defaults)
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
@@ -122,12 +159,19 @@ class Optimizer:
     _kernels: ClassVar[tuple[Callable[..., None], Callable[..., None]]]
 
     def _row(
-        self, group: Mapping[str, Any], step: int, created: bool, grad_scale: float
+        self,
+        group: Mapping[str, Any],
+        step: int,
+        created: bool,
+        grad_scale: float,
+        clip_value: float,
     ) -> tuple[float, ...]:
         """The kernel's hyperparameter row for update number ``step`` of a parameter.
 
         ``created`` tells whether its state arrays were made for this step (torch's first-step
-        rules) and ``grad_scale`` multiplies the gradient inside the kernel (1 for none).
+        rules). Entries 0 and 1 of every rule's row are ``grad_scale``, which multiplies the
+        gradient inside the kernel (1 for none), and ``clip_value``, to which the scaled
+        gradient is then clamped (``inf`` for none).
         """
         raise NotImplementedError
 
@@ -231,7 +275,13 @@ class Optimizer:
         )
         self._views[index] = views
 
-    def step(self, grads: GradsT) -> None:
+    def step(
+        self,
+        grads: GradsT,
+        *,
+        loss_scale: float = 1.0,
+        nonfinite: NonfinitePolicy | None = None,
+    ) -> None:
         """Update every parameter in place from its gradient.
 
         Parameters
@@ -240,17 +290,60 @@ class Optimizer:
             One gradient per parameter, in the order of :attr:`params` (an ndarray when there
             is a single parameter). A ``None`` entry skips that parameter, as torch does for a
             parameter without ``.grad``. Everything is validated before anything is written.
+        loss_scale
+            The factor the loss was multiplied by (mixed precision): the gradients are divided
+            by it inside the kernels (torch's fused optimizers call this ``grad_scale``).
+        nonfinite
+            Overrides the optimizer's ``nonfinite`` policy for this step.
+
+        Raises
+        ------
+        FloatingPointError
+            With the ``"raise"`` policy, when a gradient holds NaN or Inf; nothing changed.
+
+        Notes
+        -----
+        The outcome is in :attr:`last_step`. A skipped step advances no step count, so
+        schedules, bias corrections and torch's first-step rules resume where they were.
         """
         paired = self._pair_grads(grads)
+        outcome = self._prestep(paired, loss_scale, nonfinite)
+        self.last_step = outcome.stats
+        if not outcome.stats.applied:
+            return
         self._refresh_hyperparameters()
         index = 0
         for group in self.param_groups:
             for param in group["params"]:
                 grad = paired[index]
                 if grad is not None:
-                    self._update_one(index, param, grad, group, 1.0)
+                    self._update_one(
+                        index, param, grad, group, outcome.grad_scale, outcome.clip_value
+                    )
                 index += 1
         self.step_count += 1
+
+    def _prestep(
+        self,
+        grads: Sequence[np.ndarray | None],
+        loss_scale: float,
+        nonfinite: NonfinitePolicy | None,
+    ) -> Prestep:
+        """Validate the gradient options, then the read pass (norm and finite check)."""
+        policy, max_norm, norm_type, clip_value = check_gradient_options(
+            self.nonfinite if nonfinite is None else nonfinite,
+            self.max_norm,
+            self.norm_type,
+            self.clip_value,
+        )
+        return prestep(
+            grads,
+            loss_scale=check_loss_scale(loss_scale),
+            nonfinite=policy,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
+        )
 
     def _update_one(
         self,
@@ -259,6 +352,7 @@ class Optimizer:
         grad: np.ndarray,
         group: Mapping[str, Any],
         grad_scale: float,
+        clip_value: float,
     ) -> None:
         """Advance parameter ``index`` by one update (everything already validated)."""
         created = self._prepare_state(index, param, group)
@@ -267,7 +361,7 @@ class Optimizer:
         hyper = self._hyper_rows.get(index)
         if hyper is None:
             hyper = self._hyper_rows[index] = np.empty((1, self._hyper_width))
-        hyper[0] = self._row(group, state["step"], created, grad_scale)
+        hyper[0] = self._row(group, state["step"], created, grad_scale, clip_value)
         views = self._views[index]
         flat = views["param"]
         launch(

@@ -1,0 +1,323 @@
+r"""Gradient checks and clipping fused into the optimizer step: one read pass, then the update.
+
+Every rule's kernel multiplies the gradient by a scalar before using it and then clamps it to
+``[-clip_value, clip_value]``. Unscaling by a loss scale :math:`S` and clipping by global norm
+both fold into that scalar, so a step with every option on makes two passes over memory:
+
+1. **Read pass** (:func:`prestep`): one parallel pass over all gradients computes the global
+   norm of the order asked for, and with it whether every element is finite.
+2. **Update pass**: the rule's kernel with ``grad_scale = clip_coef / S`` and ``clip_value``.
+
+torch's equivalent (``GradScaler.unscale_``, ``clip_grad_norm_``, ``optimizer.step``) reads
+the gradients three times and writes them twice before the update reads them again.
+
+With :math:`g` the gradients as given, :math:`\hat g = g / S` (unscaling),
+:math:`\|\hat g\|` their global norm (2-norm or max-norm over all parameters together, as
+``torch.nn.utils.clip_grad_norm_`` computes it) and :math:`c` = ``max_norm``:
+
+.. math::
+
+    \text{clip\_coef} = \min\!\left(1, \frac{c}{\|\hat g\| + 10^{-6}}\right) \qquad
+    g_{\text{used}} = \operatorname{clamp}\!\left(\text{clip\_coef}\cdot\hat g,\
+        -\text{clip\_value},\ \text{clip\_value}\right)
+
+that is unscale, then clip by norm, then clip by value (optax:
+``chain(clip_by_global_norm(c), clip(v))`` except for torch's :math:`10^{-6}`).
+
+Non-finite gradients follow the optimizer's ``nonfinite`` policy:
+
+``"propagate"`` (default)
+    No check; NaN and Inf flow into the parameters, as in torch.optim without a GradScaler.
+    With clipping on, the norm is NaN or Inf and the coefficient follows torch's arithmetic.
+``"skip"``
+    The step is skipped: parameters, every state array and the step counts stay bit-identical
+    (the behavior of ``torch.amp.GradScaler.step``). :attr:`StepStats.applied` is False.
+``"raise"``
+    ``FloatingPointError`` naming the parameter and the flat index of its first non-finite
+    element; nothing is modified.
+
+Precision: the 2-norm accumulates squares in float64 for float32 and float64 gradients alike
+(torch accumulates float32 gradients in float32), in fixed blocks of ``2**14`` elements whose
+partial sums are added exactly (``math.fsum``): the norm is the same to the last bit whatever
+the number of threads, and within a few float64 ulps of the exact value. The max-norm is exact.
+float64 gradients whose squares overflow (:math:`|g| > 10^{154}`) are summed again with
+scaling on the host, so the norm stays finite when it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import numpy as np
+
+from fastopt._reduce import (
+    BLOCK,
+    block_count,
+    block_max_abs_bits,
+    block_sums_of_squares,
+    magnitude_bits,
+)
+
+__all__ = [
+    "NONFINITE_POLICIES",
+    "NonfinitePolicy",
+    "Prestep",
+    "StepStats",
+    "check_gradient_options",
+    "check_loss_scale",
+    "find_nonfinite",
+    "global_norm",
+    "prestep",
+]
+
+NonfinitePolicy: TypeAlias = Literal["propagate", "skip", "raise"]
+NONFINITE_POLICIES: tuple[str, ...] = ("propagate", "skip", "raise")
+
+# torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing.
+_NORM_EPSILON = 1e-6
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What the read pass of a step found.
+
+    Attributes
+    ----------
+    grad_norm : float or None
+        Global norm (of the optimizer's ``norm_type``) of the unscaled gradients before
+        clipping; NaN or Inf when they are not finite. ``None`` when no read pass ran
+        (``nonfinite="propagate"`` and no ``max_norm``).
+    clip_coef : float
+        The factor clipping by norm applied (1.0 when it did not clip).
+    finite : bool or None
+        Whether every gradient element was finite; ``None`` when not checked.
+    applied : bool
+        False when the step was skipped (``nonfinite="skip"`` and a non-finite gradient).
+    """
+
+    grad_norm: float | None
+    clip_coef: float
+    finite: bool | None
+    applied: bool
+
+
+@dataclass(frozen=True)
+class Prestep:
+    """The outcome of the read pass: the kernel's gradient scalars and the statistics."""
+
+    grad_scale: float
+    clip_value: float
+    stats: StepStats
+
+
+def _real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def _check_norm_type(norm_type: object) -> float:
+    if norm_type == "inf":
+        return math.inf
+    value = _real("norm_type", norm_type)
+    if value not in (2.0, math.inf):
+        raise ValueError(f"Invalid norm_type: {norm_type!r} (supported: 2.0 and inf)")
+    return value
+
+
+def check_gradient_options(
+    nonfinite: object, max_norm: object, norm_type: object, clip_value: object
+) -> tuple[NonfinitePolicy, float | None, float, float | None]:
+    """Validate the gradient options of an optimizer; return them normalized.
+
+    Raises
+    ------
+    TypeError
+        If an option has the wrong type.
+    ValueError
+        If ``nonfinite`` is not a policy, ``max_norm`` or ``clip_value`` is negative or NaN
+        (``math.inf`` is allowed: it reports the norm without clipping), or ``norm_type`` is
+        neither 2 nor inf.
+    """
+    if not isinstance(nonfinite, str):
+        raise TypeError(f"nonfinite must be a str, got {type(nonfinite).__name__}")
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"Invalid nonfinite: {nonfinite!r} (expected one of {NONFINITE_POLICIES})")
+    checked = []
+    for name, value in (("max_norm", max_norm), ("clip_value", clip_value)):
+        if value is not None:
+            value = _real(name, value)
+            if not value >= 0.0:
+                raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
+        checked.append(value)
+    return nonfinite, checked[0], _check_norm_type(norm_type), checked[1]  # type: ignore[return-value]
+
+
+def check_loss_scale(loss_scale: object) -> float:
+    """A finite loss scale ``> 0``."""
+    value = _real("loss_scale", loss_scale)
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"Invalid loss_scale: {value} (must be finite and > 0)")
+    return value
+
+
+def _flat(grads: Sequence[np.ndarray | None]) -> list[tuple[int, np.ndarray]]:
+    return [(index, grad.reshape(-1)) for index, grad in enumerate(grads) if grad is not None]
+
+
+def _first_nonfinite_in_block(flat: np.ndarray, block: int) -> int | None:
+    lo = block * BLOCK
+    bad = np.flatnonzero(~np.isfinite(flat[lo : lo + BLOCK]))
+    return lo + int(bad[0]) if bad.size else None
+
+
+def _scaled_two_norm(flats: Sequence[np.ndarray]) -> float:
+    # Only when squares overflow float64 (finite |g| > 1e154): divide by the largest
+    # magnitude first. Slow and single-threaded, but deterministic, and never on a normal step.
+    largest = max(float(np.max(np.abs(flat), initial=0.0)) for flat in flats)
+    total = math.fsum(float(np.sum(np.square(flat / largest))) for flat in flats)
+    return largest * math.sqrt(total)
+
+
+def _survey(
+    grads: Sequence[np.ndarray | None], norm_type: float
+) -> tuple[float, tuple[int, int] | None]:
+    """One read pass: the global norm and the first non-finite element (param, flat index)."""
+    flats = _flat(grads)
+    first_bad: tuple[int, int] | None = None
+    if norm_type == math.inf:
+        maxima = []
+        for index, flat in flats:
+            bits, _, infinity = magnitude_bits(flat.dtype)
+            out = np.empty(block_count(flat.size), dtype=bits)
+            block_max_abs_bits(flat, out)
+            if out.size:
+                largest_bits = out.max()
+                maxima.append(float(largest_bits.view(flat.dtype)))
+                if first_bad is None and largest_bits >= infinity:
+                    position = _first_nonfinite_in_block(flat, int(np.argmax(out >= infinity)))
+                    first_bad = (index, position)  # type: ignore[assignment]
+        # NaN patterns sort above every number within an array; across arrays NaN wins too.
+        if any(math.isnan(value) for value in maxima):
+            return math.nan, first_bad
+        return max(maxima, default=0.0), first_bad
+    partials = []
+    overflowed = False
+    for index, flat in flats:
+        out = np.empty(block_count(flat.size))
+        block_sums_of_squares(flat, out)
+        for block in np.flatnonzero(~np.isfinite(out)):
+            # A non-finite partial sum means a NaN or Inf element, or (float64 only) squares
+            # beyond the float64 range: only a rescan of that block can tell.
+            position = _first_nonfinite_in_block(flat, int(block))
+            if position is None:
+                overflowed = True
+            elif first_bad is None:
+                first_bad = (index, position)
+        partials.append(out)
+    if first_bad is not None:
+        has_nan = any(np.isnan(out).any() for out in partials)
+        return (math.nan if has_nan else math.inf), first_bad
+    if overflowed:
+        return _scaled_two_norm([flat for _, flat in flats]), None
+    # Exactly rounded, hence independent of the order of the partial sums.
+    return math.sqrt(math.fsum(np.concatenate(partials) if partials else ())), None
+
+
+def global_norm(grads: Sequence[np.ndarray | None], norm_type: float | str = 2.0) -> float:
+    """The norm of all gradients taken together, as ``torch.nn.utils.clip_grad_norm_`` returns.
+
+    Parameters
+    ----------
+    grads
+        1-D or N-D C-contiguous float32/float64 arrays (``None`` entries are ignored).
+    norm_type
+        2.0 (Euclidean) or ``math.inf`` / ``"inf"`` (largest magnitude).
+
+    Returns
+    -------
+    float
+        NaN if any element is NaN, Inf if any is infinite; accumulated in float64 with a
+        fixed block order, bit-identical whatever the number of threads.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt.gradients import global_norm
+    >>> global_norm([np.array([3.0]), np.array([[4.0]])])
+    5.0
+    """
+    _check_arrays(grads)
+    return _survey(grads, _check_norm_type(norm_type))[0]
+
+
+def find_nonfinite(grads: Sequence[np.ndarray | None]) -> tuple[int, int] | None:
+    """``(array index, flat element index)`` of the first NaN or Inf, or ``None``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt.gradients import find_nonfinite
+    >>> find_nonfinite([np.zeros(3), np.array([1.0, np.inf])])
+    (1, 1)
+    """
+    _check_arrays(grads)
+    return _survey(grads, 2.0)[1]
+
+
+def _check_arrays(grads: object) -> None:
+    if isinstance(grads, np.ndarray) or not isinstance(grads, Sequence):
+        raise TypeError(f"grads must be a list of ndarrays, got {type(grads).__name__}")
+    for index, grad in enumerate(grads):
+        if grad is None:
+            continue
+        if not isinstance(grad, np.ndarray):
+            raise TypeError(f"grads[{index}] must be a numpy.ndarray, got {type(grad).__name__}")
+        if grad.dtype not in (np.float32, np.float64):
+            raise TypeError(f"grads[{index}] must have dtype float32 or float64, got {grad.dtype}")
+        if not grad.flags.c_contiguous:
+            raise ValueError(f"grads[{index}] must be C-contiguous (use numpy.ascontiguousarray)")
+
+
+def prestep(
+    grads: Sequence[np.ndarray | None],
+    *,
+    loss_scale: float,
+    nonfinite: NonfinitePolicy,
+    max_norm: float | None,
+    norm_type: float,
+    clip_value: float | None,
+) -> Prestep:
+    """The read pass of a step over validated gradients (options already checked).
+
+    Raises
+    ------
+    FloatingPointError
+        With ``nonfinite="raise"``, naming the first non-finite element.
+    """
+    kernel_clip = math.inf if clip_value is None else clip_value
+    if nonfinite == "propagate" and max_norm is None:
+        return Prestep(1.0 / loss_scale, kernel_clip, StepStats(None, 1.0, None, True))
+    norm, first_bad = _survey(grads, norm_type)
+    norm /= loss_scale
+    if first_bad is not None:
+        if nonfinite == "raise":
+            index, position = first_bad
+            value = grads[index].reshape(-1)[position]  # type: ignore[union-attr]
+            raise FloatingPointError(
+                f"grads[{index}] is not finite at flat index {position} (value {value}); "
+                "nothing was updated (nonfinite='raise')"
+            )
+        if nonfinite == "skip":
+            return Prestep(0.0, kernel_clip, StepStats(norm, 1.0, False, False))
+    clip_coef = 1.0
+    if max_norm is not None:
+        # torch's arithmetic, NaN included: a NaN norm gives a NaN coefficient.
+        clip_coef = max_norm / (norm + _NORM_EPSILON)
+        clip_coef = clip_coef if not clip_coef > 1.0 else 1.0
+    return Prestep(
+        clip_coef / loss_scale, kernel_clip, StepStats(norm, clip_coef, first_bad is None, True)
+    )
