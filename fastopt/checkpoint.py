@@ -297,17 +297,20 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
         If the file cannot be opened.
     """
     path = os.fspath(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            metadata = _read_metadata(archive, path)
-            arrays = [
-                _read_array(archive, f"arrays/{number}.npy", entry)
-                for number, entry in enumerate(metadata["arrays"])
-            ]
-    except zipfile.BadZipFile as error:
-        raise CheckpointError(
-            f"{path} is not a fastopt checkpoint, or is truncated or corrupted: {error}"
-        ) from error
+    with open(path, "rb") as file:  # a missing or unreadable file is an OSError, as usual
+        try:
+            with zipfile.ZipFile(file) as archive:
+                metadata = _read_metadata(archive, path)
+                arrays = [
+                    _read_array(archive, f"arrays/{number}.npy", entry)
+                    for number, entry in enumerate(metadata["arrays"])
+                ]
+        # What zipfile raises on damaged structures: bad CRCs and magic numbers, offsets past
+        # the end (EOFError, OSError), flipped "compression method" or "encrypted" fields.
+        except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as error:
+            raise CheckpointError(
+                f"{path} is not a fastopt checkpoint, or is truncated or corrupted: {error!r}"
+            ) from error
     return _checkpoint(metadata, arrays)
 
 

@@ -8,6 +8,7 @@ gradient pairing and validation before any write, schedules, ``state_dict``) liv
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,6 +60,12 @@ def _as_groups(params: object) -> list[dict[str, Any]]:
     if any(isinstance(item, Mapping) for item in items):
         raise TypeError("params mixes parameter-group dicts and arrays; use one form")
     return [{"params": items}]
+
+
+def _byte_span(array: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last byte address of a C-contiguous array."""
+    start = array.__array_interface__["data"][0]
+    return start, start + array.nbytes
 
 
 def _overlapping_pair(arrays: Sequence[np.ndarray]) -> tuple[int, int] | None:
@@ -139,6 +146,7 @@ class Optimizer:
         self._hyper_rows: dict[int, np.ndarray] = {}
         self._checked: list[tuple[Any, ...] | None] = []
         self._attached: dict[str, Any] = {}
+        self._written_spans: tuple[list[int], list[int], list[str]] | None = None
         for group in _as_groups(params):
             self.add_param_group(group)
 
@@ -224,6 +232,7 @@ class Optimizer:
         self.param_groups.append(group)
         self._checked.append(self._hyper_key(group))
         self._params.extend(params)
+        self._written_spans = None
 
     def _hyper_key(self, group: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(group[key] for key in self.defaults)
@@ -246,7 +255,42 @@ class Optimizer:
         for index, (grad, param) in enumerate(zip(grads, self._params, strict=False)):
             if grad is not None:
                 check_grad(f"grads[{index}]", grad, param)
+        self._check_grads_disjoint(grads)
         return list(grads)
+
+    def _check_grads_disjoint(self, grads: Sequence[np.ndarray | None]) -> None:
+        """No gradient overlaps an array the step writes (any parameter or state array).
+
+        Otherwise the result would depend on the order in which elements are updated.
+        Written arrays are C-contiguous and pairwise disjoint, so their byte spans, sorted
+        once, are sorted by end too: one bisection per gradient finds any overlap.
+        """
+        if self._written_spans is None:
+            spans = []
+            for index, views in self._views.items():
+                for name, view in views.items():
+                    owner = f"parameter {index}"
+                    if name != "param":
+                        owner = f"state {name!r} of {owner}"
+                    spans.append((*_byte_span(view), owner))
+            spans.extend(
+                (*_byte_span(param), f"parameter {index}")
+                for index, param in enumerate(self._params)
+                if index not in self._views
+            )
+            spans = sorted(span for span in spans if span[1] > span[0])
+            self._written_spans = tuple(map(list, zip(*spans, strict=True))) or ([], [], [])
+        starts, ends, owners = self._written_spans
+        for index, grad in enumerate(grads):
+            if grad is None or grad.nbytes == 0:
+                continue
+            start, end = _byte_span(grad)
+            position = bisect.bisect_right(ends, start)
+            if position < len(starts) and starts[position] < end:
+                raise ValueError(
+                    f"grads[{index}] shares memory with {owners[position]}, which the step "
+                    "writes; pass a separate array"
+                )
 
     def _refresh_hyperparameters(self) -> None:
         for number, group in enumerate(self.param_groups):
@@ -267,6 +311,7 @@ class Optimizer:
         return bool(missing)
 
     def _refresh_views(self, index: int) -> None:
+        self._written_spans = None
         views = {"param": self._params[index].reshape(-1)}
         views.update(
             (name, value.reshape(-1))
@@ -412,10 +457,21 @@ class Optimizer:
             If the checkpoint does not match this optimizer: group count, parameter counts,
             hyperparameters, state array names, shapes or dtypes.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         for key in ("state", "param_groups"):
             if key not in state_dict:
                 raise ValueError(f"state_dict has no {key!r} entry")
-        saved_groups = list(state_dict["param_groups"])
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)) or not all(
+            isinstance(saved, Mapping) and isinstance(saved.get("params", ()), (list, tuple))
+            for saved in saved_groups
+        ):
+            raise ValueError("state_dict param_groups must be a list of dicts with a params list")
+        if not isinstance(state_dict["state"], Mapping) or not isinstance(
+            state_dict.get("attached", {}), Mapping
+        ):
+            raise ValueError("state_dict state and attached must be dicts")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"state_dict has {len(saved_groups)} parameter groups, "
@@ -435,9 +491,15 @@ class Optimizer:
         group_of = [g for g in merged_groups for _ in g["params"]]
         new_state = {}
         for raw_index, entry in dict(state_dict["state"]).items():
+            # Positions are ints, or their decimal strings once a checkpoint went through JSON.
+            is_int = isinstance(raw_index, (int, np.integer)) and not isinstance(raw_index, bool)
+            if not (is_int or (isinstance(raw_index, str) and raw_index.isdecimal())):
+                raise ValueError(f"state_dict state key {raw_index!r} is not a parameter position")
             index = int(raw_index)
             if not 0 <= index < len(self._params):
                 raise ValueError(f"state_dict has state for parameter {raw_index}, which is absent")
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"state_dict state[{raw_index!r}] must be a dict")
             new_state[index] = self._checked_entry(index, entry, group_of[index])
         step_count = state_dict.get("step_count", 0)
         if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)):
