@@ -45,7 +45,7 @@ def check_grad(name: str, grad: object, param: np.ndarray) -> np.ndarray:
     """A gradient: a C-contiguous array of its parameter's dtype and shape, not aliasing it."""
     if not isinstance(grad, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(grad).__name__}")
-    if grad.dtype != param.dtype:
+    if grad.dtype is not param.dtype and grad.dtype != param.dtype:
         raise TypeError(f"{name} must have the parameter's dtype {param.dtype}, got {grad.dtype}")
     if grad.shape != param.shape:
         raise ValueError(f"{name} must have the parameter's shape {param.shape}, got {grad.shape}")

@@ -99,7 +99,7 @@ class Optimizer:
         self.step_count = 0
         self._params: list[np.ndarray] = []
         self._views: dict[int, dict[str, np.ndarray]] = {}
-        self._hyper_rows: dict[int, np.ndarray] = {}
+        self._plans: dict[int, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
         self._checked: list[tuple[Any, ...] | None] = []
         self._attached: dict[str, Any] = {}
         for group in _as_groups(params):
@@ -134,7 +134,10 @@ class Optimizer:
     def _kernel_state(
         self, group: Mapping[str, Any], views: Mapping[str, np.ndarray]
     ) -> tuple[np.ndarray | None, ...]:
-        """The state arrays in the kernel's order, ``None`` for those ``group`` does not use."""
+        """The state arrays in the kernel's order, ``None`` for those ``group`` does not use.
+
+        It must depend on ``group`` only through :meth:`_state_names` (launch plans are kept
+        while those names stay the same)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ groups
@@ -182,7 +185,7 @@ class Optimizer:
         self._params.extend(params)
 
     def _hyper_key(self, group: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(group[key] for key in self.defaults)
+        return tuple(map(group.__getitem__, self.defaults))
 
     def attach(self, name: str, obj: Any) -> None:
         """Carry ``obj.state_dict()`` (a scheduler's, say) in this optimizer's checkpoints."""
@@ -230,6 +233,7 @@ class Optimizer:
             if isinstance(value, np.ndarray)
         )
         self._views[index] = views
+        self._plans.pop(index, None)
 
     def step(self, grads: GradsT) -> None:
         """Update every parameter in place from its gradient.
@@ -261,23 +265,32 @@ class Optimizer:
         grad_scale: float,
     ) -> None:
         """Advance parameter ``index`` by one update (everything already validated)."""
-        created = self._prepare_state(index, param, group)
+        created, (hyper, bounds, flat, state_arrays) = self._launch_plan(index, param, group)
         state = self.state[index]
         state["step"] += 1
-        hyper = self._hyper_rows.get(index)
-        if hyper is None:
-            hyper = self._hyper_rows[index] = np.empty((1, self._hyper_width))
         hyper[0] = self._row(group, state["step"], created, grad_scale)
+        launch(self._kernels, bounds, hyper, flat, grad.reshape(-1), *state_arrays)
+
+    def _launch_plan(
+        self, index: int, param: np.ndarray, group: Mapping[str, Any]
+    ) -> tuple[bool, tuple[Any, ...]]:
+        """The kernel arguments of parameter ``index`` but its gradient, made once and kept
+        while the group's options need the same state arrays (the per-step cost of a small
+        array is mostly this bookkeeping). Also tells whether state arrays were just made."""
+        names = self._state_names(group)
+        cached = self._plans.get(index)
+        if cached is not None and cached[0] == names:
+            return False, cached[1]
+        created = self._prepare_state(index, param, group)
         views = self._views[index]
-        flat = views["param"]
-        launch(
-            self._kernels,
-            single_segment(flat.size),
-            hyper,
-            flat,
-            grad.reshape(-1),
-            *self._kernel_state(group, views),
+        plan = (
+            np.empty((1, self._hyper_width)),
+            single_segment(views["param"].size),
+            views["param"],
+            self._kernel_state(group, views),
         )
+        self._plans[index] = (names, plan)
+        return created, plan
 
     #: Length of the rule's kernel hyperparameter row.
     _hyper_width: ClassVar[int] = 0
@@ -361,6 +374,7 @@ class Optimizer:
             self._checked[number] = self._hyper_key(self.param_groups[number])
         self.state = new_state
         self._views.clear()
+        self._plans.clear()
         for index in self.state:
             self._refresh_views(index)
         self.step_count = int(step_count)
