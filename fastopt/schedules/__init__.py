@@ -16,6 +16,14 @@ validated at construction (``ValueError`` naming the parameter, ``TypeError`` fo
 type); ``schedule(t)`` raises ``TypeError`` for a non-integer and ``ValueError`` for a
 negative ``t``.
 
+>>> from fastopt.schedules import cosine_annealing, warmup
+>>> schedule = warmup(cosine_annealing(0.1, T_max=100), warmup_steps=10)
+>>> schedule(0), schedule(5), schedule(10), schedule(110)
+(0.0, 0.05, 0.1, 0.0)
+>>> schedule
+warmup(schedule=cosine_annealing(base_lr=0.1, T_max=100, eta_min=0.0),
+       warmup_steps=10, start_value=0.0)
+
 Schedules (torch = ``torch.optim.lr_scheduler``)
 ------------------------------------------------
 ``constant(value)``
