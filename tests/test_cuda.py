@@ -38,7 +38,12 @@ from fastopt.cuda import _kernels  # noqa: E402
 from fastopt.rules.adam import ADAM_KERNELS, adam_hyperparameters  # noqa: E402
 
 SIMULATOR = _kernels.SIMULATOR
-gpu = pytest.mark.skipif(SIMULATOR, reason="needs a real CUDA GPU")
+
+
+def gpu(test):
+    """Mark a test that needs real hardware (``-m gpu``); skipped under the simulator."""
+    return pytest.mark.gpu(pytest.mark.skipif(SIMULATOR, reason="needs a real CUDA GPU")(test))
+
 
 THREADS_PER_BLOCK = 16
 # 0, 1, odd, and more than the simulated grid holds (4 blocks x 16 threads).
@@ -354,6 +359,22 @@ def test_example_runs_unchanged_on_host_and_device():
     namespace = runpy.run_path(str(EXAMPLE))
     host_weights, device_weights = namespace["main"](size=64, steps=5)
     assert host_weights.shape == device_weights.shape == (64,)
+
+
+@pytest.mark.filterwarnings("ignore:Simulator timings are bogus")
+def test_benchmark_runs_and_counts_the_minimum_traffic():
+    from fastopt.cuda import bench
+
+    (adam,) = bench.run(["adam"], sizes=[64], warmup=1, repeats=1, baselines=False)
+    assert (adam.rule, adam.implementation, adam.size, adam.dtype) == (
+        "adam",
+        "fastopt",
+        64,
+        "float32",
+    )
+    # param, grad, exp_avg, exp_avg_sq read; param, exp_avg, exp_avg_sq written
+    assert adam.bytes_per_step == 7 * 64 * 4
+    assert "adam" in bench.format_table([adam]).splitlines()[1]
 
 
 # ---------------------------------------------------------------------- real hardware only
