@@ -43,10 +43,23 @@ def is_device_array(obj: object) -> bool:
     Checked without importing ``numba.cuda``: numba's device arrays carry the class flag
     ``__cuda_ndarray__``; CuPy arrays and torch CUDA tensors expose
     ``__cuda_array_interface__`` (torch CPU tensors raise AttributeError on it).
+
+    Raises
+    ------
+    TypeError
+        For an exporter that refuses to export (a torch tensor that requires grad).
     """
-    return bool(getattr(type(obj), "__cuda_ndarray__", False)) or hasattr(
-        obj, "__cuda_array_interface__"
-    )
+    if getattr(type(obj), "__cuda_ndarray__", False):
+        return True
+    try:
+        return hasattr(obj, "__cuda_array_interface__")
+    except RuntimeError as error:
+        # torch refuses to export a tensor that requires grad; its detached view shares the
+        # memory and exports fine.
+        raise TypeError(
+            f"this {type(obj).__name__} does not expose its memory ({error}); pass a view "
+            "that does, such as tensor.detach()"
+        ) from error
 
 
 class HostArrays:

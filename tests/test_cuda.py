@@ -262,6 +262,16 @@ def assert_unchanged(before, *arrays):
         np.testing.assert_array_equal(array, old)
 
 
+def test_exporter_that_refuses_to_export_gets_a_clear_error():
+    class RequiresGrad:  # what torch does for a tensor that requires grad
+        @property
+        def __cuda_array_interface__(self):
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+
+    with pytest.raises(TypeError, match=r"tensor\.detach\(\)"):
+        fastopt.SGD(RequiresGrad())
+
+
 def test_host_gradient_for_device_parameter_raises_before_any_write():
     param, (grad,) = problem(20, np.float32, 1)
     device_param = cuda.to_device(param)
