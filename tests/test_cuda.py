@@ -36,6 +36,7 @@ from fastopt import reference  # noqa: E402
 from fastopt._launch import launch  # noqa: E402
 from fastopt.cuda import _kernels  # noqa: E402
 from fastopt.rules.adam import ADAM_KERNELS, adam_hyperparameters  # noqa: E402
+from fastopt.rules.sgd import SGD_KERNELS  # noqa: E402
 
 SIMULATOR = _kernels.SIMULATOR
 
@@ -391,11 +392,14 @@ def test_benchmark_runs_and_counts_the_minimum_traffic():
 @gpu
 def test_launch_fills_the_device_and_no_more():
     device = cuda.get_current_device()
-    param = cuda.to_device(np.zeros(1 << 22, np.float32))
-    opt = fastopt.SGD(param, lr=0.1)
-    opt.step(cuda.to_device(np.ones(1 << 22, np.float32)))
-    (resident,) = set(_kernels._resident.values())
-    assert device.MULTIPROCESSOR_COUNT <= resident <= device.MULTIPROCESSOR_COUNT * 64
+    size = 1 << 22
+    param = cuda.to_device(np.zeros(size, np.float32))
+    fastopt.sgd_step(param, cuda.to_device(np.ones(size, np.float32)), lr=0.1)
+    dispatcher = _kernels._kernel(SGD_KERNELS, (False,), False)
+    (resident,) = {blocks for key, blocks in _kernels._resident.items() if key[0] is dispatcher}
+    multiprocessors = device.MULTIPROCESSOR_COUNT
+    most = multiprocessors * device.MAX_THREADS_PER_MULTI_PROCESSOR // THREADS_PER_BLOCK
+    assert resident % multiprocessors == 0 and multiprocessors <= resident <= most
     np.testing.assert_array_equal(param.copy_to_host(), np.float32(-0.1))
 
 
