@@ -204,7 +204,7 @@ def test_one_launch_updates_segments_with_their_own_hyperparameters(dtype, n_chu
     state = [np.zeros_like(param) for _ in range(2)]
     expected = param.copy()
     expected_state = [np.zeros_like(param) for _ in range(2)]
-    serial, parallel = adam.ADAM_KERNELS
+    serial, parallel = adam.ADAM_KERNELS.serial, adam.ADAM_KERNELS.parallel
     for step, grad in enumerate(grads, start=1):
         rows = [adam.adam_hyperparameters(**{**common, **s}, step=step) for s in settings]
         parallel(n_chunks, bounds, np.array(rows), param, grad, *state, None)

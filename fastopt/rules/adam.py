@@ -20,7 +20,7 @@ from fastopt._checks import (
     check_step,
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel, segment
-from fastopt._launch import chunk_length, first_segment, launch, single_segment
+from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["Adam", "AdamW", "adam_step"]
@@ -129,7 +129,12 @@ def _adam_parallel(n_chunks, bounds, hyper, param, grad, exp_avg, exp_avg_sq, ma
             s += 1
 
 
-ADAM_KERNELS = (_adam_serial, _adam_parallel)
+ADAM_KERNELS = RuleKernels(
+    serial=_adam_serial,
+    parallel=_adam_parallel,
+    update=adam_update,
+    unpack=_adam_scalars.py_func,
+)
 
 
 def adam_hyperparameters(
