@@ -3,6 +3,9 @@
 Every public entry point checks everything here before it writes anything, and raises
 ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong value, shape or memory
 layout) naming the argument, what was expected and what was given. Kernels do no checking.
+
+Arrays are NumPy arrays or CUDA device arrays; a parameter, its gradient and its state must
+live in the same place (the checks of device arrays are in :mod:`fastopt.cuda._arrays`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from fastopt._backend import HOST, backend_of, location_of
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -23,15 +28,40 @@ __all__ = [
     "check_param",
     "check_state",
     "check_step",
+    "shares_memory",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+_ARRAY_KINDS = "a numpy.ndarray or a CUDA device array"
+
+
+def _device_or_raise(name: str, array: object):
+    backend = backend_of(array)
+    if backend is None:
+        raise TypeError(f"{name} must be {_ARRAY_KINDS}, got {type(array).__name__}")
+    return backend
+
+
+def _same_place(name: str, array: object, param: object):
+    """The backend of ``array``, which must be that of ``param``."""
+    backend = _device_or_raise(name, array)
+    if backend is not backend_of(param):
+        raise TypeError(
+            f"{name} is {location_of(array)} but its parameter is {location_of(param)}: a "
+            "parameter, its gradient and its state must all be in host memory or all on the device"
+        )
+    return backend
+
+
 def check_param(name: str, array: object) -> np.ndarray:
-    """A parameter (or state) array: a writeable, C-contiguous float32/float64 ndarray."""
+    """A parameter (or state) array: a writeable, C-contiguous float32/float64 ndarray.
+
+    A CUDA device array is checked the same way by its backend and returned as given.
+    """
     if not isinstance(array, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(array).__name__}")
+        return _device_or_raise(name, array).check_param(name, array)
     if array.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}")
     if not array.flags.c_contiguous:
@@ -43,9 +73,12 @@ def check_param(name: str, array: object) -> np.ndarray:
 
 def check_grad(name: str, grad: object, param: np.ndarray) -> np.ndarray:
     """A gradient: a C-contiguous array of its parameter's dtype and shape, not aliasing it."""
-    if not isinstance(grad, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(grad).__name__}")
-    if grad.dtype != param.dtype:
+    if not (isinstance(grad, np.ndarray) and isinstance(param, np.ndarray)):
+        backend = _same_place(name, grad, param)
+        if backend is not HOST:
+            return backend.check_grad(name, grad, param)
+    assert isinstance(grad, np.ndarray)
+    if grad.dtype is not param.dtype and grad.dtype != param.dtype:
         raise TypeError(f"{name} must have the parameter's dtype {param.dtype}, got {grad.dtype}")
     if grad.shape != param.shape:
         raise ValueError(f"{name} must have the parameter's shape {param.shape}, got {grad.shape}")
@@ -58,6 +91,9 @@ def check_grad(name: str, grad: object, param: np.ndarray) -> np.ndarray:
 
 def check_state(name: str, array: object, param: np.ndarray) -> np.ndarray:
     """A state array: writeable, C-contiguous, of its parameter's dtype and size."""
+    backend = _same_place(name, array, param)
+    if backend is not HOST:
+        return backend.check_state(name, array, param)
     check_param(name, array)
     assert isinstance(array, np.ndarray)
     if array.dtype != param.dtype:
@@ -71,8 +107,18 @@ def check_disjoint(named_arrays: Sequence[tuple[str, np.ndarray]]) -> None:
     """No two of the arrays share memory (an update writes some of them)."""
     for i, (first_name, first) in enumerate(named_arrays):
         for second_name, second in named_arrays[i + 1 :]:
-            if np.may_share_memory(first, second):
+            if shares_memory(first, second):
                 raise ValueError(f"{first_name} and {second_name} share memory")
+
+
+def shares_memory(first: object, second: object) -> bool:
+    """Whether two arrays of one backend may overlap in memory."""
+    if isinstance(first, np.ndarray) and isinstance(second, np.ndarray):
+        return bool(np.may_share_memory(first, second))
+    backend = backend_of(first)
+    assert backend is not None
+    (start, end), (other_start, other_end) = backend.span(first), backend.span(second)
+    return start < other_end and other_start < end
 
 
 def _finite_real(name: str, value: object) -> float:

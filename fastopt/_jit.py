@@ -18,10 +18,13 @@ from numba.core import types
 from numba.extending import overload
 
 __all__ = [
+    "CUDA_JIT_OPTIONS",
     "FASTMATH_FLAGS",
     "JIT_OPTIONS",
     "PARALLEL_THRESHOLD",
     "as_dtype_of",
+    "cuda_device",
+    "cuda_kernel",
     "elementwise",
     "kernel",
     "parallel_kernel",
@@ -59,6 +62,32 @@ def kernel(fn: F) -> F:
 def parallel_kernel(fn: F) -> F:
     """Compile a multithreaded (``prange``) kernel with fastopt's options."""
     return numba.njit(parallel=True, **JIT_OPTIONS)(fn)
+
+
+# CUDA: no fast math either (NaN and Inf propagate; division and square root are IEEE-rounded,
+# not approximated). NVVM still contracts ``a * b + c`` into fused multiply-adds, which has no
+# switch in numba.cuda.jit, so GPU results equal the CPU kernels' to rounding, not bitwise.
+# No ``cache``: the kernels are generated per rule and option set (see fastopt.cuda._kernels)
+# and have no source file for an on-disk cache to key on.
+CUDA_JIT_OPTIONS: dict[str, Any] = {"fastmath": False}
+
+
+def cuda_device(fn: F) -> F:
+    """Compile a function as a CUDA device function with fastopt's options.
+
+    ``numba.cuda`` is imported here, on first use, so that CPU-only use of fastopt never
+    loads it.
+    """
+    from numba import cuda
+
+    return cuda.jit(device=True, **CUDA_JIT_OPTIONS)(fn)
+
+
+def cuda_kernel(fn: F) -> F:
+    """Compile a CUDA kernel with fastopt's options (``numba.cuda`` imported on first use)."""
+    from numba import cuda
+
+    return cuda.jit(**CUDA_JIT_OPTIONS)(fn)
 
 
 def elementwise(fn: F) -> F:

@@ -5,6 +5,9 @@ a serial one for small arrays and a ``prange`` one that splits the flat array in
 contiguous chunk per thread. ``bounds`` (int64, ``S + 1`` offsets) cuts the arrays into ``S``
 segments and row ``s`` of ``hyper`` (float64, ``S x K``) holds the hyperparameters of segment
 ``s``, so one launch can update several parameter groups with different settings.
+
+Arrays that live on a CUDA device are handed to :mod:`fastopt.cuda`, which builds its kernels
+from the same element-wise update (:class:`RuleKernels` carries it).
 """
 
 from __future__ import annotations
@@ -12,13 +15,35 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 
 from fastopt._jit import PARALLEL_THRESHOLD, elementwise
 
-__all__ = ["chunk_length", "first_segment", "launch", "run_parallel", "single_segment"]
+__all__ = [
+    "RuleKernels",
+    "chunk_length",
+    "first_segment",
+    "launch",
+    "run_parallel",
+    "single_segment",
+]
+
+
+class RuleKernels(NamedTuple):
+    """A rule's compiled CPU drivers and the plain-Python math every kernel is built from.
+
+    ``update(i, param, grad, *state, scalars)`` is the element-wise update and
+    ``unpack(h, param)`` turns a hyperparameter row into its ``scalars``; the CPU drivers
+    inline them, :mod:`fastopt.cuda` compiles them as CUDA device functions.
+    """
+
+    serial: Callable[..., None]
+    parallel: Callable[..., None]
+    update: Callable[..., None]
+    unpack: Callable[..., Any]
 
 
 @elementwise
@@ -57,10 +82,17 @@ def run_parallel(kernel: Callable[..., object], *args: object) -> None:
         _layer_is_threadsafe = numba.threading_layer() != "workqueue"
 
 
-def launch(kernels, bounds, hyper, param, *arrays) -> None:
-    """Run a rule's serial or parallel driver, chosen by the number of elements."""
-    serial, parallel = kernels
-    if param.size < PARALLEL_THRESHOLD:
-        serial(bounds, hyper, param, *arrays)
+def launch(kernels: RuleKernels, bounds, hyper, param, *arrays) -> None:
+    """Run a rule's update: serial or parallel driver by size, or the CUDA kernel.
+
+    Host (NumPy) arrays run the CPU drivers; device arrays (validated beforehand to be all
+    on the device) run the rule's CUDA kernel.
+    """
+    if not isinstance(param, np.ndarray):
+        from fastopt.cuda._kernels import launch as launch_cuda
+
+        launch_cuda(kernels, bounds, hyper, param, *arrays)
+    elif param.size < PARALLEL_THRESHOLD:
+        kernels.serial(bounds, hyper, param, *arrays)
     else:
-        run_parallel(parallel, numba.get_num_threads(), bounds, hyper, param, *arrays)
+        run_parallel(kernels.parallel, numba.get_num_threads(), bounds, hyper, param, *arrays)

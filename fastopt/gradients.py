@@ -301,6 +301,12 @@ def prestep(
     kernel_clip = math.inf if clip_value is None else clip_value
     if nonfinite == "propagate" and max_norm is None:
         return Prestep(1.0 / loss_scale, kernel_clip, StepStats(None, 1.0, None, True))
+    if not all(grad is None or isinstance(grad, np.ndarray) for grad in grads):
+        raise TypeError(
+            "max_norm and nonfinite='skip'/'raise' read the gradients on the host: they need "
+            "NumPy arrays. Device arrays take loss_scale and clip_value, which the update "
+            "kernel applies."
+        )
     norm, first_bad = _survey(grads, norm_type)
     norm /= loss_scale
     if first_bad is not None:

@@ -4,6 +4,10 @@ A rule (``SGD``, ``Adam``, ...) subclasses :class:`Optimizer` and supplies: its 
 check, the names of its state arrays and their initial value, its kernels, the kernel's
 hyperparameter row and the order of its state arrays. Everything else (the ``params`` forms,
 gradient pairing and validation before any write, schedules, ``state_dict``) lives here once.
+
+Arrays may live in host memory (NumPy) or on a CUDA device (see :mod:`fastopt.cuda`); the
+few operations that differ (allocation, flat views, host copies) go through the parameters'
+array backend (:mod:`fastopt._backend`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 
+from fastopt._backend import HOST, ArrayBackend, backend_of, is_device_array, location_of
 from fastopt._checks import check_grad, check_param
 from fastopt._launch import launch, single_segment
 from fastopt.gradients import (
@@ -44,8 +49,13 @@ def _evaluate(spec: Any, step: int) -> Any:
     return float(spec(step))
 
 
+def _is_one_array(obj: object) -> bool:
+    # Checked before "iterable": a device tensor iterates over its rows.
+    return isinstance(obj, np.ndarray) or is_device_array(obj)
+
+
 def _as_groups(params: object) -> list[dict[str, Any]]:
-    if isinstance(params, np.ndarray):
+    if _is_one_array(params):
         return [{"params": [params]}]
     if isinstance(params, (Mapping, str, bytes)) or not isinstance(params, Iterable):
         raise TypeError(
@@ -62,18 +72,14 @@ def _as_groups(params: object) -> list[dict[str, Any]]:
     return [{"params": items}]
 
 
-def _byte_span(array: np.ndarray) -> tuple[int, int]:
-    """First and one-past-last byte address of a C-contiguous array."""
-    start = array.__array_interface__["data"][0]
-    return start, start + array.nbytes
-
-
-def _overlapping_pair(arrays: Sequence[np.ndarray]) -> tuple[int, int] | None:
+def _overlapping_pair(
+    arrays: Sequence[np.ndarray], backend: ArrayBackend
+) -> tuple[int, int] | None:
     """Indices of two arrays whose memory overlaps, or None (sorted sweep, O(n log n))."""
     spans = []
     for index, array in enumerate(arrays):
-        start = array.__array_interface__["data"][0]
-        spans.append((start, start + array.nbytes, index))
+        start, end = backend.span(array)
+        spans.append((start, end, index))
     spans.sort()
     for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:
@@ -89,6 +95,9 @@ class Optimizer:
     params
         One C-contiguous float32/float64 array, a list of them, or a list of parameter-group
         dicts (``{"params": [...], "lr": ...}``) whose other keys override ``defaults``.
+        NumPy arrays, or CUDA device arrays (numba's, CuPy's, torch CUDA tensors: see
+        :mod:`fastopt.cuda`); one optimizer's parameters are all on the host or all on the
+        device.
     defaults
         The rule's hyperparameters. A value may be a schedule (any callable of the step count,
         see :mod:`fastopt.schedules`); it is evaluated once per step before the update.
@@ -143,9 +152,10 @@ class Optimizer:
         self.step_count = 0
         self._params: list[np.ndarray] = []
         self._views: dict[int, dict[str, np.ndarray]] = {}
-        self._hyper_rows: dict[int, np.ndarray] = {}
+        self._plans: dict[int, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
         self._checked: list[tuple[Any, ...] | None] = []
         self._attached: dict[str, Any] = {}
+        self._arrays: ArrayBackend = HOST
         self._written_spans: tuple[list[int], list[int], list[str]] | None = None
         for group in _as_groups(params):
             self.add_param_group(group)
@@ -186,7 +196,10 @@ class Optimizer:
     def _kernel_state(
         self, group: Mapping[str, Any], views: Mapping[str, np.ndarray]
     ) -> tuple[np.ndarray | None, ...]:
-        """The state arrays in the kernel's order, ``None`` for those ``group`` does not use."""
+        """The state arrays in the kernel's order, ``None`` for those ``group`` does not use.
+
+        It must depend on ``group`` only through :meth:`_state_names` (launch plans are kept
+        while those names stay the same)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ groups
@@ -204,15 +217,16 @@ class Optimizer:
         group = dict(param_group)
         number = len(self.param_groups)
         params = group["params"]
-        params = [params] if isinstance(params, np.ndarray) else list(params)
+        params = [params] if _is_one_array(params) else list(params)
         if not params:
             raise ValueError(f"param_groups[{number}] has no parameters")
         for i, param in enumerate(params):
             check_param(f"param_groups[{number}]['params'][{i}]", param)
+        arrays = self._check_one_place(number, params)
         unknown = set(group) - set(self.defaults) - {"params", "schedules"}
         if unknown:
             raise ValueError(f"param_groups[{number}] has unknown keys {sorted(unknown)}")
-        overlap = _overlapping_pair(self._params + params)
+        overlap = _overlapping_pair(self._params + params, arrays)
         if overlap is not None:
             raise ValueError(
                 "a parameter appears twice (or two parameters share memory): positions "
@@ -232,10 +246,25 @@ class Optimizer:
         self.param_groups.append(group)
         self._checked.append(self._hyper_key(group))
         self._params.extend(params)
+        self._arrays = arrays
         self._written_spans = None
 
+    def _check_one_place(self, number: int, params: Sequence[Any]) -> ArrayBackend:
+        """The backend of ``params``: the same for all of them and for earlier groups."""
+        first = self._params[0] if self._params else params[0]
+        backend = backend_of(first)
+        assert backend is not None
+        for i, param in enumerate(params):
+            if backend_of(param) is not backend:
+                raise TypeError(
+                    f"param_groups[{number}]['params'][{i}] is {location_of(param)} but the "
+                    f"optimizer's parameters are in {backend.location}: put them all in "
+                    "one place"
+                )
+        return backend
+
     def _hyper_key(self, group: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(group[key] for key in self.defaults)
+        return tuple(map(group.__getitem__, self.defaults))
 
     def attach(self, name: str, obj: Any) -> None:
         """Carry ``obj.state_dict()`` (a scheduler's, say) in this optimizer's checkpoints."""
@@ -244,7 +273,7 @@ class Optimizer:
     # ------------------------------------------------------------------ step
     def _pair_grads(self, grads: GradsT) -> list[np.ndarray | None]:
         count = len(self._params)
-        if isinstance(grads, np.ndarray):
+        if _is_one_array(grads):
             if count != 1:
                 raise TypeError(f"grads must be a list of {count} arrays (one per parameter)")
             grads = [grads]
@@ -262,9 +291,10 @@ class Optimizer:
         """No gradient overlaps an array the step writes (any parameter or state array).
 
         Otherwise the result would depend on the order in which elements are updated.
-        Written arrays are C-contiguous and pairwise disjoint, so their byte spans, sorted
+        Written arrays are contiguous and pairwise disjoint, so their byte spans, sorted
         once, are sorted by end too: one bisection per gradient finds any overlap.
         """
+        span = self._arrays.span
         if self._written_spans is None:
             spans = []
             for index, views in self._views.items():
@@ -272,9 +302,9 @@ class Optimizer:
                     owner = f"parameter {index}"
                     if name != "param":
                         owner = f"state {name!r} of {owner}"
-                    spans.append((*_byte_span(view), owner))
+                    spans.append((*span(view), owner))
             spans.extend(
-                (*_byte_span(param), f"parameter {index}")
+                (*span(param), f"parameter {index}")
                 for index, param in enumerate(self._params)
                 if index not in self._views
             )
@@ -282,9 +312,11 @@ class Optimizer:
             self._written_spans = tuple(map(list, zip(*spans, strict=True))) or ([], [], [])
         starts, ends, owners = self._written_spans
         for index, grad in enumerate(grads):
-            if grad is None or grad.nbytes == 0:
+            if grad is None:
                 continue
-            start, end = _byte_span(grad)
+            start, end = span(grad)
+            if start == end:
+                continue
             position = bisect.bisect_right(ends, start)
             if position < len(starts) and starts[position] < end:
                 raise ValueError(
@@ -305,20 +337,22 @@ class Optimizer:
         state = self.state.setdefault(index, {"step": 0})
         missing = [name for name in self._state_names(group) if name not in state]
         for name in missing:
-            state[name] = np.full_like(param, self._initial_value(name, group))
+            state[name] = self._arrays.full_like(param, self._initial_value(name, group))
         if missing or index not in self._views:
             self._refresh_views(index)
         return bool(missing)
 
     def _refresh_views(self, index: int) -> None:
         self._written_spans = None
-        views = {"param": self._params[index].reshape(-1)}
+        flat = self._arrays.flat
+        views = {"param": flat(self._params[index])}
         views.update(
-            (name, value.reshape(-1))
+            (name, flat(value))
             for name, value in self.state[index].items()
-            if isinstance(value, np.ndarray)
+            if self._arrays.is_array(value)
         )
         self._views[index] = views
+        self._plans.pop(index, None)
 
     def step(
         self,
@@ -400,30 +434,39 @@ class Optimizer:
         clip_value: float,
     ) -> None:
         """Advance parameter ``index`` by one update (everything already validated)."""
-        created = self._prepare_state(index, param, group)
+        created, (hyper, bounds, flat, state_arrays) = self._launch_plan(index, param, group)
         state = self.state[index]
         state["step"] += 1
-        hyper = self._hyper_rows.get(index)
-        if hyper is None:
-            hyper = self._hyper_rows[index] = np.empty((1, self._hyper_width))
         hyper[0] = self._row(group, state["step"], created, grad_scale, clip_value)
+        launch(self._kernels, bounds, hyper, flat, self._arrays.flat(grad), *state_arrays)
+
+    def _launch_plan(
+        self, index: int, param: np.ndarray, group: Mapping[str, Any]
+    ) -> tuple[bool, tuple[Any, ...]]:
+        """The kernel arguments of parameter ``index`` but its gradient, made once and kept
+        while the group's options need the same state arrays (the per-step cost of a small
+        array is mostly this bookkeeping). Also tells whether state arrays were just made."""
+        names = self._state_names(group)
+        cached = self._plans.get(index)
+        if cached is not None and cached[0] == names:
+            return False, cached[1]
+        created = self._prepare_state(index, param, group)
         views = self._views[index]
-        flat = views["param"]
-        launch(
-            self._kernels,
-            single_segment(flat.size),
-            hyper,
-            flat,
-            grad.reshape(-1),
-            *self._kernel_state(group, views),
+        plan = (
+            np.empty((1, self._hyper_width)),
+            single_segment(views["param"].size),
+            views["param"],
+            self._kernel_state(group, views),
         )
+        self._plans[index] = (names, plan)
+        return created, plan
 
     #: Length of the rule's kernel hyperparameter row.
     _hyper_width: ClassVar[int] = 0
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """A checkpoint: copies of every state array, the groups' hyperparameters, the step.
+        """A checkpoint: host copies of every state array, the hyperparameters, the step.
 
         The layout is torch's (``"state"`` keyed by parameter position, ``"param_groups"``
         with ``"params"`` as positions) plus ``"step_count"`` and the state of attached
@@ -436,8 +479,9 @@ class Optimizer:
             saved["params"] = list(range(start, start + len(group["params"])))
             start += len(group["params"])
             groups.append(saved)
+        to_host, is_array = self._arrays.to_host, self._arrays.is_array
         state = {
-            index: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in entry.items()}
+            index: {k: to_host(v) if is_array(v) else v for k, v in entry.items()}
             for index, entry in self.state.items()
         }
         attached = {name: obj.state_dict() for name, obj in self._attached.items()}
@@ -517,6 +561,7 @@ class Optimizer:
             self._checked[number] = self._hyper_key(self.param_groups[number])
         self.state = new_state
         self._views.clear()
+        self._plans.clear()
         for index in self.state:
             self._refresh_views(index)
         self.step_count = int(step_count)
@@ -539,14 +584,18 @@ class Optimizer:
                 continue
             if name not in allowed:
                 raise ValueError(f"{where} is not a state of {type(self).__name__}")
-            if not isinstance(value, np.ndarray):
+            value_backend = backend_of(value)
+            if value_backend is None:
                 raise ValueError(f"{where} must be an ndarray, got {type(value).__name__}")
-            if value.dtype != param.dtype or value.shape != param.shape:
+            if value_backend is not HOST:
+                value = value_backend.to_host(value)
+            dtype, shape = self._arrays.dtype_shape(param)
+            if value.dtype != dtype or value.shape != shape:
                 raise ValueError(
-                    f"{where} must have dtype {param.dtype} and shape {param.shape}, "
+                    f"{where} must have dtype {dtype} and shape {shape}, "
                     f"got {value.dtype} {value.shape}"
                 )
-            checked[name] = np.array(value, order="C", copy=True)
+            checked[name] = self._arrays.from_host(value, like=param)
         missing = set(self._state_names(group)) - set(checked)
         if missing and checked.get("step", 0) > 0:
             raise ValueError(f"state_dict state[{index}] lacks {sorted(missing)}")

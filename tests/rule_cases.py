@@ -146,5 +146,6 @@ def assert_close(actual: np.ndarray, desired: np.ndarray, err_msg: str = "") -> 
     the same size relative to the array's largest magnitude (elements that cancel to near 0
     carry the rounding error of their larger inputs, e.g. fused multiply-adds)."""
     rtol = 1e-12 if desired.dtype == np.float64 else 1e-5
-    scale = float(np.max(np.abs(desired), initial=1.0))
+    finite = np.abs(desired[np.isfinite(desired)])
+    scale = float(np.max(finite, initial=1.0))
     np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * scale, err_msg=err_msg)

@@ -40,7 +40,7 @@ def test_matches_reference(case, size, dtype):
 def test_parallel_and_serial_paths_agree_bitwise(case, monkeypatch):
     import fastopt._launch as launch_module
 
-    _, cls, kwargs = case
+    _rule, cls, kwargs = case
     size = PARALLEL_THRESHOLD + 4099
     results = []
     for threshold in (PARALLEL_THRESHOLD, size + 1):
@@ -54,3 +54,21 @@ def test_parallel_and_serial_paths_agree_bitwise(case, monkeypatch):
     assert np.array_equal(p_par, p_ser)
     for name, value in s_par.items():
         np.testing.assert_array_equal(value, s_ser[name], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_non_finite_gradients_propagate_like_the_reference(case, dtype):
+    rule, cls, kwargs = case
+    param, grads = problem(PARALLEL_THRESHOLD + 77, dtype, 4)
+    grads[1][[3, 500, PARALLEL_THRESHOLD + 5]] = [np.nan, np.inf, -np.inf]
+    expected = param.copy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected_state = run_reference(rule, cls, kwargs, expected, grads)
+    opt = cls(param, **kwargs)
+    for grad in grads:
+        opt.step(grad)
+    assert not np.all(np.isfinite(param))
+    assert_close(param, expected)  # NaN where the reference has NaN, equal elsewhere
+    for name, value in expected_state.items():
+        assert_close(opt.state[0][name], value, err_msg=name)

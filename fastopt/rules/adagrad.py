@@ -19,7 +19,7 @@ from fastopt._checks import (
     check_step,
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel
-from fastopt._launch import chunk_length, first_segment, launch, single_segment
+from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
 from fastopt.gradients import NonfinitePolicy
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
@@ -99,7 +99,12 @@ def _adagrad_parallel(n_chunks, bounds, hyper, param, grad, state_sum):
             s += 1
 
 
-ADAGRAD_KERNELS = (_adagrad_serial, _adagrad_parallel)
+ADAGRAD_KERNELS = RuleKernels(
+    serial=_adagrad_serial,
+    parallel=_adagrad_parallel,
+    update=adagrad_update,
+    unpack=_adagrad_scalars.py_func,
+)
 
 
 def adagrad_hyperparameters(

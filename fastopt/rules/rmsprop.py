@@ -18,7 +18,7 @@ from fastopt._checks import (
     check_state,
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel, segment
-from fastopt._launch import chunk_length, first_segment, launch, single_segment
+from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
 from fastopt.gradients import NonfinitePolicy
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
@@ -128,7 +128,12 @@ def _rmsprop_parallel(n_chunks, bounds, hyper, param, grad, square_avg, momentum
             s += 1
 
 
-RMSPROP_KERNELS = (_rmsprop_serial, _rmsprop_parallel)
+RMSPROP_KERNELS = RuleKernels(
+    serial=_rmsprop_serial,
+    parallel=_rmsprop_parallel,
+    update=rmsprop_update,
+    unpack=_rmsprop_scalars.py_func,
+)
 
 
 def rmsprop_hyperparameters(

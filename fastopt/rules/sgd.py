@@ -18,7 +18,7 @@ from fastopt._checks import (
     check_state,
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel, segment
-from fastopt._launch import chunk_length, first_segment, launch, single_segment
+from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
 from fastopt.gradients import NonfinitePolicy
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
@@ -106,7 +106,12 @@ def _sgd_parallel(n_chunks, bounds, hyper, param, grad, momentum_buffer):
             s += 1
 
 
-SGD_KERNELS = (_sgd_serial, _sgd_parallel)
+SGD_KERNELS = RuleKernels(
+    serial=_sgd_serial,
+    parallel=_sgd_parallel,
+    update=sgd_update,
+    unpack=_sgd_scalars.py_func,
+)
 
 
 def sgd_hyperparameters(

@@ -9,14 +9,23 @@ torch schedulers do, so the same objects drive a learning rate, a momentum or an
 :math:`\beta`.
 
 Constructors named after a torch scheduler take that scheduler's parameter names, and
-``schedule(t)`` equals the lr torch's scheduler sets after ``t`` calls to ``step()`` (for
-the lr of the :math:`(t+1)`-th update). :func:`warmup_cosine_decay_schedule` takes optax's
-names and semantics. Arguments are validated at construction (``ValueError`` naming the
-parameter); ``schedule(t)`` raises ``TypeError`` for a non-integer and ``ValueError`` for a
+``schedule(t)`` equals the lr torch's scheduler sets after ``t`` calls to ``step()`` (the
+lr of the :math:`(t+1)`-th update), except where an entry below says otherwise.
+:func:`warmup_cosine_decay_schedule` takes optax's names and semantics. Arguments are
+validated at construction (``ValueError`` naming the parameter, ``TypeError`` for a wrong
+type); ``schedule(t)`` raises ``TypeError`` for a non-integer and ``ValueError`` for a
 negative ``t``.
 
+>>> from fastopt.schedules import cosine_annealing, warmup
+>>> schedule = warmup(cosine_annealing(0.1, T_max=100), warmup_steps=10)
+>>> schedule(0), schedule(5), schedule(10), schedule(110)
+(0.0, 0.05, 0.1, 0.0)
+>>> schedule
+warmup(schedule=cosine_annealing(base_lr=0.1, T_max=100, eta_min=0.0),
+       warmup_steps=10, start_value=0.0)
+
 Schedules (torch = ``torch.optim.lr_scheduler``)
--------------------------------------------------
+------------------------------------------------
 ``constant(value)``
     torch: a plain float lr. optax: ``constant_schedule``.
 ``constant_factor(base_lr, factor=1/3, total_iters=5)``
@@ -38,7 +47,8 @@ Schedules (torch = ``torch.optim.lr_scheduler``)
     torch: ``CosineAnnealingWarmRestarts``. optax: ``sgdr_schedule``.
 ``one_cycle(max_lr, total_steps, pct_start=0.3, anneal_strategy="cos", div_factor=25.0,
 final_div_factor=1e4, three_phase=False)``
-    torch: ``OneCycleLR`` (lr). optax: close to ``cosine_onecycle_schedule`` /
+    torch: ``OneCycleLR`` (lr; holds the final value from ``total_steps - 1`` on, where
+    torch raises past ``total_steps``). optax: close to ``cosine_onecycle_schedule`` /
     ``linear_onecycle_schedule``, whose phase boundaries differ by a step.
 ``one_cycle_momentum(total_steps, pct_start=0.3, anneal_strategy="cos",
 base_momentum=0.85, max_momentum=0.95, three_phase=False)``

@@ -53,6 +53,7 @@ class Schedule:
         raise NotImplementedError
 
     def __mul__(self, other: object) -> Schedule:
+        # Imported here: both modules build on this one.
         from fastopt.schedules.compose import chain
         from fastopt.schedules.decay import constant
 
@@ -63,6 +64,7 @@ class Schedule:
         return NotImplemented
 
     def __rmul__(self, other: object) -> Schedule:
+        # Imported here: both modules build on this one.
         from fastopt.schedules.compose import chain
         from fastopt.schedules.decay import constant
 
@@ -76,6 +78,11 @@ class Schedule:
         name = self._constructor or type(self).__name__
         args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return f"{name}({args})"
+
+
+#: Class decorator of the built-in schedules: immutable and slotted, with equality, hashing and
+#: pickling from the fields, and :class:`Schedule`'s constructor-call ``repr``.
+frozen_schedule = dataclasses.dataclass(frozen=True, slots=True, repr=False)
 
 
 def is_real(value: object) -> bool:

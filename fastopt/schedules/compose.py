@@ -5,12 +5,9 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from fastopt.schedules.base import Schedule, finite, increasing_steps, integer
+from fastopt.schedules.base import Schedule, finite, frozen_schedule, increasing_steps, integer
 from fastopt.schedules.decay import constant
-
-_frozen = dataclass(frozen=True, slots=True, repr=False)
 
 
 def _schedule_tuple(name: str, schedules: Sequence[Schedule]) -> tuple[Schedule, ...]:
@@ -24,7 +21,7 @@ def _schedule_tuple(name: str, schedules: Sequence[Schedule]) -> tuple[Schedule,
     return tuple(schedules)
 
 
-@_frozen
+@frozen_schedule
 class _Join(Schedule):
     _constructor = "join"
     schedules: tuple[Schedule, ...]
@@ -66,7 +63,7 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     return _Join(schedules, boundaries)
 
 
-@_frozen
+@frozen_schedule
 class _Warmup(Schedule):
     _constructor = "warmup"
     schedule: Schedule
@@ -133,7 +130,7 @@ def linear_warmup(peak_value: float, warmup_steps: int, start_value: float = 0.0
     return warmup(constant(peak_value), warmup_steps, start_value)
 
 
-@_frozen
+@frozen_schedule
 class _Chain(Schedule):
     _constructor = "chain"
     schedules: tuple[Schedule, ...]
@@ -147,10 +144,11 @@ def chain(schedules: Sequence[Schedule]) -> Schedule:
 
     .. math:: v(t) = \prod_i s_i(t)
 
-    This is the closed form of torch's ``ChainedScheduler`` over multiplicative schedulers:
-    there each scheduler multiplies the current lr by its own factor every step, so the lr
-    is the base lr times the product of the factors. Here one schedule carries the base
-    value and the others are factors with base value 1, e.g.
+    This is the closed form of torch's ``ChainedScheduler`` over schedulers whose step is a
+    pure multiplication of the current lr (``ConstantLR``, ``LinearLR``, ``StepLR``,
+    ``MultiStepLR``, ``ExponentialLR``, ``PolynomialLR``, and ``CosineAnnealingLR`` with
+    ``eta_min=0``): the lr is the base lr times the product of their factors. Here one
+    schedule carries the base value and the others are factors with base value 1, e.g.
     ``chain([constant_factor(0.1, 0.5, 20), exponential_decay(1.0, 0.9)])``. ``a * b``
     is ``chain([a, b])``; nested chains are flattened.
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from fastopt.schedules.base import Schedule, finite, integer, positive
+from fastopt.schedules.base import Schedule, finite, frozen_schedule, integer, positive
 from fastopt.schedules.interpolation import cosine_blend
 
-_frozen = dataclass(frozen=True, slots=True, repr=False)
 
-
-@_frozen
+@frozen_schedule
 class _CosineAnnealing(Schedule):
     _constructor = "cosine_annealing"
     base_lr: float
@@ -51,7 +48,7 @@ def cosine_annealing(base_lr: float, T_max: int, eta_min: float = 0.0) -> Schedu
     )
 
 
-@_frozen
+@frozen_schedule
 class _CosineAnnealingWarmRestarts(Schedule):
     _constructor = "cosine_annealing_warm_restarts"
     base_lr: float
@@ -105,7 +102,7 @@ def cosine_annealing_warm_restarts(
     )
 
 
-@_frozen
+@frozen_schedule
 class _WarmupCosineDecay(Schedule):
     _constructor = "warmup_cosine_decay_schedule"
     init_value: float

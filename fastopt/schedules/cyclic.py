@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fastopt.schedules.base import (
     Schedule,
     choice,
     finite,
+    frozen_schedule,
     in_interval,
     integer,
     positive,
 )
 from fastopt.schedules.interpolation import cosine_blend, linear_blend
-
-_frozen = dataclass(frozen=True, slots=True, repr=False)
 
 _ANNEAL_STRATEGIES = ("cos", "linear")
 _CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
@@ -69,7 +66,7 @@ def _check_one_cycle_shape(
     return total_steps, pct_start, anneal_strategy, three_phase
 
 
-@_frozen
+@frozen_schedule
 class _OneCycle(Schedule):
     _constructor = "one_cycle"
     max_lr: float
@@ -153,7 +150,7 @@ def one_cycle(
     )
 
 
-@_frozen
+@frozen_schedule
 class _OneCycleMomentum(Schedule):
     _constructor = "one_cycle_momentum"
     total_steps: int
@@ -238,7 +235,7 @@ def _check_cycle_shape(
     return step_size_up, step_size_down, mode, gamma
 
 
-@_frozen
+@frozen_schedule
 class _Cyclic(Schedule):
     _constructor = "cyclic"
     base_lr: float
@@ -298,7 +295,7 @@ def cyclic(
     )
 
 
-@_frozen
+@frozen_schedule
 class _CyclicMomentum(Schedule):
     _constructor = "cyclic_momentum"
     base_momentum: float

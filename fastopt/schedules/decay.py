@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from fastopt.schedules.base import (
     Schedule,
     finite,
+    frozen_schedule,
     in_interval,
     increasing_steps,
     integer,
@@ -17,10 +17,8 @@ from fastopt.schedules.base import (
 )
 from fastopt.schedules.interpolation import linear_blend
 
-_frozen = dataclass(frozen=True, slots=True, repr=False)
 
-
-@_frozen
+@frozen_schedule
 class _Constant(Schedule):
     _constructor = "constant"
     value: float
@@ -42,7 +40,7 @@ def constant(value: float) -> Schedule:
     return _Constant(finite("value", value))
 
 
-@_frozen
+@frozen_schedule
 class _ConstantFactor(Schedule):
     _constructor = "constant_factor"
     base_lr: float
@@ -79,7 +77,7 @@ def constant_factor(base_lr: float, factor: float = 1.0 / 3.0, total_iters: int 
     )
 
 
-@_frozen
+@frozen_schedule
 class _StepDecay(Schedule):
     _constructor = "step_decay"
     base_lr: float
@@ -111,7 +109,7 @@ def step_decay(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     )
 
 
-@_frozen
+@frozen_schedule
 class _MultiStepDecay(Schedule):
     _constructor = "multi_step_decay"
     base_lr: float
@@ -143,7 +141,7 @@ def multi_step_decay(base_lr: float, milestones: Sequence[int], gamma: float = 0
     )
 
 
-@_frozen
+@frozen_schedule
 class _ExponentialDecay(Schedule):
     _constructor = "exponential_decay"
     base_lr: float
@@ -170,7 +168,7 @@ def exponential_decay(base_lr: float, gamma: float) -> Schedule:
     )
 
 
-@_frozen
+@frozen_schedule
 class _PolynomialDecay(Schedule):
     _constructor = "polynomial_decay"
     base_lr: float
@@ -208,7 +206,7 @@ def polynomial_decay(base_lr: float, total_iters: int = 5, power: float = 1.0) -
     )
 
 
-@_frozen
+@frozen_schedule
 class _Linear(Schedule):
     _constructor = "linear"
     base_lr: float
@@ -255,7 +253,7 @@ def linear(
     )
 
 
-@_frozen
+@frozen_schedule
 class _InverseTimeDecay(Schedule):
     _constructor = "inverse_time_decay"
     base_lr: float
@@ -299,7 +297,7 @@ def inverse_time_decay(
     )
 
 
-@_frozen
+@frozen_schedule
 class _InverseSqrt(Schedule):
     _constructor = "inverse_sqrt"
     d_model: float

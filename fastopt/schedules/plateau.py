@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
-from fastopt.schedules.base import Schedule, choice, finite, integer, non_negative
+from fastopt.schedules.base import Schedule, choice, finite, integer, is_real, non_negative
 
 _STATE_KEYS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch")
 
@@ -110,7 +109,7 @@ class ReduceLROnPlateau:
 
     @staticmethod
     def _per_group_min_lr(min_lr: float | Sequence[float], num_groups: int) -> list[float]:
-        if isinstance(min_lr, numbers.Real) and not isinstance(min_lr, bool):
+        if is_real(min_lr):
             return [non_negative("min_lr", min_lr)] * num_groups
         if not isinstance(min_lr, Sequence) or len(min_lr) != num_groups:
             raise ValueError(

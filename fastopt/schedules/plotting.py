@@ -69,7 +69,7 @@ def plot(
         raise ValueError(f"got {len(labels)} labels for {len(schedules)} schedules")
 
     # A bare Figure on the Agg canvas leaves pyplot's global state and backend untouched.
-    figure = Figure(figsize=figsize, dpi=dpi)
+    figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     x = range(steps)
@@ -79,8 +79,8 @@ def plot(
     axes.set_ylabel("value")
     if title is not None:
         axes.set_title(title)
-    axes.legend(fontsize="small")
+    # Long labels (a composed schedule's repr) may overflow the axes rather than squeeze them.
+    axes.legend(fontsize="small").set_in_layout(False)
     axes.grid(alpha=0.3)
-    figure.tight_layout()
     figure.savefig(path, format="png", dpi=dpi)
     return path

@@ -1,0 +1,110 @@
+"""Where arrays live (host memory or a CUDA device) and the few operations that differ.
+
+The optimizer and the validation helpers never branch on the kind of array themselves: they
+ask its backend to validate, allocate, flatten, copy to the host and back, and to give the
+memory span an array covers. :data:`HOST` handles NumPy arrays; the CUDA backend
+(:mod:`fastopt.cuda._arrays`) is imported the first time a device array is seen, so CPU-only
+use of fastopt never loads ``numba.cuda``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["HOST", "ArrayBackend", "HostArrays", "backend_of", "is_device_array", "location_of"]
+
+
+class ArrayBackend(Protocol):
+    """The operations the optimizer needs from one kind of array."""
+
+    #: How error messages name the arrays' location ("host memory", "a CUDA device").
+    location: str
+
+    def is_array(self, obj: object) -> bool: ...
+
+    def dtype_shape(self, array: Any) -> tuple[np.dtype, tuple[int, ...]]: ...
+
+    def full_like(self, array: Any, value: float) -> Any: ...
+
+    def flat(self, array: Any) -> Any: ...
+
+    def to_host(self, array: Any) -> np.ndarray: ...
+
+    def from_host(self, array: np.ndarray, like: Any) -> Any: ...
+
+    def span(self, array: Any) -> tuple[int, int]: ...
+
+
+def is_device_array(obj: object) -> bool:
+    """A CUDA device array: numba's (real or simulated) or any CUDA Array Interface exporter.
+
+    Checked without importing ``numba.cuda``: numba's device arrays carry the class flag
+    ``__cuda_ndarray__``; CuPy arrays and torch CUDA tensors expose
+    ``__cuda_array_interface__`` (torch CPU tensors raise AttributeError on it).
+
+    Raises
+    ------
+    TypeError
+        For an exporter that refuses to export (a torch tensor that requires grad).
+    """
+    if getattr(type(obj), "__cuda_ndarray__", False):
+        return True
+    try:
+        return hasattr(obj, "__cuda_array_interface__")
+    except RuntimeError as error:
+        # torch refuses to export a tensor that requires grad; its detached view shares the
+        # memory and exports fine.
+        raise TypeError(
+            f"this {type(obj).__name__} does not expose its memory ({error}); pass a view "
+            "that does, such as tensor.detach()"
+        ) from error
+
+
+class HostArrays:
+    """NumPy arrays in host memory (validation itself lives in :mod:`fastopt._checks`)."""
+
+    location = "host memory"
+
+    def is_array(self, obj: object) -> bool:
+        return isinstance(obj, np.ndarray)
+
+    def dtype_shape(self, array: np.ndarray) -> tuple[np.dtype, tuple[int, ...]]:
+        return array.dtype, array.shape
+
+    def full_like(self, array: np.ndarray, value: float) -> np.ndarray:
+        return np.full_like(array, value)
+
+    def flat(self, array: np.ndarray) -> np.ndarray:
+        return array.reshape(-1)
+
+    def to_host(self, array: np.ndarray) -> np.ndarray:
+        return array.copy()
+
+    def from_host(self, array: np.ndarray, like: np.ndarray) -> np.ndarray:
+        return np.array(array, order="C", copy=True)
+
+    def span(self, array: np.ndarray) -> tuple[int, int]:
+        start = array.__array_interface__["data"][0]
+        return start, start + array.nbytes
+
+
+HOST = HostArrays()
+
+
+def backend_of(obj: object) -> ArrayBackend | None:
+    """The backend of an array, or None when ``obj`` is no array fastopt can update."""
+    if isinstance(obj, np.ndarray):
+        return HOST
+    if is_device_array(obj):
+        from fastopt.cuda._arrays import CUDA_ARRAYS
+
+        return CUDA_ARRAYS
+    return None
+
+
+def location_of(obj: object) -> str:
+    """Where ``obj`` lives, for error messages."""
+    backend = backend_of(obj)
+    return f"a {type(obj).__name__}" + (f" in {backend.location}" if backend else "")

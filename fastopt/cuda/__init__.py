@@ -1,0 +1,64 @@
+"""The CUDA path: every rule's update on device arrays, through the same API as on the host.
+
+An optimizer built on device arrays, or a functional step given device arrays, runs the
+rule's CUDA kernel; nothing else changes::
+
+    import numba.cuda, fastopt
+    w = numba.cuda.to_device(w_host)          # or a CuPy array, or a torch CUDA tensor
+    opt = fastopt.Adam(w, lr=1e-3)
+    opt.step(grad_on_device)
+
+Accepted without copies: numba device arrays and any object exposing
+``__cuda_array_interface__`` (CuPy arrays, torch CUDA tensors). A parameter, its gradient and
+its state must all be on the device (mixing in a host array raises ``TypeError`` before
+anything is written); state arrays are allocated on the device, ``state_dict()`` returns
+host copies and ``load_state_dict`` copies them back.
+
+The kernels are compiled from each rule's element-wise update, the same Python that the CPU
+kernels inline (see :mod:`fastopt.cuda._kernels`). This package is imported only when a
+device array is first used: ``import fastopt`` and all CPU use never load ``numba.cuda``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["availability"]
+
+
+def availability() -> tuple[bool, str]:
+    """Whether updates can run on a CUDA device here, and why (not).
+
+    Returns
+    -------
+    (bool, str)
+        ``(True, description of the device)`` or ``(False, the reason)``: numba.cuda
+        missing, no driver or GPU, or no NVVM (the CUDA toolkit's compiler library).
+        Under numba's simulator (``NUMBA_ENABLE_CUDASIM=1``) it is ``True`` and says so.
+
+    Examples
+    --------
+    >>> import fastopt.cuda
+    >>> usable, reason = fastopt.cuda.availability()
+    >>> isinstance(usable, bool) and isinstance(reason, str)
+    True
+    """
+    try:
+        from numba import cuda
+        from numba.core import config
+    except ImportError as error:  # pragma: no cover - numba without its CUDA target
+        return False, f"numba.cuda cannot be imported: {error}"
+    if config.ENABLE_CUDASIM:
+        return True, "numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1): correct, very slow"
+    if not cuda.is_available():
+        reason = " ".join(str(cuda.cuda_error() or "no CUDA driver or GPU").split())
+        return False, f"no usable CUDA GPU: {reason}"
+    from numba.cuda.cudadrv import nvvm
+
+    if not nvvm.is_available():
+        return False, "a CUDA GPU is present but NVVM (the CUDA toolkit's libnvvm) is not found"
+    device = cuda.get_current_device()
+    name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
+    major, minor = device.compute_capability
+    return True, (
+        f"{name} (compute capability {major}.{minor}, "
+        f"{device.MULTIPROCESSOR_COUNT} multiprocessors), numba.cuda {cuda.implementation}"
+    )

@@ -1,0 +1,245 @@
+"""CUDA kernels of every rule, generated from the rule's own element-wise update.
+
+A rule's ``update(i, param, grad, *state, scalars)`` and ``unpack(h, param)`` (plain Python in
+``fastopt/rules/*.py``, see :class:`fastopt._launch.RuleKernels`) are compiled as CUDA device
+functions and called from a grid-stride loop: ``start = cuda.grid(1)``, step
+``cuda.gridsize(1)``, 64-bit indices, so arrays past 2^31 elements work and any grid covers
+any size. The math is written once; only the loop around it is CUDA's.
+
+Two kernels per rule and set of optional state arrays:
+
+- one segment (every optimizer step and functional call): the hyperparameter row is passed
+  by value as a tuple of float64, so a step costs no host-to-device copy;
+- several segments (``bounds``/``hyper`` as in :mod:`fastopt._launch`): each thread finds
+  the segment of its first element by binary search and moves on only when its index leaves
+  it, so the search runs once per segment a thread enters, not once per element.
+
+numba.cuda cannot pass ``None`` as a kernel argument, so an absent optional state array is
+not an argument: the generated kernel passes the constant ``None`` to the update, and numba
+prunes that branch at compile time exactly as on the CPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+import linecache
+import os
+import re
+from functools import cache
+from typing import Any
+
+import numpy as np
+from numba import cuda
+from numba.core import config
+
+from fastopt._jit import cuda_device, cuda_kernel
+from fastopt._launch import RuleKernels
+
+__all__ = [
+    "SIMULATOR",
+    "SIMULATOR_RESIDENT_BLOCKS",
+    "THREADS_PER_BLOCK",
+    "fill",
+    "grid_shape",
+    "kernel_source",
+    "launch",
+    "stream_of",
+]
+
+#: True when numba runs kernels in its CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+
+#: Threads per block (environment variable ``FASTOPT_CUDA_THREADS_PER_BLOCK``). 256 keeps
+#: enough warps per multiprocessor resident to hide memory latency in a streaming kernel
+#: while leaving the block count free to fill every multiprocessor; capped by the device.
+THREADS_PER_BLOCK = int(os.environ.get("FASTOPT_CUDA_THREADS_PER_BLOCK", 256))
+
+#: The simulator has no device attributes and no occupancy calculator. This stands in for
+#: "blocks resident on the device": small, so that arrays of a few hundred elements run on a
+#: grid of several blocks whose threads each loop over several elements.
+SIMULATOR_RESIDENT_BLOCKS = 4
+
+_ONE_SEGMENT = '''
+def {name}(row, param, grad{arrays}):
+    """{rule}, one segment: hyperparameter row passed by value."""
+    scalars = unpack(row, param)
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < param.size:
+        update(i, param, grad{state}, scalars)
+        i += stride
+'''
+
+_SEGMENTED = '''
+def {name}(bounds, hyper, param, grad{arrays}):
+    """{rule}, segments cut by bounds, row s of hyper for segment s."""
+    i = cuda.grid(1)
+    if i >= param.size:
+        return
+    stride = cuda.gridsize(1)
+    s = segment_of(bounds, i, 0)
+    end = bounds[s + 1]
+    scalars = unpack(hyper[s], param)
+    while i < param.size:
+        if i >= end:
+            s = segment_of(bounds, i, s + 1)
+            end = bounds[s + 1]
+            scalars = unpack(hyper[s], param)
+        update(i, param, grad{state}, scalars)
+        i += stride
+'''
+
+
+def segment_of(bounds, index, lo):
+    """The segment holding element ``index``, knowing ``bounds[lo] <= index``.
+
+    Binary search for the last ``s`` with ``bounds[s] <= index < bounds[s + 1]``; empty
+    segments (equal bounds) are skipped because ``index`` cannot lie in them.
+    """
+    hi = bounds.size - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if bounds[mid] <= index:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+_segment_of = cuda_device(segment_of)
+
+
+def _rule_name(kernels: RuleKernels) -> str:
+    return kernels.update.__name__.removesuffix("_update")
+
+
+def state_names(kernels: RuleKernels) -> tuple[str, ...]:
+    """Names of a rule's state arguments: those between ``grad`` and ``scalars``."""
+    names = list(inspect.signature(kernels.update).parameters)
+    return tuple(names[3:-1])
+
+
+def kernel_source(kernels: RuleKernels, present: tuple[bool, ...], segmented: bool) -> str:
+    """Python source of the CUDA kernel for a rule and a set of present state arrays."""
+    names = state_names(kernels)
+    if len(present) != len(names):
+        raise ValueError(f"{_rule_name(kernels)} has {len(names)} state arrays, got {present}")
+    arrays = "".join(f", {name}" for name, here in zip(names, present, strict=True) if here)
+    state = "".join(
+        f", {name}" if here else ", None" for name, here in zip(names, present, strict=True)
+    )
+    rule = _rule_name(kernels)
+    template = _SEGMENTED if segmented else _ONE_SEGMENT
+    name = f"_{rule}_cuda_segmented" if segmented else f"_{rule}_cuda"
+    return template.format(name=name, rule=rule, arrays=arrays, state=state)
+
+
+@cache
+def _device_functions(kernels: RuleKernels) -> tuple[Any, Any]:
+    return cuda_device(kernels.update), cuda_device(kernels.unpack)
+
+
+@cache
+def _kernel(kernels: RuleKernels, present: tuple[bool, ...], segmented: bool):
+    update, unpack = _device_functions(kernels)
+    namespace = {
+        "__name__": __name__,
+        "cuda": cuda,
+        "update": update,
+        "unpack": unpack,
+        "segment_of": _segment_of,
+    }
+    source = kernel_source(kernels, present, segmented)
+    (name,) = re.findall(r"^def (\w+)", source, flags=re.MULTILINE)
+    # Registered with linecache so that compiler errors and tracebacks can show the source.
+    filename = f"<fastopt.cuda {name} {present}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)
+    return cuda_kernel(namespace[name])
+
+
+def grid_shape(size: int, threads_per_block: int, resident_blocks: int) -> tuple[int, int]:
+    """``(blocks, threads per block)`` for ``size`` elements.
+
+    One block per ``threads_per_block`` elements, but never more blocks than the device
+    holds at once: a single wave of resident blocks, each thread striding over the rest,
+    avoids the tail of a partial second wave and the cost of launching idle blocks.
+    """
+    blocks = -(-size // threads_per_block)
+    return max(1, min(blocks, resident_blocks)), threads_per_block
+
+
+_resident: dict[tuple[Any, ...], int] = {}
+
+
+def _threads_per_block() -> int:
+    if SIMULATOR:
+        return THREADS_PER_BLOCK
+    return min(THREADS_PER_BLOCK, cuda.get_current_device().MAX_THREADS_PER_BLOCK)
+
+
+def _resident_blocks(dispatcher, args: tuple[Any, ...], threads: int) -> int:
+    """How many blocks of this kernel the current device runs at once (occupancy x SMs)."""
+    if SIMULATOR:
+        return SIMULATOR_RESIDENT_BLOCKS
+    device = cuda.get_current_device()
+    key = (dispatcher, device.id, threads, *(getattr(a, "dtype", None) for a in args))
+    blocks = _resident.get(key)
+    if blocks is None:
+        compiled = dispatcher.compile(tuple(dispatcher.typeof_pyval(a) for a in args))
+        # The occupancy calculator (registers, shared memory) times MULTIPROCESSOR_COUNT.
+        blocks = _resident[key] = compiled.max_cooperative_grid_blocks(threads)
+    return blocks
+
+
+def _run(dispatcher, size: int, stream, args: tuple[Any, ...]) -> None:
+    threads = _threads_per_block()
+    blocks, threads = grid_shape(size, threads, _resident_blocks(dispatcher, args, threads))
+    dispatcher[blocks, threads, stream](*args)
+
+
+def stream_of(array) -> Any:
+    """The stream an array declares: its CUDA Array Interface stream, or numba's own."""
+    return getattr(array, "stream", 0) or 0
+
+
+def launch(kernels: RuleKernels, bounds, hyper, param, grad, *state) -> None:
+    """Run a rule's CUDA kernel: same arguments as its CPU drivers (see fastopt._launch).
+
+    ``param``, ``grad`` and the state are device arrays (numba's or CUDA Array Interface
+    exporters, validated by the caller), ``bounds`` and ``hyper`` NumPy arrays. The
+    kernel runs on the stream the gradient declares (torch's current stream, CuPy's, numba's
+    array stream; else the default stream), after the work that produced the gradient.
+    """
+    from fastopt.cuda._arrays import as_kernel_array
+
+    size = param.size
+    if size == 0:
+        return  # a grid of zero blocks cannot be launched, and there is nothing to do
+    grad = as_kernel_array(grad)
+    stream = stream_of(grad)
+    present = tuple(array is not None for array in state)
+    arrays = tuple(as_kernel_array(array) for array in state if array is not None)
+    param = as_kernel_array(param)
+    if bounds.size == 2:
+        row = tuple(float(value) for value in hyper[0])
+        _run(_kernel(kernels, present, False), size, stream, (row, param, grad, *arrays))
+    else:
+        bounds = cuda.to_device(np.ascontiguousarray(bounds), stream=stream)
+        hyper = cuda.to_device(np.ascontiguousarray(hyper), stream=stream)
+        _run(_kernel(kernels, present, True), size, stream, (bounds, hyper, param, grad, *arrays))
+
+
+@cuda_kernel
+def _fill(array, value):
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < array.size:
+        array[i] = value
+        i += stride
+
+
+def fill(array, value: float) -> None:
+    """Set every element of a flat device array to ``value`` (default stream)."""
+    if array.size:
+        _run(_fill, array.size, 0, (array, float(value)))

@@ -1,0 +1,490 @@
+"""The CUDA path against the NumPy reference: every rule and option, float32 and float64.
+
+Runs on a usable GPU, or under numba's CUDA simulator, which must be switched on before
+``numba.cuda`` is first imported, hence in its own process::
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda.py
+
+Anywhere else (the main test run on a machine without a GPU) the module is skipped. The
+simulator runs one Python thread per GPU thread, so arrays are tiny and blocks have 16
+threads: 200 elements span several blocks and every thread loops over several elements.
+Tests marked ``gpu`` need real hardware and are skipped under the simulator.
+"""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rule_cases import CASES, assert_close, case_id, problem, run_reference
+
+import fastopt
+import fastopt.cuda
+
+USABLE, REASON = fastopt.cuda.availability()
+if not USABLE:
+    pytest.skip(
+        f"{REASON}; run NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda.py",
+        allow_module_level=True,
+    )
+
+from numba import cuda  # noqa: E402  (after the check: importing it is what the check decides)
+
+from fastopt import reference  # noqa: E402
+from fastopt._launch import launch  # noqa: E402
+from fastopt.cuda import _kernels  # noqa: E402
+from fastopt.rules.adam import ADAM_KERNELS, adam_hyperparameters  # noqa: E402
+from fastopt.rules.sgd import SGD_KERNELS  # noqa: E402
+
+SIMULATOR = _kernels.SIMULATOR
+
+
+def gpu(test):
+    """Mark a test that needs real hardware (``-m gpu``); skipped under the simulator."""
+    return pytest.mark.gpu(pytest.mark.skipif(SIMULATOR, reason="needs a real CUDA GPU")(test))
+
+
+THREADS_PER_BLOCK = 16
+# 0, 1, odd, and more than the simulated grid holds (4 blocks x 16 threads).
+SIZES = [0, 1, 7, 200]
+STEPS = 4
+EXAMPLE = Path(__file__).parent.parent / "examples" / "same_script_cpu_gpu.py"
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(_kernels, "THREADS_PER_BLOCK", THREADS_PER_BLOCK)
+
+
+class InterfaceArray:
+    """An array exposing only ``__cuda_array_interface__``, as CuPy arrays and torch CUDA
+    tensors do. On a GPU it fronts a numba device array; under the simulator, whose device
+    memory is host memory, a NumPy array's buffer."""
+
+    def __init__(self, host: np.ndarray, readonly: bool = False) -> None:
+        self._owner = host.copy() if SIMULATOR else cuda.to_device(host)
+        self._readonly = readonly
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        if SIMULATOR:
+            interface = self._owner.__array_interface__
+            interface = {key: interface[key] for key in ("shape", "typestr", "strides")}
+            interface["data"] = (self._owner.ctypes.data, self._readonly)
+        else:
+            interface = dict(self._owner.__cuda_array_interface__)
+            interface["data"] = (interface["data"][0], self._readonly)
+        return {**interface, "version": 3, "stream": None}
+
+    def host(self) -> np.ndarray:
+        return self._owner.copy() if SIMULATOR else self._owner.copy_to_host()
+
+
+def host(array) -> np.ndarray:
+    return array.host() if isinstance(array, InterfaceArray) else array.copy_to_host()
+
+
+def run_case(case, param, grads, place):
+    _, cls, kwargs = case
+    device_param = place(param)
+    opt = cls(device_param, **kwargs)
+    for grad in grads:
+        opt.step(place(grad))
+    return device_param, opt
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_reference(case, size, dtype):
+    rule, cls, kwargs = case
+    param, grads = problem(size, dtype, STEPS)
+    expected = param.copy()
+    expected_state = run_reference(rule, cls, kwargs, expected, grads)
+
+    device_param, opt = run_case(case, param, grads, cuda.to_device)
+
+    assert_close(device_param.copy_to_host(), expected)
+    state = opt.state[0]
+    assert state["step"] == STEPS
+    arrays = {k: v for k, v in state.items() if k != "step"}
+    assert sorted(arrays) == sorted(expected_state)
+    saved = opt.state_dict()["state"][0]
+    for name, value in arrays.items():
+        assert fastopt._backend.is_device_array(value), f"{name} is not on the device"
+        assert isinstance(saved[name], np.ndarray), f"state_dict {name} is not a host copy"
+        assert saved[name].dtype == dtype and saved[name].shape == param.shape
+        assert_close(value.copy_to_host(), expected_state[name], err_msg=name)
+        assert_close(saved[name], expected_state[name], err_msg=name)
+    if size:
+        assert not np.array_equal(device_param.copy_to_host(), param), "nothing moved"
+
+
+@pytest.mark.parametrize("case", CASES[::3], ids=case_id)
+def test_cuda_array_interface_updated_in_place(case):
+    """CuPy/torch-style arrays are updated where they are: no copy in, no copy out."""
+    rule, cls, kwargs = case
+    param, grads = problem(200, np.float32, STEPS)
+    expected = param.copy()
+    expected_state = run_reference(rule, cls, kwargs, expected, grads)
+
+    exported, opt = run_case(case, param, grads, InterfaceArray)
+
+    assert_close(exported.host(), expected)
+    for name, value in opt.state_dict()["state"][0].items():
+        if name != "step":
+            assert_close(value, expected_state[name], err_msg=name)
+
+
+def test_several_parameters_and_groups():
+    rng = np.random.default_rng(1)
+    shapes = [(3, 5), (40,), (2, 3, 4)]
+    params = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(3)]
+    groups = lambda ps: [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.1, "amsgrad": True}]  # noqa: E731
+
+    host_params = [p.copy() for p in params]
+    host_opt = fastopt.Adam(groups(host_params), lr=0.01, weight_decay=0.1)
+    device_params = [cuda.to_device(p) for p in params]
+    device_opt = fastopt.Adam(groups(device_params), lr=0.01, weight_decay=0.1)
+    for step_grads in grads:
+        host_opt.step(step_grads)
+        device_opt.step([cuda.to_device(g) for g in step_grads[:2]] + [None])
+
+    # The third parameter got no gradient on the device: untouched, and no state for it.
+    np.testing.assert_array_equal(device_params[2].copy_to_host(), params[2])
+    assert 2 not in device_opt.state
+    for index in (0, 1):
+        assert device_params[index].copy_to_host().shape == shapes[index]
+        assert_close(device_params[index].copy_to_host(), host_params[index])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_functional_steps_take_device_arrays(dtype):
+    param, (grad,) = problem(200, dtype, 1)
+    place = cuda.to_device
+
+    # (fused step, reference step, keyword arguments, state arrays passed: None or the range
+    # of their starting values, chosen so that centered RMSprop's variance stays positive)
+    small, large = (0.0, 0.1), (0.5, 1.0)
+    cases = [
+        (fastopt.sgd_step, reference.sgd_step, {"lr": 0.1}, [None]),
+        (fastopt.sgd_step, reference.sgd_step, {"lr": 0.1, "momentum": 0.9}, [small]),
+        (fastopt.adagrad_step, reference.adagrad_step, {"lr": 0.1, "step": 2}, [large]),
+        (fastopt.rmsprop_step, reference.rmsprop_step, {"momentum": 0.5}, [large, small, None]),
+        (fastopt.rmsprop_step, reference.rmsprop_step, {}, [large, None, small]),
+        (fastopt.adam_step, reference.adam_step, {"step": 3}, [small, large, None]),
+        (fastopt.adam_step, reference.adam_step, {"step": 3}, [small, large, large]),
+    ]
+    rng = np.random.default_rng(2)
+    for step, oracle, kwargs, starts in cases:
+        state = [None if r is None else rng.uniform(*r, 200).astype(dtype) for r in starts]
+        expected_param = param.copy()
+        expected_state = [None if s is None else s.copy() for s in state]
+        oracle(expected_param, grad, *expected_state, **kwargs)
+
+        device_param = place(param)
+        device_state = [None if s is None else place(s) for s in state]
+        step(device_param, place(grad), *device_state, **kwargs)
+
+        assert_close(device_param.copy_to_host(), expected_param, err_msg=step.__name__)
+        for got, want in zip(device_state, expected_state, strict=True):
+            if want is not None:
+                assert_close(got.copy_to_host(), want, err_msg=step.__name__)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_segmented_launch_matches_cpu_drivers(dtype):
+    """Several segments, one launch: an empty segment, segments across block boundaries."""
+    bounds = np.array([0, 5, 5, 70, 71, 150, 200], dtype=np.int64)
+    rows = [
+        adam_hyperparameters(
+            lr=0.01 * (s + 1),
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.05 * s,
+            maximize=s == 3,
+            decoupled_weight_decay=s % 2 == 1,
+            step=s + 1,
+        )
+        for s in range(bounds.size - 1)
+    ]
+    hyper = np.array(rows)
+    param, (grad,) = problem(200, dtype, 1)
+    exp_avg, exp_avg_sq = np.full_like(param, 0.1), np.full_like(param, 0.2)
+    arrays = [param, grad, exp_avg, exp_avg_sq]
+    device = [cuda.to_device(a) for a in arrays]
+
+    launch(ADAM_KERNELS, bounds, hyper, *arrays, None)
+    launch(ADAM_KERNELS, bounds, hyper, *device, None)
+
+    for name, got, want in zip(
+        ("param", "grad", "exp_avg", "exp_avg_sq"), device, arrays, strict=True
+    ):
+        assert_close(got.copy_to_host(), want, err_msg=name)
+
+
+def test_state_dict_round_trip_resumes_exactly():
+    param, grads = problem(200, np.float32, 6)
+    kwargs = {"lr": 0.01, "amsgrad": True}
+    straight = cuda.to_device(param)
+    opt = fastopt.Adam(straight, **kwargs)
+    for grad in grads:
+        opt.step(cuda.to_device(grad))
+
+    resumed = cuda.to_device(param)
+    first = fastopt.Adam(resumed, **kwargs)
+    for grad in grads[:3]:
+        first.step(cuda.to_device(grad))
+    checkpoint = first.state_dict()
+    second = fastopt.Adam(resumed, **kwargs)
+    second.load_state_dict(checkpoint)
+    assert all(
+        fastopt._backend.is_device_array(v) for k, v in second.state[0].items() if k != "step"
+    )
+    for grad in grads[3:]:
+        second.step(cuda.to_device(grad))
+
+    np.testing.assert_array_equal(resumed.copy_to_host(), straight.copy_to_host())
+    for name, value in second.state_dict()["state"][0].items():
+        np.testing.assert_array_equal(value, opt.state_dict()["state"][0][name], err_msg=name)
+
+
+# ---------------------------------------------------------------------- mixing and validation
+def snapshot(*arrays):
+    return [a.copy() if isinstance(a, np.ndarray) else a.copy_to_host() for a in arrays]
+
+
+def assert_unchanged(before, *arrays):
+    for old, array in zip(before, snapshot(*arrays), strict=True):
+        np.testing.assert_array_equal(array, old)
+
+
+def test_exporter_that_refuses_to_export_gets_a_clear_error():
+    class RequiresGrad:  # what torch does for a tensor that requires grad
+        @property
+        def __cuda_array_interface__(self):
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+
+    with pytest.raises(TypeError, match=r"tensor\.detach\(\)"):
+        fastopt.SGD(RequiresGrad())
+
+
+def test_host_gradient_for_device_parameter_raises_before_any_write():
+    param, (grad,) = problem(20, np.float32, 1)
+    device_param = cuda.to_device(param)
+    opt = fastopt.Adam(device_param)
+    with pytest.raises(TypeError, match=r"grads\[0\] is a ndarray in host memory .* CUDA device"):
+        opt.step(grad)
+    assert_unchanged([param], device_param)
+    assert opt.state == {} and opt.step_count == 0
+
+
+def test_device_gradient_for_host_parameter_raises():
+    param, (grad,) = problem(20, np.float64, 1)
+    opt = fastopt.SGD(param, lr=0.1)
+    with pytest.raises(TypeError, match=r"grads\[0\] is .* CUDA device memory .* host memory"):
+        opt.step(cuda.to_device(grad))
+    assert_unchanged([problem(20, np.float64, 1)[0]], param)
+
+
+def test_mixed_parameters_are_rejected():
+    with pytest.raises(TypeError, match=r"params'\]\[1\] is a ndarray in host memory"):
+        fastopt.SGD([cuda.to_device(np.zeros(3)), np.zeros(3)])
+    opt = fastopt.SGD(cuda.to_device(np.zeros(3)))
+    with pytest.raises(TypeError, match="put them all in one place"):
+        opt.add_param_group({"params": [np.zeros(2)]})
+
+
+def test_functional_step_with_host_state_raises_before_any_write():
+    param, (grad,) = problem(20, np.float32, 1)
+    device = [cuda.to_device(a) for a in (param, grad, np.zeros_like(param))]
+    host_state = np.zeros_like(param)
+    with pytest.raises(TypeError, match=r"exp_avg_sq is a ndarray in host memory"):
+        fastopt.adam_step(*device, host_state, step=1)
+    assert_unchanged(snapshot(param, grad, np.zeros_like(param), host_state), *device, host_state)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: cuda.to_device(np.zeros(4, np.float16)), TypeError, "dtype float32 or float64"),
+        (lambda: cuda.to_device(np.zeros(4, np.int64)), TypeError, "dtype float32 or float64"),
+        (lambda: InterfaceArray(np.zeros(4), readonly=True), ValueError, "writeable"),
+        (lambda: cuda.to_device(np.zeros((4, 6)))[:, ::2], ValueError, "C-contiguous"),
+        (lambda: [object()], TypeError, "numpy.ndarray or a CUDA device array"),
+    ],
+)
+def test_bad_device_parameters(make, error, message):
+    with pytest.raises(error, match=message):
+        fastopt.Adam(make())
+
+
+def test_bad_device_gradients_leave_everything_unchanged():
+    param = problem(12, np.float32, 0)[0]
+    device_param = cuda.to_device(param)
+    opt = fastopt.RMSprop(device_param, momentum=0.9)
+    bad = [
+        (cuda.to_device(np.zeros(12, np.float64)), TypeError, "dtype float32"),
+        (cuda.to_device(np.zeros(13, np.float32)), ValueError, r"shape \(12,\)"),
+        (cuda.to_device(np.zeros(24, np.float32))[::2], ValueError, "C-contiguous"),
+        (device_param, ValueError, "shares memory with its parameter"),
+    ]
+    for grad, error, message in bad:
+        with pytest.raises(error, match=message):
+            opt.step(grad)
+    assert_unchanged([param], device_param)
+    assert opt.state == {}
+
+
+def test_functional_state_aliasing_is_rejected():
+    arrays = [cuda.to_device(np.zeros(8)) for _ in range(3)]
+    with pytest.raises(ValueError, match="exp_avg and exp_avg_sq share memory"):
+        fastopt.adam_step(arrays[0], arrays[1], arrays[2], arrays[2], step=1)
+
+
+# ---------------------------------------------------------------------- launch and packaging
+def test_grid_is_one_wave_of_resident_blocks():
+    assert _kernels.grid_shape(200, 16, 4) == (4, 16)
+    assert _kernels.grid_shape(33, 16, 100) == (3, 16)
+    assert _kernels.grid_shape(1, 256, 528) == (1, 256)
+    assert _kernels.grid_shape(1 << 28, 256, 528) == (528, 256)
+
+
+def test_generated_kernel_passes_absent_state_as_constant_none():
+    source = _kernels.kernel_source(ADAM_KERNELS, (True, True, False), segmented=False)
+    assert "def _adam_cuda(row, param, grad, exp_avg, exp_avg_sq):" in source
+    assert "update(i, param, grad, exp_avg, exp_avg_sq, None, scalars)" in source
+
+
+def test_availability_says_where_updates_run():
+    usable, reason = fastopt.cuda.availability()
+    assert usable
+    assert ("simulator" in reason) == SIMULATOR
+
+
+def test_example_runs_unchanged_on_host_and_device():
+    namespace = runpy.run_path(str(EXAMPLE))
+    host_weights, device_weights = namespace["main"](size=64, steps=5)
+    assert host_weights.shape == device_weights.shape == (64,)
+
+
+@pytest.mark.filterwarnings("ignore:Simulator timings are bogus")
+def test_benchmark_runs_and_counts_the_minimum_traffic():
+    from fastopt.cuda import bench
+
+    (adam,) = bench.run(["adam"], sizes=[64], warmup=1, repeats=1, baselines=False)
+    assert (adam.rule, adam.implementation, adam.size, adam.dtype) == (
+        "adam",
+        "fastopt",
+        64,
+        "float32",
+    )
+    # param, grad, exp_avg, exp_avg_sq read; param, exp_avg, exp_avg_sq written
+    assert adam.bytes_per_step == 7 * 64 * 4
+    assert "adam" in bench.format_table([adam]).splitlines()[1]
+
+
+# ---------------------------------------------------------------------- real hardware only
+@gpu
+def test_launch_fills_the_device_and_no_more():
+    device = cuda.get_current_device()
+    size = 1 << 22
+    param = cuda.to_device(np.zeros(size, np.float32))
+    fastopt.sgd_step(param, cuda.to_device(np.ones(size, np.float32)), lr=0.1)
+    dispatcher = _kernels._kernel(SGD_KERNELS, (False,), False)
+    (resident,) = {blocks for key, blocks in _kernels._resident.items() if key[0] is dispatcher}
+    multiprocessors = device.MULTIPROCESSOR_COUNT
+    most = multiprocessors * device.MAX_THREADS_PER_MULTI_PROCESSOR // THREADS_PER_BLOCK
+    assert resident % multiprocessors == 0 and multiprocessors <= resident <= most
+    np.testing.assert_array_equal(param.copy_to_host(), np.float32(-0.1))
+
+
+@gpu
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_nan_and_inf_propagate_as_on_the_host(case):
+    """(The simulator cannot check this: its math.sqrt raises on negative numbers.)"""
+    _, cls, kwargs = case
+    param, grads = problem(64, np.float32, 3)
+    for grad in grads:
+        grad[::7], grad[3::11] = np.nan, np.inf
+    on_host = param.copy()
+    host_opt = cls(on_host, **kwargs)
+    device_param, _ = run_case(case, param, grads, cuda.to_device)
+    for grad in grads:
+        host_opt.step(grad)
+    on_device = device_param.copy_to_host()
+    np.testing.assert_array_equal(np.isnan(on_device), np.isnan(on_host))
+    np.testing.assert_array_equal(np.isinf(on_device), np.isinf(on_host))
+    finite = np.isfinite(on_host)
+    assert_close(on_device[finite], on_host[finite])
+
+
+@gpu
+@pytest.mark.slow
+def test_more_than_two_to_the_31_elements():
+    """64-bit indices: elements past 2^31 are updated (needs ~17 GB of device memory)."""
+    size = (1 << 31) + 5
+    free, _ = cuda.current_context().get_memory_info()
+    if free < 2.2 * size * 4:
+        pytest.skip("not enough device memory")
+    param = cuda.device_array(size, np.float32)
+    grad = cuda.device_array(size, np.float32)
+    _kernels.fill(param, 1.0)
+    _kernels.fill(grad, 2.0)
+    fastopt.sgd_step(param, grad, lr=0.25)
+    tail = param[size - 8 :].copy_to_host()
+    np.testing.assert_array_equal(tail, np.float32(0.5))
+    assert float(param[0:1].copy_to_host()[0]) == 0.5
+
+
+@gpu
+@pytest.mark.parametrize("library", ["torch", "cupy"])
+def test_torch_and_cupy_arrays_are_updated_in_place(library):
+    module = pytest.importorskip(library)
+    if library == "torch":
+        if not module.cuda.is_available():
+            pytest.skip("torch is built without CUDA")
+        weights = module.ones(1000, device="cuda")
+    else:
+        weights = module.ones(1000, dtype=module.float32)
+    address = weights.__cuda_array_interface__["data"][0]
+    opt = fastopt.Adam(weights, lr=0.5)
+    opt.step(weights * 0 + 1)
+    assert weights.__cuda_array_interface__["data"][0] == address
+    assert float(weights.sum()) == pytest.approx(500.0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_loss_scale_and_clip_value_are_applied_by_the_device_kernel(case):
+    """Unscaling and clipping by value need no read pass: the device kernels apply them."""
+    rule, cls, kwargs = case
+    param, grads = problem(200, np.float32, STEPS)
+    scaled = [g * np.float32(2.0**10) for g in grads]
+    expected = param.copy()
+    clipped = [
+        reference.clip_gradients([g], loss_scale=2.0**10, clip_value=0.5)[0][0] for g in scaled
+    ]
+    expected_state = run_reference(rule, cls, kwargs, expected, clipped)
+
+    device_param = cuda.to_device(param)
+    opt = cls(device_param, clip_value=0.5, **kwargs)
+    for grad in scaled:
+        opt.step(cuda.to_device(grad), loss_scale=2.0**10)
+    assert_close(device_param.copy_to_host(), expected)
+    for name, value in expected_state.items():
+        assert_close(opt.state[0][name].copy_to_host(), value, err_msg=name)
+
+
+@pytest.mark.parametrize("options", [{"max_norm": 1.0}, {"nonfinite": "skip"}])
+def test_read_pass_options_on_device_arrays_are_a_clear_error(options):
+    param = np.ones(7, np.float32)
+    device_param = cuda.to_device(param)
+    opt = fastopt.Adam(device_param, **options)
+    with pytest.raises(TypeError, match="NumPy arrays"):
+        opt.step(cuda.to_device(np.ones(7, np.float32)))
+    np.testing.assert_array_equal(device_param.copy_to_host(), param)
+    assert opt.step_count == 0 and opt.state == {}

@@ -1,0 +1,117 @@
+"""The CUDA path seen from a machine without a GPU (the main test run).
+
+- CPU use never imports ``numba.cuda``;
+- :func:`fastopt.cuda.availability` answers with a reason;
+- every generated CUDA kernel compiles for a real GPU target: NVVM (the CUDA toolkit's
+  compiler library) needs no GPU, so the kernels the simulator runs as Python are also
+  type-checked, lowered and compiled to PTX here, and float32 kernels are checked to do
+  float32 arithmetic only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rule_cases import CASES
+
+import fastopt.cuda
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_cpu_use_never_imports_numba_cuda():
+    script = (
+        "import sys, numpy as np, fastopt\n"
+        "w = np.zeros(3)\n"
+        "fastopt.Adam(w).step(np.ones(3))\n"
+        "fastopt.adam_step(w, np.ones(3), np.zeros(3), np.zeros(3), step=1)\n"
+        "assert 'numba.cuda' not in sys.modules, 'numba.cuda was imported'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, env=env)
+
+
+def test_availability_is_a_flag_and_a_reason():
+    usable, reason = fastopt.cuda.availability()
+    assert isinstance(usable, bool)
+    assert reason and "\n" not in reason
+
+
+def _ptx_compiler_or_skip(cc: tuple[int, int]) -> None:
+    """Skip unless a trivial kernel compiles to PTX here (no GPU needed, only the toolkit's
+    compiler libraries: NVVM for numba's built-in CUDA target, NVRTC too for numba-cuda)."""
+    from numba.core import config
+
+    if config.ENABLE_CUDASIM:
+        pytest.skip("the simulator does not compile to PTX")
+    from numba import cuda
+    from numba.core import types as nbtypes
+
+    def probe(x):
+        x[0] = 1.0
+
+    try:
+        cuda.compile_ptx(probe, (nbtypes.float32[::1],), cc=cc)
+    except Exception as error:  # any missing piece of the toolchain
+        pytest.skip(f"cannot compile CUDA kernels here: {' '.join(str(error).split())[:200]}")
+
+
+def _variants():
+    """(case, kernels, present state arrays, hyperparameter width) for every case."""
+    seen = {}
+    for case in CASES:
+        _, cls, kwargs = case
+        opt = cls(np.zeros(3), **kwargs)
+        opt.step(np.ones(3))
+        present = tuple(
+            a is not None for a in opt._kernel_state(opt.param_groups[0], opt._views[0])
+        )
+        seen.setdefault((cls._kernels, present), (cls.__name__, cls._hyper_width))
+    return [(name, kernels, present, width) for (kernels, present), (name, width) in seen.items()]
+
+
+# Double-precision arithmetic, or float32 values promoted to float64.
+F64_ARITHMETIC = re.compile(
+    r"\b(?:(?:add|sub|mul|div|fma|sqrt|neg|abs|min|max)(?:\.\w+)*\.f64|cvt\.f64\.f32)\b"
+)
+
+
+@pytest.mark.parametrize("segmented", [False, True], ids=["one_segment", "segmented"])
+def test_every_kernel_compiles_to_ptx(segmented, monkeypatch):
+    _ptx_compiler_or_skip((8, 0))
+    import numba.cuda.dispatcher
+    from numba import cuda
+    from numba.core import types as nbtypes
+
+    from fastopt.cuda import _kernels
+
+    # Device functions are compiled for the current device's compute capability, which
+    # needs a driver; name one instead (sm_80) so that NVVM alone does the work.
+    if not hasattr(numba.cuda.dispatcher, "get_current_device"):
+        pytest.skip("this numba.cuda compiles device functions differently")
+    device = types.SimpleNamespace(compute_capability=(8, 0))
+    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", lambda: device)
+
+    for name, kernels, present, width in _variants():
+        dispatcher = _kernels._kernel(kernels, present, segmented)
+        for dtype in (nbtypes.float32, nbtypes.float64):
+            array = dtype[::1]
+            if segmented:
+                head = (nbtypes.int64[::1], nbtypes.float64[:, ::1])
+            else:
+                head = (nbtypes.UniTuple(nbtypes.float64, width),)
+            signature = (*head, array, array, *[array] * sum(present))
+            ptx, _ = cuda.compile_ptx(dispatcher.py_func, signature, cc=(8, 0))
+            assert ".entry" in ptx
+            promoted = F64_ARITHMETIC.findall(ptx)
+            if dtype == nbtypes.float32:
+                assert not promoted, f"{name} {present}: float64 arithmetic {promoted[:3]}"
+            else:  # the pattern does find double-precision arithmetic where there is some
+                assert promoted, f"{name} {present}: no float64 arithmetic in a float64 kernel"
