@@ -204,27 +204,30 @@ def _survey(
         if any(math.isnan(value) for value in maxima):
             return math.nan, first_bad
         return max(maxima, default=0.0), first_bad
-    partials = []
-    overflowed = False
+    partials = np.empty(sum(block_count(flat.size) for _, flat in flats))
+    pieces = []  # (parameter index, flat gradient, its first and last partial sum + 1)
+    lo = 0
     for index, flat in flats:
-        out = np.empty(block_count(flat.size))
-        block_sums_of_squares(flat, out)
-        for block in np.flatnonzero(~np.isfinite(out)):
-            # A non-finite partial sum means a NaN or Inf element, or (float64 only) squares
-            # beyond the float64 range: only a rescan of that block can tell.
+        hi = lo + block_count(flat.size)
+        block_sums_of_squares(flat, partials[lo:hi])
+        pieces.append((index, flat, lo, hi))
+        lo = hi
+    values = partials.tolist()
+    try:
+        # Exactly rounded, hence independent of the order of the partial sums.
+        total = math.fsum(values)
+    except OverflowError:  # finite partial sums beyond float64 (float64 gradients)
+        total = math.inf
+    if math.isfinite(total):
+        return math.sqrt(total), None
+    # Rare path. A non-finite partial sum means a NaN or Inf element, or (float64 only)
+    # squares beyond the float64 range: only a rescan of that block can tell.
+    for index, flat, lo, hi in pieces:
+        for block in np.flatnonzero(~np.isfinite(partials[lo:hi])):
             position = _first_nonfinite_in_block(flat, int(block))
-            if position is None:
-                overflowed = True
-            elif first_bad is None:
-                first_bad = (index, position)
-        partials.append(out)
-    if first_bad is not None:
-        has_nan = any(np.isnan(out).any() for out in partials)
-        return (math.nan if has_nan else math.inf), first_bad
-    if overflowed:
-        return _scaled_two_norm([flat for _, flat in flats]), None
-    # Exactly rounded, hence independent of the order of the partial sums.
-    return math.sqrt(math.fsum(np.concatenate(partials) if partials else ())), None
+            if position is not None:
+                return (math.nan if any(map(math.isnan, values)) else math.inf), (index, position)
+    return _scaled_two_norm([flat for _, flat in flats]), None
 
 
 def global_norm(grads: Sequence[np.ndarray | None], norm_type: float | str = 2.0) -> float:
