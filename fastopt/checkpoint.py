@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from fastopt._backend import backend_of
 from fastopt.optimizer import Optimizer
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError", "load", "save"]
@@ -102,7 +103,10 @@ class Checkpoint:
             raise CheckpointError(f"the checkpoint does not fit the optimizer: {error}") from error
         if params:
             for target, saved in zip(live, self.params or (), strict=True):
-                np.copyto(target, saved)
+                if isinstance(target, np.ndarray):
+                    np.copyto(target, saved)
+                else:  # a CUDA device array: copied in place, through a flat device view
+                    backend_of(target).flat(target).copy_to_device(saved.reshape(-1))
 
     def _check_params(self, live: list[np.ndarray]) -> None:
         if self.params is None:
@@ -112,12 +116,13 @@ class Checkpoint:
                 f"the checkpoint holds {len(self.params)} parameters, the optimizer has {len(live)}"
             )
         for index, (target, saved) in enumerate(zip(live, self.params, strict=True)):
-            if target.shape != saved.shape or target.dtype != saved.dtype:
+            dtype, shape = backend_of(target).dtype_shape(target)
+            if shape != saved.shape or dtype != saved.dtype:
                 raise CheckpointError(
-                    f"parameter {index} is {target.dtype} {target.shape} in the optimizer but "
+                    f"parameter {index} is {dtype} {shape} in the optimizer but "
                     f"{saved.dtype} {saved.shape} in the checkpoint"
                 )
-            if not target.flags.writeable:
+            if isinstance(target, np.ndarray) and not target.flags.writeable:
                 raise CheckpointError(f"parameter {index} of the optimizer is read-only")
 
 
@@ -232,7 +237,7 @@ def save(
         "version": FORMAT_VERSION,
         "rule": type(optimizer).__name__,
         "optimizer": _encode(optimizer.state_dict(), "state_dict", arrays),
-        "params": _encode(optimizer.params, "params", arrays) if params else None,
+        "params": _encode(_host_copies(optimizer.params), "params", arrays) if params else None,
         "extra": _encode(extra, "extra", arrays),
     }
     metadata["arrays"] = [
@@ -240,6 +245,11 @@ def save(
     ]
     text = json.dumps(metadata, allow_nan=False, indent=1)
     _write_atomically(os.fspath(path), text, arrays)
+
+
+def _host_copies(params: list[Any]) -> list[np.ndarray]:
+    # Host arrays are encoded as they are (no copy); device arrays are copied to the host.
+    return [p if isinstance(p, np.ndarray) else backend_of(p).to_host(p) for p in params]
 
 
 def _member(name: str) -> zipfile.ZipInfo:

@@ -488,3 +488,23 @@ def test_read_pass_options_on_device_arrays_are_a_clear_error(options):
         opt.step(cuda.to_device(np.ones(7, np.float32)))
     np.testing.assert_array_equal(device_param.copy_to_host(), param)
     assert opt.step_count == 0 and opt.state == {}
+
+
+def test_checkpoint_of_a_device_optimizer_round_trips(tmp_path):
+    param, grads = problem(50, np.float32, STEPS)
+    device_param = cuda.to_device(param)
+    opt = fastopt.Adam(device_param, lr=0.01, amsgrad=True)
+    for grad in grads:
+        opt.step(cuda.to_device(grad))
+    fastopt.save(tmp_path / "device.ckpt", opt)
+    restored_param = cuda.to_device(np.zeros_like(param))
+    restored = fastopt.Adam(restored_param, lr=0.01, amsgrad=True)
+    fastopt.load(tmp_path / "device.ckpt").restore(restored)
+    assert restored_param.copy_to_host().tobytes() == device_param.copy_to_host().tobytes()
+    for name, value in opt.state[0].items():
+        if name != "step":
+            assert fastopt._backend.is_device_array(restored.state[0][name])
+            assert (
+                restored.state[0][name].copy_to_host().tobytes() == value.copy_to_host().tobytes()
+            )
+    assert restored.step_count == opt.step_count
