@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
+import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias
 
@@ -94,12 +96,17 @@ class Optimizer:
 
     def __init__(self, params: ParamsT, defaults: Mapping[str, Any]) -> None:
         self.defaults = dict(defaults)
+        # Every step compares each group's hyperparameters with the checked ones (users may
+        # edit them between steps); a C-level getter keeps that off the per-step cost.
+        keys = tuple(self.defaults)
+        self._hyper_values = operator.itemgetter(*keys) if keys else lambda group: ()
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
         self.step_count = 0
         self._params: list[np.ndarray] = []
         self._views: dict[int, dict[str, np.ndarray]] = {}
         self._hyper_rows: dict[int, np.ndarray] = {}
+        self._row_layout = struct.Struct(f"={self._hyper_width}d")
         self._checked: list[tuple[Any, ...] | None] = []
         self._attached: dict[str, Any] = {}
         for group in _as_groups(params):
@@ -181,8 +188,8 @@ class Optimizer:
         self._checked.append(self._hyper_key(group))
         self._params.extend(params)
 
-    def _hyper_key(self, group: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(group[key] for key in self.defaults)
+    def _hyper_key(self, group: Mapping[str, Any]) -> Any:
+        return self._hyper_values(group)
 
     def attach(self, name: str, obj: Any) -> None:
         """Carry ``obj.state_dict()`` (a scheduler's, say) in this optimizer's checkpoints."""
@@ -214,7 +221,9 @@ class Optimizer:
                 self._checked[number] = key
 
     def _prepare_state(self, index: int, param: np.ndarray, group: Mapping[str, Any]) -> bool:
-        state = self.state.setdefault(index, {"step": 0})
+        state = self.state.get(index)
+        if state is None:
+            state = self.state[index] = {"step": 0}
         missing = [name for name in self._state_names(group) if name not in state]
         for name in missing:
             state[name] = np.full_like(param, self._initial_value(name, group))
@@ -267,7 +276,9 @@ class Optimizer:
         hyper = self._hyper_rows.get(index)
         if hyper is None:
             hyper = self._hyper_rows[index] = np.empty((1, self._hyper_width))
-        hyper[0] = self._row(group, state["step"], created, grad_scale)
+        # struct writes the float64 row straight into the (C-contiguous, native-endian)
+        # buffer: about half the cost of NumPy converting a tuple, on every step.
+        self._row_layout.pack_into(hyper, 0, *self._row(group, state["step"], created, grad_scale))
         views = self._views[index]
         flat = views["param"]
         launch(
@@ -275,7 +286,7 @@ class Optimizer:
             single_segment(flat.size),
             hyper,
             flat,
-            grad.reshape(-1),
+            grad if grad.ndim == 1 else grad.reshape(-1),
             *self._kernel_state(group, views),
         )
 
