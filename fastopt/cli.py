@@ -170,24 +170,24 @@ def _collect(args: argparse.Namespace, compile_times: bool):
     from fastopt.bench.overhead import measure_step_overhead
     from fastopt.bench.progress import Progress
     from fastopt.bench.results import SCHEMA, Results
-    from fastopt.bench.suite import run_suite
+    from fastopt.bench.suite import numba_threads, run_suite
 
     config = _config(args)
     progress = Progress(enabled=not args.quiet)
-    rows, torch_info = run_suite(config, progress)
-    data: dict[str, Any] = {
-        "schema": SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "config": config.as_dict(),
-        "torch": torch_info,
-        "rows": rows,
-    }
-    _note(args, "measuring the bandwidth and the opt.step overhead")
-    largest = max(max(sizes) for _, sizes in config.grid)
-    data["bandwidth"] = measure_bandwidth(largest, policy=config.policy)
-    calls = 5_000 if args.quick else 20_000
-    data["overhead"] = measure_step_overhead(calls=calls)
+    with numba_threads(config.threads):
+        rows, torch_info = run_suite(config, progress)
+        data: dict[str, Any] = {
+            "schema": SCHEMA,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info(),
+            "config": config.as_dict(),
+            "torch": torch_info,
+            "rows": rows,
+        }
+        _note(args, "measuring the bandwidth and the opt.step overhead")
+        largest = max(max(sizes) for _, sizes in config.grid)
+        data["bandwidth"] = measure_bandwidth(largest, policy=config.policy)
+        data["overhead"] = measure_step_overhead(calls=5_000 if args.quick else 20_000)
     if compile_times:
         rules = ["adam"] if args.quick else list(config.rules)
         _note(args, f"measuring compile times of {', '.join(rules)} (fresh processes)")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import pytest
 
 from fastopt.bench.report import TIMES
@@ -51,6 +52,7 @@ def test_bench_quick_prints_parsable_tables_and_saves_json(tmp_path, capsys):
     implementations = ["fastopt", "ceiling", "numpy"]
     if torch_installed():
         implementations += ["torch-fused", "torch-foreach"]
+    threads_before = numba.get_num_threads()
     status = main(
         [
             "bench",
@@ -71,6 +73,7 @@ def test_bench_quick_prints_parsable_tables_and_saves_json(tmp_path, capsys):
         ]
     )
     assert status == 0
+    assert numba.get_num_threads() == threads_before  # --threads does not leak
     out = capsys.readouterr().out
     tables = _tables(out)
     rules = tables["fastopt, float32"]

@@ -80,7 +80,7 @@ def throughput_plot(results: Results, dtype: str, bandwidth_gbps: float | None, 
                 color="gray",
                 linestyle=":",
                 linewidth=1.5,
-                label=f"roofline {bandwidth_gbps:.1f} GB/s",
+                label=f"DRAM roofline ({bandwidth_gbps:.1f} GB/s measured)",
             )
         axes.set_xscale("log", base=2)
         axes.set_yscale("log")

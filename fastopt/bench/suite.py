@@ -9,7 +9,8 @@ spinning after each of its operations and steal the cores the next numba kernel 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "make_step",
     "many_tensor_arrays",
     "many_tensors_step",
+    "numba_threads",
     "quick_config",
     "run_suite",
 ]
@@ -223,7 +225,7 @@ def _single_rows(config: SuiteConfig, progress: Progress) -> list[dict[str, Any]
             row = _row("single", rule, dtype, size, 1, implementation)
             row.update(time_call(step, config.policy).as_dict())
             rows.append(row)
-            del step
+            del step  # frees this case's arrays before the next case allocates its own
     return rows
 
 
@@ -293,6 +295,17 @@ def _complete_torch_row(request: dict[str, Any], result: dict[str, Any]) -> dict
     return row
 
 
+@contextmanager
+def numba_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` numba threads, then restore the previous count."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 def run_suite(
     config: SuiteConfig, progress: Progress | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -305,7 +318,6 @@ def run_suite(
     ``calls_per_sample`` (per-call times of ``optimizer.step``, or of the reference or
     ceiling call).
     """
-    numba.set_num_threads(config.threads)
     torch_requests = _torch_requests(config)
     in_process = sum(name in IN_PROCESS for name in config.implementations)
     total = in_process * len(list(_cases(config)))
@@ -315,9 +327,10 @@ def run_suite(
     progress = progress or Progress(total, enabled=False)
     progress.reset(total)
 
-    rows = _single_rows(config, progress)
-    if config.many_tensors:
-        rows += _many_rows(config, progress)
+    with numba_threads(config.threads):
+        rows = _single_rows(config, progress)
+        if config.many_tensors:
+            rows += _many_rows(config, progress)
     torch_info: dict[str, Any] = {"requested": bool(torch_requests)}
     if torch_requests:
         results, torch_info = torch_child.run(
@@ -329,9 +342,3 @@ def run_suite(
         ]
     progress.close()
     return rows, torch_info
-
-
-def rule_names(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Rules present in ``rows``, in :data:`RULES` order."""
-    present = {row["rule"] for row in rows}
-    return [name for name in RULES if name in present]
