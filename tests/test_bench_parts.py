@@ -14,7 +14,6 @@ from fastopt.bench.cases import (
     RULES,
     many_tensor_sizes,
     parse_size,
-    selected,
     size_label,
 )
 from fastopt.bench.ceiling import MAX_STATE, stream_step
@@ -44,13 +43,6 @@ def test_parse_size_rejects(text):
 def test_size_label():
     assert size_label(1 << 24) == "2^24"
     assert size_label(1000) == "1000"
-
-
-def test_selected_names_unknown_choices():
-    assert selected(None, ["a", "b"], "rules") == ["a", "b"]
-    assert selected(["b", "b"], ["a", "b"], "rules") == ["b"]
-    with pytest.raises(ValueError, match=r"unknown rules \['c'\]"):
-        selected(["c"], ["a", "b"], "rules")
 
 
 def _state_count(cls, options):

@@ -11,7 +11,7 @@ array and writes back the parameter and each state array, so an update moves
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import fastopt
 from fastopt import reference
 
 __all__ = [
+    "BASELINES",
     "DTYPES",
     "FULL_SIZES",
     "HEADLINE_RULES",
@@ -32,7 +33,6 @@ __all__ = [
     "RuleCase",
     "many_tensor_sizes",
     "parse_size",
-    "selected",
     "size_label",
 ]
 
@@ -227,6 +227,9 @@ IMPLEMENTATIONS: tuple[str, ...] = (
     "torch-foreach",
 )
 
+#: What fastopt's speed-ups are measured against.
+BASELINES: tuple[str, ...] = ("numpy", "torch-fused", "torch-foreach")
+
 DTYPES: tuple[str, ...] = ("float32", "float64")
 
 #: 2^12 (in L1/L2, call overhead dominates) to 2^26 (far beyond any last-level cache).
@@ -299,13 +302,3 @@ def many_tensor_sizes(
     for weight, width in zip(weights.tolist(), widths, strict=True):
         sizes.extend((int(weight), width))
     return sizes
-
-
-def selected(names: Sequence[str] | None, known: Sequence[str], what: str) -> list[str]:
-    """``names`` checked against ``known`` (all of ``known`` when ``names`` is None)."""
-    if names is None:
-        return list(known)
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise ValueError(f"unknown {what} {unknown}; choose from {list(known)}")
-    return list(dict.fromkeys(names))

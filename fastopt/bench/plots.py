@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
-from fastopt.bench.cases import RULES, size_label
+from fastopt.bench.cases import BASELINES, RULES, size_label
 from fastopt.bench.results import Results, throughput
 from fastopt.bench.seed import SeedRun
 
@@ -107,9 +106,7 @@ def throughput_plot(results: Results, dtype: str, bandwidth_gbps: float | None, 
 
 def speedup_plot(results: Results, dtype: str, path: Path):
     """fastopt's speed-up over each baseline, per rule, at the smallest and largest sizes."""
-    baselines = [
-        b for b in ("numpy", "torch-fused", "torch-foreach") if b in results.implementations()
-    ]
+    baselines = [b for b in BASELINES if b in results.implementations()]
     sizes = results.sizes(dtype)
     shown = sorted({sizes[0], sizes[-1]})
     rules = results.rules(dtype)
@@ -148,7 +145,8 @@ def convergence_plot(runs: list[SeedRun], path: Path):
     quadratic, regression = figure.subplots(1, 2)
     for run in runs:
         axes = quadratic if run.problem == "quadratic" else regression
-        losses: list[Any] = [max(loss, 1e-300) for loss in run.losses]
+        # log scale: an exact zero (a step landing on the minimum) would drop the line
+        losses = [max(loss, 1e-300) for loss in run.losses]
         axes.plot(range(len(losses)), losses, label=run.label)
     quadratic.set_title("f(x) = x², x₀ = 10")
     regression.set_title("fit y = w·x + b to y = 2x, x ∈ {1, 2, 3, 4}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastopt.bench.cases import MANY_TENSORS_COUNT, RULES, size_label
+from fastopt.bench.cases import BASELINES, MANY_TENSORS_COUNT, RULES, size_label
 from fastopt.bench.document import Document
 from fastopt.bench.plots import (
     convergence_plot,
@@ -75,25 +75,23 @@ def format_percent(fraction: float | None) -> str:
     return NA if fraction is None else f"{100 * fraction:.1f}%"
 
 
-def _status_note(results: Results, case: str, rule: str, dtype: str, size: int, impl: str):
-    row = results.get(case, rule, dtype, size, impl)
-    if row is None:
-        return NA
-    if row["status"] == "pending":
-        return row["note"] or "pending"
-    return NA
+_IMPL_NAMES = {
+    "fastopt": "fastopt",
+    "fastopt-flat": "fastopt flat buffer",
+    "ceiling": "ceiling",
+    "numpy": "NumPy",
+    "torch-fused": "torch fused",
+    "torch-foreach": "torch foreach",
+}
+
+
+def _versus(baseline: str) -> str:
+    return f"{TIMES} {_IMPL_NAMES[baseline]}"
 
 
 def rule_table(results: Results, dtype: str) -> Table:
     """fastopt per rule and size: time, throughput, fraction of ceiling, speed-ups."""
-    baselines = [
-        b for b in ("numpy", "torch-fused", "torch-foreach") if b in results.implementations()
-    ]
-    names = {
-        "numpy": f"{TIMES} NumPy",
-        "torch-fused": f"{TIMES} torch fused",
-        "torch-foreach": f"{TIMES} torch foreach",
-    }
+    baselines = [b for b in BASELINES if b in results.implementations()]
     headers = (
         "rule",
         "size",
@@ -101,7 +99,7 @@ def rule_table(results: Results, dtype: str) -> Table:
         "Melt/s",
         "GB/s",
         "% of ceiling",
-        *(names[b] for b in baselines),
+        *(_versus(b) for b in baselines),
     )
     rows = []
     for rule in results.rules(dtype):
@@ -127,16 +125,6 @@ def rule_table(results: Results, dtype: str) -> Table:
     return Table(f"fastopt, {dtype}", headers, tuple(rows))
 
 
-_IMPL_NAMES = {
-    "fastopt": "fastopt",
-    "fastopt-flat": "fastopt flat buffer",
-    "ceiling": "ceiling",
-    "numpy": "NumPy",
-    "torch-fused": "torch fused",
-    "torch-foreach": "torch foreach",
-}
-
-
 def times_table(results: Results, dtype: str) -> Table:
     """Median time per step of every implementation, side by side."""
     implementations = results.implementations()
@@ -158,7 +146,7 @@ def many_tensors_table(results: Results) -> Table | None:
     if not rows:
         return None
     size, dtype = rows[0]["size"], rows[0]["dtype"]
-    headers = ("implementation", "launches", "time/step", "GB/s", f"{TIMES} torch fused")
+    headers = ("implementation", "launches", "time/step", "GB/s", _versus("torch-fused"))
     table_rows = []
     for row in rows:
         impl = row["implementation"]
@@ -188,16 +176,8 @@ def summary_table(results: Results) -> Table | None:
     if dtype is None:
         return None
     size = results.sizes(dtype)[-1]
-    headers = (
-        "rule",
-        "B/elem",
-        "time/step",
-        "GB/s",
-        "% of ceiling",
-        f"{TIMES} NumPy",
-        f"{TIMES} torch fused",
-        f"{TIMES} torch foreach",
-    )
+    baselines = [b for b in BASELINES if b in results.implementations()]
+    headers = ("rule", "B/elem", "time/step", "GB/s", "% of ceiling", *map(_versus, baselines))
     rows = []
     for rule in results.rules(dtype):
         row = results.get("single", rule, dtype, size, "fastopt")
@@ -209,10 +189,7 @@ def summary_table(results: Results) -> Table | None:
                 format_time(results.time_ns("single", rule, dtype, size, "fastopt")),
                 f"{measured[1]:.1f}" if measured else NA,
                 format_percent(results.fraction_of_ceiling(rule, dtype, size)),
-                *(
-                    format_ratio(results.speedup("single", rule, dtype, size, b))
-                    for b in ("numpy", "torch-fused", "torch-foreach")
-                ),
+                *(format_ratio(results.speedup("single", rule, dtype, size, b)) for b in baselines),
             )
         )
     title = f"{size_label(size)} {dtype} elements, {results.data['config']['threads']} threads"

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fastopt.bench.cases import RULES
+
 __all__ = ["SCHEMA", "Results", "load", "save", "throughput"]
 
 SCHEMA = "fastopt-bench/1"
@@ -85,8 +87,6 @@ class Results:
         )
 
     def rules(self, dtype: str | None = None) -> list[str]:
-        from fastopt.bench.cases import RULES
-
         present = {
             r["rule"]
             for r in self.rows
