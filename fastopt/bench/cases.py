@@ -109,7 +109,7 @@ def _adam(param, grad, exp_avg, exp_avg_sq, *rest, step, **options):
 
 def _bind(function: Callable[..., None], **options: Any) -> Callable[..., None]:
     def step(*arrays: np.ndarray, step: int) -> None:
-        function(*arrays, step=step, **dict(options))
+        function(*arrays, step=step, **options)
 
     return step
 
