@@ -369,3 +369,24 @@ def test_seed_runs_reproduce_the_tutorial_scripts():
             fit.append((w, b))
     np.testing.assert_allclose(runs["sgd"].values, fit, rtol=1e-12)
     assert len(runs["sgd"].losses) == 41
+
+
+def test_torch_child_failure_marks_the_rest_unavailable():
+    if not torch_child.torch_installed():
+        pytest.skip("torch is not installed")
+    request = {
+        "case": "single",
+        "rule": "adam",
+        "dtype": "float32",
+        "size": 8,
+        "implementation": "torch-foreach",
+    }
+    broken = dict(request, rule="no-such-rule")
+    policy = TimingPolicy(warmup=1, repeats=2, min_repeats=1, sample_seconds=0.0)
+    results, info = torch_child.run(
+        [request, broken, request], 1, policy, 0, Progress(enabled=False)
+    )
+    assert results[0]["status"] == "ok" and results[0]["median_ns"] > 0
+    assert [r["status"] for r in results[1:]] == ["unavailable", "unavailable"]
+    assert "no-such-rule" in results[1]["note"]
+    assert info["available"] is False and info["version"]

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -58,33 +59,36 @@ def run(
     message = json.dumps(
         {"requests": list(requests), "threads": threads, "policy": asdict(policy), "seed": seed}
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fastopt.bench.torch_child"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-    assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(message)
-    process.stdin.close()
-    labels = [_label(request) for request in requests]
-    progress.advance(labels[0])
-    advanced = 1
-    results: list[dict[str, Any]] = []
-    for line in process.stdout:
-        record = json.loads(line)
-        if "torch" in record:
-            info.update(available=True, **record["torch"])
-            continue
-        results.append(record)
-        if len(results) < len(requests):
-            progress.advance(labels[len(results)])
-            advanced += 1
-    stderr = process.stderr.read() if process.stderr else ""
-    if process.wait() != 0 or len(results) != len(requests):
-        last = stderr.strip().splitlines()[-1:] or ["no message"]
+    # stderr goes to a file: a chatty child must not block on a full pipe while stdout is read.
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fastopt.bench.torch_child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env=child_env(),
+        )
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(message)
+        process.stdin.close()
+        labels = [_label(request) for request in requests]
+        progress.advance(labels[0])
+        advanced = 1
+        results: list[dict[str, Any]] = []
+        for line in process.stdout:
+            record = json.loads(line)
+            if "torch" in record:
+                info.update(available=True, **record["torch"])
+                continue
+            results.append(record)
+            if len(results) < len(requests):
+                progress.advance(labels[len(results)])
+                advanced += 1
+        failed = process.wait() != 0 or len(results) != len(requests)
+        errors.seek(0)
+        last = errors.read().strip().splitlines()[-1:] or ["no message"]
+    if failed:
         note = f"torch run failed: {last[0]}"
         info.update(available=False, note=note)
         if advanced < len(requests):
