@@ -77,7 +77,7 @@ class HostArrays:
         return np.full_like(array, value)
 
     def flat(self, array: np.ndarray) -> np.ndarray:
-        return array.reshape(-1)
+        return array if array.ndim == 1 else array.reshape(-1)
 
     def to_host(self, array: np.ndarray) -> np.ndarray:
         return array.copy()

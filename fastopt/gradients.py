@@ -22,7 +22,10 @@ With :math:`g` the gradients as given, :math:`\hat g = g / S` (unscaling),
         -\text{clip\_value},\ \text{clip\_value}\right)
 
 that is unscale, then clip by norm, then clip by value (optax:
-``chain(clip_by_global_norm(c), clip(v))`` except for torch's :math:`10^{-6}`).
+``chain(clip_by_global_norm(c), clip(v))`` except for torch's :math:`10^{-6}`). Clipping by
+value is element-wise, so it lives in every rule's kernel: two comparisons on the scaled
+gradient, free in a memory-bound loop. In the read pass it would have to write the gradients
+back (a third pass, and the caller's gradients changed).
 
 Non-finite gradients follow the optimizer's ``nonfinite`` policy:
 
@@ -63,6 +66,7 @@ from fastopt._reduce import (
 
 __all__ = [
     "NONFINITE_POLICIES",
+    "PLAIN_STEP",
     "NonfinitePolicy",
     "Prestep",
     "StepStats",
@@ -111,6 +115,10 @@ class Prestep:
     grad_scale: float
     clip_value: float
     stats: StepStats
+
+
+#: The outcome of a step with every gradient option off: no read pass, nothing to scale.
+PLAIN_STEP = Prestep(1.0, math.inf, StepStats(None, 1.0, None, True))
 
 
 def _real(name: str, value: object) -> float:
@@ -303,7 +311,7 @@ def prestep(
     """
     kernel_clip = math.inf if clip_value is None else clip_value
     if nonfinite == "propagate" and max_norm is None:
-        return Prestep(1.0 / loss_scale, kernel_clip, StepStats(None, 1.0, None, True))
+        return Prestep(1.0 / loss_scale, kernel_clip, PLAIN_STEP.stats)
     if not all(grad is None or isinstance(grad, np.ndarray) for grad in grads):
         raise TypeError(
             "max_norm and nonfinite='skip'/'raise' read the gradients on the host: they need "

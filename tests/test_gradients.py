@@ -319,3 +319,28 @@ def test_clip_value_zero_freezes_the_gradient_but_not_weight_decay():
     opt = fastopt.SGD(param, lr=0.1, weight_decay=0.5, clip_value=0.0)
     opt.step(np.array([5.0, -5.0, np.inf]))
     np.testing.assert_array_equal(param, np.full(3, 1.0 - 0.1 * 0.5))
+
+
+def test_gradients_may_not_overlap_any_array_the_step_writes():
+    buffer = np.zeros(30)
+    params = [buffer[:10], buffer[10:20], np.zeros(5)]  # views of one allocation
+    opt = fastopt.Adam(params, lr=0.1)
+    opt.step([np.ones(10), np.ones(10), np.ones(5)])
+    before = _snapshot(opt)
+    aliases = [
+        ([np.ones(10), buffer[:10], np.ones(5)], "parameter 0"),
+        ([np.ones(10), np.ones(10), buffer[3:8]], "parameter 0"),
+        ([np.ones(10), np.ones(10), opt.state[2]["exp_avg"]], "'exp_avg' of parameter 2"),
+        (
+            [np.frombuffer(opt.state[0]["exp_avg_sq"].data), np.ones(10), np.ones(5)],
+            "'exp_avg_sq' of parameter 0",
+        ),
+    ]
+    for grads, owner in aliases:
+        with pytest.raises(ValueError, match=f"shares memory with .*{owner}"):
+            opt.step(grads)
+        _assert_same(before, _snapshot(opt))
+    shared = np.ones(10)  # gradients may share memory with each other: they are only read
+    opt.step([shared, shared, np.ones(5)])
+    assert opt.step_count == 2
+    opt.step([np.ones(10), buffer[20:30], np.ones(5)])  # same allocation, disjoint bytes

@@ -1,0 +1,516 @@
+"""Tables and the written report (``report.md``, ``report.html``, PNG plots, ``results.json``).
+
+Every table is built from a :class:`~fastopt.bench.results.Results` by a function here, so
+``fastopt bench`` (which prints them) and ``fastopt report`` (which writes them) show the
+same numbers. Speed targets are checked against the measurements and a missed target says
+by how much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastopt.bench.cases import BASELINES, MANY_TENSORS_COUNT, RULES, size_label
+from fastopt.bench.document import Document
+from fastopt.bench.plots import (
+    convergence_plot,
+    matplotlib_available,
+    speedup_plot,
+    throughput_plot,
+)
+from fastopt.bench.results import Results, save, throughput
+from fastopt.bench.seed import seed_runs
+
+__all__ = [
+    "Table",
+    "compile_table",
+    "many_tensors_table",
+    "overhead_table",
+    "rule_table",
+    "summary_table",
+    "targets_table",
+    "times_table",
+    "write_report",
+]
+
+NA = "n/a"
+TIMES = "\N{MULTIPLICATION SIGN}"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table of strings."""
+
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def format_time(ns: float | None) -> str:
+    """``850 ns``, ``12.3 µs``, ``45.6 ms``, ``1.23 s``."""
+    if ns is None:
+        return NA
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if ns >= scale:
+            return f"{_three_digits(ns / scale)} {unit}"
+    return f"{ns:.0f} ns"
+
+
+def _three_digits(value: float) -> str:
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def format_ratio(value: float | None) -> str:
+    return NA if value is None else f"{_three_digits(value)}{TIMES}"
+
+
+def format_percent(fraction: float | None) -> str:
+    return NA if fraction is None else f"{100 * fraction:.1f}%"
+
+
+_IMPL_NAMES = {
+    "fastopt": "fastopt",
+    "fastopt-flat": "fastopt flat buffer",
+    "ceiling": "ceiling",
+    "numpy": "NumPy",
+    "torch-fused": "torch fused",
+    "torch-foreach": "torch foreach",
+}
+
+
+def _versus(baseline: str) -> str:
+    return f"{TIMES} {_IMPL_NAMES[baseline]}"
+
+
+def rule_table(results: Results, dtype: str) -> Table:
+    """fastopt per rule and size: time, throughput, fraction of ceiling, speed-ups."""
+    baselines = [b for b in BASELINES if b in results.implementations()]
+    headers = (
+        "rule",
+        "size",
+        "time/step",
+        "Melt/s",
+        "GB/s",
+        "% of ceiling",
+        *(_versus(b) for b in baselines),
+    )
+    rows = []
+    for rule in results.rules(dtype):
+        for size in results.sizes(dtype):
+            row = results.get("single", rule, dtype, size, "fastopt")
+            if row is None:
+                continue
+            measured = throughput(row)
+            rows.append(
+                (
+                    RULES[rule].label,
+                    size_label(size),
+                    format_time(results.time_ns("single", rule, dtype, size, "fastopt")),
+                    f"{measured[0]:.0f}" if measured else NA,
+                    f"{measured[1]:.1f}" if measured else NA,
+                    format_percent(results.fraction_of_ceiling(rule, dtype, size)),
+                    *(
+                        format_ratio(results.speedup("single", rule, dtype, size, b))
+                        for b in baselines
+                    ),
+                )
+            )
+    return Table(f"fastopt, {dtype}", headers, tuple(rows))
+
+
+def times_table(results: Results, dtype: str) -> Table:
+    """Median time per step of every implementation, side by side."""
+    implementations = results.implementations()
+    headers = ("rule", "size", *(_IMPL_NAMES.get(i, i) for i in implementations))
+    rows = []
+    for rule in results.rules(dtype):
+        for size in results.sizes(dtype):
+            cells = [
+                format_time(results.time_ns("single", rule, dtype, size, impl))
+                for impl in implementations
+            ]
+            rows.append((RULES[rule].label, size_label(size), *cells))
+    return Table(f"Time per step, every implementation, {dtype}", headers, tuple(rows))
+
+
+def many_tensors_table(results: Results) -> Table | None:
+    """Adam over 200 arrays: per-array launches, one flat launch, NumPy, torch."""
+    rows = [r for r in results.rows if r["case"] == "many_tensors"]
+    if not rows:
+        return None
+    size, dtype = rows[0]["size"], rows[0]["dtype"]
+    headers = ("implementation", "launches", "time/step", "GB/s", _versus("torch-fused"))
+    table_rows = []
+    for row in rows:
+        impl = row["implementation"]
+        measured = throughput(row)
+        time = results.time_ns("many_tensors", "adam", dtype, size, impl)
+        if row["status"] == "pending":
+            cells = (row["note"], NA, NA)
+        elif row["status"] != "ok":
+            cells = (f"{row['status']}: {row['note']}"[:80], NA, NA)
+        else:
+            cells = (
+                format_time(time),
+                f"{measured[1]:.1f}" if measured else NA,
+                format_ratio(
+                    results.speedup("many_tensors", "adam", dtype, size, "torch-fused", impl)
+                ),
+            )
+        launches = "1" if impl in ("ceiling", "fastopt-flat") else str(row["arrays"])
+        table_rows.append((_IMPL_NAMES.get(impl, impl), launches, *cells))
+    title = f"Adam on {MANY_TENSORS_COUNT} arrays, {size_label(size)} elements in all, {dtype}"
+    return Table(title, headers, tuple(table_rows))
+
+
+def summary_table(results: Results) -> Table | None:
+    """One row per rule at the largest float32 size: the README's results table."""
+    dtype = "float32" if "float32" in results.dtypes() else (results.dtypes() or [None])[0]
+    if dtype is None:
+        return None
+    size = results.sizes(dtype)[-1]
+    baselines = [b for b in BASELINES if b in results.implementations()]
+    headers = ("rule", "B/elem", "time/step", "GB/s", "% of ceiling", *map(_versus, baselines))
+    rows = []
+    for rule in results.rules(dtype):
+        row = results.get("single", rule, dtype, size, "fastopt")
+        measured = throughput(row) if row else None
+        rows.append(
+            (
+                RULES[rule].label,
+                str(RULES[rule].bytes_per_element(dtype)),
+                format_time(results.time_ns("single", rule, dtype, size, "fastopt")),
+                f"{measured[1]:.1f}" if measured else NA,
+                format_percent(results.fraction_of_ceiling(rule, dtype, size)),
+                *(format_ratio(results.speedup("single", rule, dtype, size, b)) for b in baselines),
+            )
+        )
+    title = f"{size_label(size)} {dtype} elements, {results.data['config']['threads']} threads"
+    return Table(title, headers, tuple(rows))
+
+
+def _check(measured: float | None, goal: float, higher_is_better: bool = True) -> str:
+    if measured is None:
+        return "not measured"
+    met = measured >= goal if higher_is_better else measured <= goal
+    if met:
+        return "met"
+    shortfall = measured / goal if higher_is_better else goal / measured
+    return f"missed ({shortfall:.2f} of the target)"
+
+
+def targets_table(results: Results) -> Table:
+    """The speed targets, each with its measurement and whether it is met."""
+    dtype = "float32"
+    sizes = results.sizes(dtype)
+    large = [s for s in sizes if s >= 1 << 24]
+    rows: list[tuple[str, ...]] = []
+    for rule in results.rules(dtype):
+        if not large:
+            break
+        size = large[-1]
+        where = f"{RULES[rule].label}, n = {size_label(size)}"
+        fraction = results.fraction_of_ceiling(rule, dtype, size)
+        rows.append(
+            (
+                "≥ 95% of the same-bytes ceiling",
+                where,
+                format_percent(fraction),
+                _check(fraction, 0.95),
+            )
+        )
+        versus = results.speedup("single", rule, dtype, size, "torch-fused")
+        baseline = "torch fused"
+        if versus is None and results.time_ns("single", rule, dtype, size, "torch-foreach"):
+            versus, baseline = (
+                results.speedup("single", rule, dtype, size, "torch-foreach"),
+                ("torch foreach (torch has no fused kernel here)"),
+            )
+        rows.append((f"≥ parity with {baseline}", where, format_ratio(versus), _check(versus, 1.0)))
+    for size, goal in ((1 << 16, 3.0), (1 << 20, 1.5)):
+        if size in sizes and "adam" in results.rules(dtype):
+            versus = results.speedup("single", "adam", dtype, size, "torch-fused")
+            rows.append(
+                (
+                    f"≥ {goal:g}{TIMES} torch fused",
+                    f"Adam, n = {size_label(size)}",
+                    format_ratio(versus),
+                    _check(versus, goal),
+                )
+            )
+    many = [r for r in results.rows if r["case"] == "many_tensors"]
+    if many:
+        flat = results.get("many_tensors", "adam", "float32", many[0]["size"], "fastopt-flat")
+        where = f"Adam, {MANY_TENSORS_COUNT} arrays, flat buffer"
+        if flat is None or flat["status"] != "ok":
+            note = flat["note"] if flat else "not measured"
+            rows.append((f"≥ 8{TIMES} torch fused (per-tensor list)", where, NA, note))
+        else:
+            versus = results.speedup(
+                "many_tensors", "adam", "float32", many[0]["size"], "torch-fused", "fastopt-flat"
+            )
+            rows.append(
+                (
+                    f"≥ 8{TIMES} torch fused (per-tensor list)",
+                    where,
+                    format_ratio(versus),
+                    _check(versus, 8.0),
+                )
+            )
+    overhead = results.data.get("overhead")
+    if overhead:
+        step = overhead["step"]["median_ns"]
+        rows.append(
+            (
+                f"≤ {format_time(overhead['target_ns'])} per call",
+                f"`opt.step`, Adam, n = {size_label(overhead['size'])}",
+                format_time(step),
+                _check(step, overhead["target_ns"], higher_is_better=False),
+            )
+        )
+    for rule in results.rules(dtype):
+        if 1 << 24 in sizes:
+            versus = results.speedup("single", rule, dtype, 1 << 24, "numpy")
+            rows.append(
+                (
+                    f"≥ 8{TIMES} the NumPy reference",
+                    f"{RULES[rule].label}, n = 2^24",
+                    format_ratio(versus),
+                    _check(versus, 8.0),
+                )
+            )
+    compile_times = results.data.get("compile")
+    if compile_times:
+        for rule, times in compile_times["rules"].items():
+            warm = times["warm"]["import_and_first_step_s"]
+            rows.append(
+                (
+                    f"< {compile_times['warm_target_s']:g} s import + first step (warm cache)",
+                    f"{RULES[rule].label}, n = 2^12",
+                    f"{warm:.2f} s",
+                    _check(warm, compile_times["warm_target_s"], higher_is_better=False),
+                )
+            )
+    return Table("Speed targets (float32)", ("target", "case", "measured", "status"), tuple(rows))
+
+
+def overhead_table(results: Results) -> Table | None:
+    """Per-call time of ``opt.step`` at 2^12 elements, against the kernel alone."""
+    overhead = results.data.get("overhead")
+    if not overhead:
+        return None
+    parts = (
+        ("`opt.step(grad)`", overhead["step"]),
+        ("the serial Adam kernel alone", overhead["kernel"]),
+        ("same-bytes ceiling via `launch`", overhead["ceiling"]),
+    )
+    rows = tuple(
+        (name, format_time(t["median_ns"]), format_time(t["p10_ns"]), format_time(t["min_ns"]))
+        for name, t in parts
+    )
+    title = (
+        f"Per-call time, Adam, n = {size_label(overhead['size'])} {overhead['dtype']}, "
+        f"{overhead['calls']} calls timed one by one"
+    )
+    return Table(title, ("call", "median", "10th percentile", "min"), rows)
+
+
+def compile_table(results: Results) -> Table | None:
+    """First-step latency with a cold and a warm numba cache, and the imports."""
+    compile_times = results.data.get("compile")
+    if not compile_times:
+        return None
+    headers = (
+        "rule",
+        "cold: first step 2^12",
+        "cold: first step 2^20",
+        "warm: first step 2^12",
+        "warm: first step 2^20",
+        "warm: import fastopt",
+        "warm: import + first step",
+    )
+    rows = []
+    for rule, times in compile_times["rules"].items():
+        cold, warm = times["cold"], times["warm"]
+        rows.append(
+            (
+                RULES[rule].label,
+                *(
+                    f"{value:.2f} s"
+                    for value in (
+                        cold["first_step_serial_s"],
+                        cold["first_step_parallel_s"],
+                        warm["first_step_serial_s"],
+                        warm["first_step_parallel_s"],
+                        warm["import_fastopt_s"],
+                        warm["import_and_first_step_s"],
+                    )
+                ),
+            )
+        )
+    baseline = compile_times.get("numba_baseline")
+    if baseline:
+        warm = baseline["warm"]
+        rows.append(
+            (
+                "numba alone (one-loop cached function)",
+                f"{baseline['cold']['first_call_s']:.2f} s",
+                NA,
+                f"{warm['first_call_s']:.2f} s",
+                NA,
+                NA,
+                f"{warm['import_and_first_call_s']:.2f} s",
+            )
+        )
+    return Table("Compile and import time (fresh processes, own numba cache)", headers, tuple(rows))
+
+
+def _machine_lines(results: Results) -> list[str]:
+    machine = results.data["machine"]
+    versions = machine["versions"]
+    caches = ", ".join(f"{k} {v}" for k, v in machine.get("caches", {}).items()) or NA
+    lines = [
+        f"CPU: {machine['cpu']} ({machine['architecture']}), {machine['usable_cpus']} usable "
+        f"of {machine['logical_cpus']} logical CPUs; caches {caches}; "
+        f"memory {machine.get('memory_gib') or NA} GiB",
+        f"SIMD (LLVM, {machine['simd']['llvm_cpu']}): {' '.join(machine['simd']['llvm_features'])}",
+        f"Python {machine['python']}, NumPy {versions['numpy']}, numba {versions['numba']} "
+        f"(llvmlite {versions['llvmlite']}), threading layer `{machine['threading_layer']}`, "
+        f"{results.data['config']['threads']} threads",
+        f"torch: {versions.get('torch') or 'not installed'}",
+        f"OS: {machine['os']}",
+    ]
+    bandwidth = results.data.get("bandwidth")
+    if bandwidth:
+        lines.append(
+            f"Measured bandwidth: {bandwidth['gb_per_s']:.1f} GB/s (median; best "
+            f"{bandwidth['best_gb_per_s']:.1f}) streaming 4 arrays in and 3 out of "
+            f"{size_label(bandwidth['size'])} {bandwidth['dtype']} elements each"
+        )
+    return lines
+
+
+def _method(results: Results) -> str:
+    policy = results.data["config"]["policy"]
+    torch = results.data.get("torch") or {}
+    if torch.get("available"):
+        torch_text = (
+            f"torch {torch.get('version')} was timed in a {torch.get('isolation')}, "
+            f"with {torch.get('threads')} threads, so its OpenMP threads and numba's "
+            "never compete"
+        )
+    else:
+        torch_text = f"torch was not measured ({torch.get('note', 'not requested')})"
+    return (
+        f"Each case runs {policy['warmup']} untimed warm-up calls (compilation happens there), "
+        f"then batches of calls lasting at least {policy['sample_seconds'] * 1e3:g} ms each, "
+        f"{policy['min_repeats']} to {policy['repeats']} batches within "
+        f"{policy['max_seconds']:g} s; the tables show the median time per call "
+        "(`time.perf_counter_ns`; minima are in `results.json`). fastopt is timed through "
+        "`opt.step(grad)`, the NumPy reference through its functional step, torch through "
+        f"`opt.step()` with `.grad` set; {torch_text}. The same-bytes ceiling is a streaming "
+        "kernel that reads and writes exactly the arrays the rule reads and writes, through "
+        "the same drivers; % of ceiling is its time over fastopt's time. Bytes per element "
+        "count each array read and written once (Adam float32: 28)."
+    )
+
+
+def _add(document: Document, table: Table | None, level: int = 2) -> None:
+    if table is not None:
+        document.heading(table.title, level)
+        document.table(table.headers, table.rows)
+
+
+def write_report(
+    results: Results, out: str | Path, log: Callable[[str], Any] = lambda _: None
+) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html``, ``results.json`` and the PNG plots into ``out``.
+
+    Returns the paths written, by name. Without matplotlib the report has no plots and says
+    so.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {"json": out / "results.json"}
+    save(results.data, written["json"])
+    document = Document("fastopt benchmark report")
+    created = results.data.get("created", "")
+    document.paragraph(f"Measured {created} by `fastopt report`; raw data in `results.json`.")
+    _add(document, summary_table(results))
+    plots = matplotlib_available()
+    bandwidth = (results.data.get("bandwidth") or {}).get("gb_per_s")
+    if plots:
+        for dtype in results.dtypes():
+            log(f"plotting throughput ({dtype})")
+            path = throughput_plot(results, dtype, bandwidth, out / f"throughput_{dtype}.png")
+            written[f"throughput_{dtype}"] = path
+        document.image(
+            written[f"throughput_{results.dtypes()[0]}"],
+            "throughput per rule against size, with the roofline",
+        )
+    else:
+        document.paragraph("No plots: matplotlib is not installed (`pip install matplotlib`).")
+    document.heading("Speed targets")
+    targets = targets_table(results)
+    document.table(targets.headers, targets.rows)
+    document.heading("Machine")
+    document.bullets(_machine_lines(results))
+    document.heading("Method")
+    document.paragraph(_method(results))
+    for dtype in results.dtypes():
+        _add(document, rule_table(results, dtype))
+        if plots and dtype != results.dtypes()[0]:
+            document.image(written[f"throughput_{dtype}"], f"throughput per rule, {dtype}")
+        if plots:
+            path = speedup_plot(results, dtype, out / f"speedup_{dtype}.png")
+            written[f"speedup_{dtype}"] = path
+            document.image(path, f"speed-ups of fastopt, {dtype}")
+        _add(document, times_table(results, dtype), level=3)
+    _add(document, many_tensors_table(results))
+    _add(document, overhead_table(results))
+    overhead = results.data.get("overhead")
+    if overhead:
+        document.paragraph(
+            f"The Python around the kernel (validation, schedules, the hyperparameter row, "
+            f"dispatch) costs {format_time(overhead['python_ns'])} per call: the median "
+            "`opt.step` time minus the median kernel time."
+        )
+    _add(document, compile_table(results))
+    if results.data.get("compile"):
+        document.paragraph(
+            "Cold: an empty `NUMBA_CACHE_DIR`, so the kernels compile. Warm: the same cache "
+            "again in a new process, so they load from disk. numba's own import and its "
+            "first-call setup (type registries; SciPy's BLAS lookup when SciPy is installed) "
+            "are part of every warm number; the last row shows them for a trivial function."
+        )
+    document.heading("Convergence on the seed problems")
+    runs = seed_runs()
+    if plots:
+        log("plotting convergence")
+        written["convergence"] = convergence_plot(runs, out / "convergence.png")
+        document.image(written["convergence"], "loss per step on the seed problems")
+    document.table(
+        ("problem", "rule", "loss at start", "after 10 updates", "at the end"),
+        [
+            (
+                run.problem,
+                run.label,
+                f"{run.losses[0]:.4g}",
+                f"{run.losses[10]:.4g}",
+                f"{run.losses[-1]:.4g}",
+            )
+            for run in runs
+        ],
+    )
+    written["markdown"] = out / "report.md"
+    written["markdown"].write_text(document.to_markdown(out), encoding="utf-8")
+    written["html"] = out / "report.html"
+    written["html"].write_text(document.to_html(), encoding="utf-8")
+    return written

@@ -1,0 +1,98 @@
+"""Timing: warm-up outside the clock, calibrated batches, medians and minima.
+
+This module is plain Python (no numba, no torch) so the process that times torch uses the
+same code as the one that times fastopt.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+__all__ = ["Timing", "TimingPolicy", "per_call_times", "time_call"]
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How long and how often to time one case.
+
+    Attributes
+    ----------
+    warmup
+        Untimed calls first (the first call of a kernel compiles it or loads it from cache);
+        after the first, they stop once they have taken a quarter of ``max_seconds``.
+    repeats
+        Samples wanted; each sample is a batch of calls, timed together.
+    min_repeats
+        Samples taken even when they exceed ``max_seconds``.
+    sample_seconds
+        Each batch runs at least this long, so the clock's resolution and one-off delays do
+        not matter for microsecond calls.
+    max_seconds
+        Time budget for the samples of one case; sampling stops once it is spent.
+    """
+
+    warmup: int = 2
+    repeats: int = 15
+    min_repeats: int = 5
+    sample_seconds: float = 0.02
+    max_seconds: float = 4.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call times of one case in nanoseconds (each sample divided by its batch size)."""
+
+    median_ns: float
+    min_ns: float
+    samples: int
+    calls_per_sample: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def time_call(step: Callable[[], object], policy: TimingPolicy) -> Timing:
+    """Time ``step()`` under ``policy``: warm-up, calibrate a batch size, then sample."""
+    warmup_end = time.perf_counter_ns() + policy.max_seconds * 0.25e9
+    for done in range(policy.warmup):
+        if done and time.perf_counter_ns() > warmup_end:
+            break  # slow calls (a NumPy step on 2^26 elements) need no second warm-up
+        step()
+    start = time.perf_counter_ns()
+    step()
+    single = max(time.perf_counter_ns() - start, 1)
+    calls = max(1, math.ceil(policy.sample_seconds * 1e9 / single))
+    # A call slower than a sample is its own sample: the calibration call counts.
+    samples: list[float] = [float(single)] if calls == 1 else []
+    budget_end = time.perf_counter_ns() + policy.max_seconds * 1e9
+    while len(samples) < policy.repeats:
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            step()
+        end = time.perf_counter_ns()
+        samples.append((end - start) / calls)
+        if len(samples) >= policy.min_repeats and end > budget_end:
+            break
+    return Timing(
+        median_ns=statistics.median(samples),
+        min_ns=min(samples),
+        samples=len(samples),
+        calls_per_sample=calls,
+    )
+
+
+def per_call_times(step: Callable[[], object], calls: int, warmup: int = 100) -> list[int]:
+    """Nanoseconds of each of ``calls`` individually timed calls of ``step()``."""
+    for _ in range(warmup):
+        step()
+    clock = time.perf_counter_ns
+    times = []
+    for _ in range(calls):
+        start = clock()
+        step()
+        times.append(clock() - start)
+    return times

@@ -1,0 +1,162 @@
+"""torch.optim timings, taken in a child process that imports torch and nothing of numba's.
+
+torch and numba each bring an OpenMP runtime. In one process, torch's worker threads keep
+spinning after each torch operation and take the cores from the next numba kernel (about
+1.5x slower on a 2-core machine), and numba's threads do the same to torch. So the parent
+never imports torch: it starts ``python -m fastopt.bench.torch_child``, sends the requests
+as JSON on stdin and reads one JSON line per result from stdout. torch uses the same number
+of threads as fastopt.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from fastopt.bench._subprocess import child_env
+from fastopt.bench.cases import RULES, many_tensor_sizes
+from fastopt.bench.progress import Progress
+from fastopt.bench.runner import TimingPolicy, time_call
+
+__all__ = ["ISOLATION", "make_torch_step", "run", "torch_installed"]
+
+ISOLATION = "separate process (torch and numba never share one)"
+
+
+def torch_installed() -> bool:
+    """Whether torch can be imported (checked without importing it)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def _unavailable(requests: Sequence[dict[str, Any]], note: str) -> list[dict[str, Any]]:
+    return [{"status": "unavailable", "note": note} for _ in requests]
+
+
+def run(
+    requests: Sequence[dict[str, Any]],
+    threads: int,
+    policy: TimingPolicy,
+    seed: int,
+    progress: Progress,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Time ``requests`` with torch in a child process; one result per request, in order.
+
+    Returns the results (``status`` ``"ok"`` with the timing, or ``"unavailable"`` with a
+    note: torch missing, an option torch lacks, the child failing) and a description of the
+    torch run (version, threads, isolation).
+    """
+    info: dict[str, Any] = {"requested": True, "isolation": ISOLATION, "threads": threads}
+    if not torch_installed():
+        progress.advance("torch not installed", len(requests))
+        info.update(available=False, note="torch is not installed")
+        return _unavailable(requests, "torch not installed"), info
+    message = json.dumps(
+        {"requests": list(requests), "threads": threads, "policy": asdict(policy), "seed": seed}
+    )
+    # stderr goes to a file: a chatty child must not block on a full pipe while stdout is read.
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fastopt.bench.torch_child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env=child_env(),
+        )
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(message)
+        process.stdin.close()
+        labels = [_label(request) for request in requests]
+        progress.advance(labels[0])
+        advanced = 1
+        results: list[dict[str, Any]] = []
+        for line in process.stdout:
+            record = json.loads(line)
+            if "torch" in record:
+                info.update(available=True, **record["torch"])
+                continue
+            results.append(record)
+            if len(results) < len(requests):
+                progress.advance(labels[len(results)])
+                advanced += 1
+        failed = process.wait() != 0 or len(results) != len(requests)
+        errors.seek(0)
+        last = errors.read().strip().splitlines()[-1:] or ["no message"]
+    if failed:
+        note = f"torch run failed: {last[0]}"
+        info.update(available=False, note=note)
+        if advanced < len(requests):
+            progress.advance("torch failed", len(requests) - advanced)
+        results += _unavailable(requests[len(results) :], note)
+    return results, info
+
+
+def _label(request: dict[str, Any]) -> str:
+    return f"{request['rule']} {request['dtype']} n={request['size']} {request['implementation']}"
+
+
+def make_torch_step(
+    rule: str, dtype: str, sizes: Sequence[int], flavour: str, generator: Any = None
+) -> Callable[[], object]:
+    """``optimizer.step`` of the ``torch.optim`` twin of ``rule`` over tensors of ``sizes``.
+
+    ``flavour`` is ``"fused"`` or ``"foreach"``; the gradients are set. Imports torch: call
+    it only in a process that runs no numba kernels (see the module docstring).
+
+    Raises
+    ------
+    RuntimeError, TypeError, ValueError
+        When torch has no such implementation (RMSprop has no fused kernel, for one).
+    """
+    import torch
+
+    case = RULES[rule]
+    torch_dtype = getattr(torch, dtype)
+    params = []
+    for n in sizes:
+        param = torch.randn(n, dtype=torch_dtype, generator=generator)
+        param.grad = torch.randn(n, dtype=torch_dtype, generator=generator)
+        params.append(param)
+    optimizer_class = getattr(torch.optim, case.torch_class)
+    optimizer = optimizer_class(params, **case.torch_options, **{flavour: True})
+    return optimizer.step
+
+
+def _step_for(request: dict[str, Any], generator: Any) -> Callable[[], object]:
+    many = request["case"] == "many_tensors"
+    sizes = many_tensor_sizes() if many else [request["size"]]
+    flavour = request["implementation"].removeprefix("torch-")
+    return make_torch_step(request["rule"], request["dtype"], sizes, flavour, generator)
+
+
+def _serve() -> None:
+    import torch
+
+    message = json.load(sys.stdin)
+    torch.set_num_threads(message["threads"])
+    policy = TimingPolicy(**message["policy"])
+    generator = torch.Generator().manual_seed(message["seed"])
+    header = {"version": torch.__version__, "threads": torch.get_num_threads()}
+    print(json.dumps({"torch": header}), flush=True)
+    for request in message["requests"]:
+        try:
+            step = _step_for(request, generator)
+            step()
+        except (RuntimeError, ValueError, TypeError) as error:
+            # e.g. no fused kernel for this optimizer or dtype in this torch version
+            result = {"status": "unavailable", "note": f"{type(error).__name__}: {error}"}
+        else:
+            result = {"status": "ok", "note": "", **time_call(step, policy).as_dict()}
+        # Free this case's tensors before the next case allocates its own.
+        step = None
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,392 @@
+"""The benchmark's building blocks: cases, ceiling kernel, timing, tables, seed problems."""
+
+import io
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import fastopt
+import fastopt._launch as launch_module
+from fastopt.bench import torch_child
+from fastopt.bench.cases import (
+    RULES,
+    many_tensor_sizes,
+    parse_size,
+    size_label,
+)
+from fastopt.bench.ceiling import MAX_STATE, stream_step
+from fastopt.bench.document import Document, markdown_table
+from fastopt.bench.progress import Progress
+from fastopt.bench.report import format_ratio, format_time, targets_table
+from fastopt.bench.results import SCHEMA, Results, load, save
+from fastopt.bench.runner import TimingPolicy, per_call_times, time_call
+from fastopt.bench.seed import seed_runs
+from fastopt.bench.suite import make_step, many_tensors_step
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("4096", 4096), ("2^20", 1 << 20), ("2**12", 4096), ("16M", 16 << 20), ("3k", 3072)],
+)
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "0", "2^", "-5", "1.5", "1T", "two"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
+
+
+def test_size_label():
+    assert size_label(1 << 24) == "2^24"
+    assert size_label(1000) == "1000"
+
+
+def _state_count(cls, options):
+    """State arrays the class actually creates (an independent count of the traffic)."""
+    param = np.zeros(3, np.float32)
+    opt = cls(param, **options)
+    opt.step(np.ones(3, np.float32))
+    return sum(isinstance(v, np.ndarray) for v in opt.state[0].values())
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_bytes_per_element_counts_every_array_read_and_written(name):
+    case = RULES[name]
+    n_state = _state_count(case.optimizer, case.options)
+    assert case.n_state == n_state
+    # read param, grad, state; write param, state
+    assert case.bytes_per_element("float32") == 4 * (2 + n_state + 1 + n_state)
+    assert case.bytes_per_element("float64") == 2 * case.bytes_per_element("float32")
+
+
+def test_bytes_per_element_of_the_headline_rules():
+    per_element = {name: RULES[name].bytes_per_element(np.float32) for name in RULES}
+    assert per_element["adam"] == 28
+    assert per_element["sgd_momentum"] == per_element["adagrad"] == per_element["rmsprop"] == 20
+    assert per_element["sgd"] == 12
+    assert per_element["amsgrad"] == 36
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_numpy_baseline_runs_the_same_update_as_fastopt(name):
+    case = RULES[name]
+    rng = np.random.default_rng(1)
+    start = rng.standard_normal(300)
+    grads = [rng.standard_normal(300) for _ in range(4)]
+    ours, theirs = start.copy(), start.copy()
+    opt = case.optimizer(ours, **case.options)
+    state = [np.zeros_like(theirs) for _ in case.state]
+    for step, grad in enumerate(grads, start=1):
+        opt.step(grad)
+        case.reference_step(theirs, grad, *state, step=step)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
+    assert not np.array_equal(ours, start)
+
+
+def test_many_tensor_sizes_look_like_a_model():
+    sizes = many_tensor_sizes()
+    assert len(sizes) == 200
+    assert sum(sizes) == 1 << 20
+    assert min(sizes) >= 1
+    assert sizes == many_tensor_sizes()
+    assert max(sizes) > 100 * min(sizes)
+    with pytest.raises(ValueError, match="count"):
+        many_tensor_sizes(count=3)
+    with pytest.raises(ValueError, match="total"):
+        many_tensor_sizes(total=10)
+
+
+@pytest.mark.parametrize("n_state", range(MAX_STATE + 1))
+def test_stream_step_reads_and_writes_exactly_the_rule_arrays(n_state):
+    rng = np.random.default_rng(n_state)
+    param, grad = rng.standard_normal(1001), rng.standard_normal(1001)
+    state = [rng.standard_normal(1001) for _ in range(n_state)]
+    before = [a.copy() for a in (param, grad, *state)]
+    stream_step(param, grad, *state)
+    np.testing.assert_array_equal(grad, before[1])
+    for after, start in zip((param, *state), (before[0], *before[2:]), strict=True):
+        np.testing.assert_array_equal(after, start + before[1])
+
+
+def test_stream_step_parallel_path_matches(monkeypatch):
+    monkeypatch.setattr(launch_module, "PARALLEL_THRESHOLD", 64)
+    param, grad = np.zeros(10_007, np.float32), np.arange(10_007, dtype=np.float32)
+    m, v = np.ones_like(param), np.full_like(param, 2.0)
+    stream_step(param, grad, m, v)
+    np.testing.assert_array_equal(param, grad)
+    np.testing.assert_array_equal(m, 1 + grad)
+    np.testing.assert_array_equal(v, 2 + grad)
+
+
+def test_stream_step_rejects_too_many_arrays():
+    a = np.zeros(4)
+    with pytest.raises(ValueError, match="at most 3"):
+        stream_step(a, a.copy(), *(a.copy() for _ in range(4)))
+
+
+def test_time_call_warms_up_and_reports_per_call_times():
+    calls = itertools.count()
+    policy = TimingPolicy(warmup=3, repeats=4, min_repeats=2, sample_seconds=0.001, max_seconds=1.0)
+    timing = time_call(lambda: next(calls), policy)
+    assert timing.samples == 4
+    assert timing.calls_per_sample >= 1
+    assert 0 < timing.min_ns <= timing.median_ns
+    # warm-up, calibration (itself a sample when a batch is one call), then the samples
+    batches = timing.samples - (timing.calls_per_sample == 1)
+    assert next(calls) == 3 + 1 + batches * timing.calls_per_sample
+
+
+def test_time_call_stops_at_its_budget():
+    timing = time_call(
+        lambda: sum(range(20_000)),
+        TimingPolicy(warmup=0, repeats=1000, min_repeats=2, sample_seconds=0.0, max_seconds=0.0),
+    )
+    assert timing.samples == 2
+
+
+def test_per_call_times():
+    times = per_call_times(lambda: None, 50, warmup=5)
+    assert len(times) == 50 and all(t >= 0 for t in times)
+
+
+def test_progress_without_tqdm_writes_one_line_per_case(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name == "tqdm":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    stream = io.StringIO()
+    progress = Progress(stream=stream)
+    progress.reset(2)
+    progress.advance("first")
+    progress.advance("second")
+    progress.close()
+    assert stream.getvalue().splitlines() == ["[1/2] first", "[2/2] second"]
+    silent = io.StringIO()
+    quiet = Progress(enabled=False, stream=silent)
+    quiet.reset(1)
+    quiet.advance("x")
+    quiet.close()
+    assert silent.getvalue() == ""
+
+
+def test_torch_missing_gives_unavailable_rows(monkeypatch):
+    monkeypatch.setattr(torch_child, "torch_installed", lambda: False)
+    requests = [
+        {
+            "case": "single",
+            "rule": "adam",
+            "dtype": "float32",
+            "size": 8,
+            "implementation": "torch-fused",
+        }
+    ]
+    results, info = torch_child.run(requests, 1, TimingPolicy(), 0, Progress(enabled=False))
+    assert results == [{"status": "unavailable", "note": "torch not installed"}]
+    assert info["available"] is False
+
+
+def test_make_step_updates_in_place():
+    param, grad = np.ones(10, np.float32), np.ones(10, np.float32)
+    for implementation in ("fastopt", "numpy", "ceiling"):
+        p = param.copy()
+        make_step(implementation, "adam", p, grad)()
+        assert not np.array_equal(p, param), implementation
+
+
+def test_many_tensors_flat_case_is_pending_without_flat_buffers(monkeypatch):
+    if hasattr(fastopt, "FlatParams"):
+        pytest.skip("this fastopt has flat buffers")
+    with pytest.raises(NotImplementedError, match="pending"):
+        many_tensors_step("fastopt-flat", [np.ones(3)], [np.ones(3)])
+
+
+def test_format_time_and_ratio():
+    assert format_time(850) == "850 ns"
+    assert format_time(12_345) == "12.3 µs"
+    assert format_time(45_600_000) == "45.6 ms"
+    assert format_time(1.234e9) == "1.23 s"
+    assert format_time(None) == "n/a"
+    assert format_ratio(123.4) == "123\N{MULTIPLICATION SIGN}"
+    assert format_ratio(None) == "n/a"
+
+
+def test_markdown_table_aligns_numbers_right():
+    text = markdown_table(("rule", "time"), [("Adam", "1.00 ms"), ("SGD", "12.0 µs")])
+    lines = text.splitlines()
+    assert lines[0] == "| rule |    time |"
+    assert lines[1] == "| ---- | ------: |"
+    assert lines[3] == "| SGD  | 12.0 µs |"
+
+
+def test_document_renders_markdown_and_self_contained_html(tmp_path):
+    image = tmp_path / "plot.png"
+    image.write_bytes(b"\x89PNG fake")
+    document = Document("Title <1>")
+    document.heading("Part")
+    document.paragraph("uses `code` and **bold** & more")
+    document.bullets(["one"])
+    document.table(("a", "b"), [("x", "1.5\N{MULTIPLICATION SIGN}")])
+    document.image(image, "alt")
+    markdown = document.to_markdown(tmp_path)
+    assert markdown.startswith("# Title <1>\n\n## Part\n")
+    assert "![alt](plot.png)" in markdown
+    page = document.to_html()
+    assert "<h1>Title &lt;1&gt;</h1>" in page
+    assert "<code>code</code> and <b>bold</b> &amp; more" in page
+    assert '<td class="num">1.5\N{MULTIPLICATION SIGN}</td>' in page
+    assert "data:image/png;base64," in page and "plot.png" not in page
+
+
+def _results(rows, **extra):
+    data = {"schema": SCHEMA, "machine": {}, "config": {"threads": 2}, "rows": rows, **extra}
+    return Results(data)
+
+
+def _row(rule, size, implementation, ns, case="single"):
+    return {
+        "case": case,
+        "rule": rule,
+        "dtype": "float32",
+        "size": size,
+        "arrays": 1,
+        "implementation": implementation,
+        "status": "ok",
+        "note": "",
+        "median_ns": ns,
+        "min_ns": ns,
+        "bytes_per_element": RULES[rule].bytes_per_element("float32"),
+    }
+
+
+def test_targets_table_says_met_or_by_how_much_it_missed():
+    n = 1 << 24
+    rows = [
+        _row("adam", n, "fastopt", 100.0),
+        _row("adam", n, "ceiling", 97.0),
+        _row("adam", n, "numpy", 500.0),
+        _row("adam", n, "torch-fused", 90.0),
+        _row("adam", 1 << 16, "fastopt", 10.0),
+        _row("adam", 1 << 16, "torch-fused", 40.0),
+    ]
+    overhead = {"size": 4096, "target_ns": 5000, "step": {"median_ns": 10_000.0}}
+    table = targets_table(_results(rows, overhead=overhead))
+    status = {(target, case): s for target, case, _, s in table.rows}
+    assert status[("≥ 95% of the same-bytes ceiling", "Adam, n = 2^24")] == "met"
+    assert status[("≥ parity with torch fused", "Adam, n = 2^24")] == (
+        "missed (0.90 of the target)"
+    )
+    assert status[("≥ 3\N{MULTIPLICATION SIGN} torch fused", "Adam, n = 2^16")] == "met"
+    assert status[("≥ 8\N{MULTIPLICATION SIGN} the NumPy reference", "Adam, n = 2^24")] == (
+        "missed (0.62 of the target)"
+    )
+    assert status[("≤ 5.00 µs per call", "`opt.step`, Adam, n = 2^12")] == (
+        "missed (0.50 of the target)"
+    )
+
+
+def test_results_round_trip_and_reject_other_files(tmp_path):
+    results = _results([_row("sgd", 8, "fastopt", 5.0)])
+    path = tmp_path / "run.json"
+    save(results.data, path)
+    loaded = load(path)
+    assert loaded.rows == results.rows
+    assert loaded.time_ns("single", "sgd", "float32", 8, "fastopt") == 5.0
+    (tmp_path / "other.json").write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="not a fastopt benchmark run"):
+        load(tmp_path / "other.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="not JSON"):
+        load(tmp_path / "broken.json")
+
+
+def _tutorial_quadratic(update, steps=10):
+    """The tutorial's scripts, written out independently of fastopt."""
+    x, values = 10.0, []
+    for _ in range(steps):
+        x = update(x)
+        values.append(x)
+    return values
+
+
+def test_seed_runs_reproduce_the_tutorial_scripts():
+    runs = {run.key: run for run in seed_runs(steps=10, epochs=10)}
+    expected = {"gradient_descent": _tutorial_quadratic(lambda x: x - 0.1 * 2 * x)}
+
+    velocity = [0.0]
+
+    def momentum(x):
+        velocity[0] = 0.9 * velocity[0] - 0.1 * 2 * x
+        return x + velocity[0]
+
+    expected["momentum"] = _tutorial_quadratic(momentum)
+    cache = [0.0]
+
+    def adagrad(x):
+        cache[0] += (2 * x) ** 2
+        return x - 1.0 / (math.sqrt(cache[0]) + 1e-8) * 2 * x
+
+    expected["adagrad"] = _tutorial_quadratic(adagrad)
+    square = [0.0]
+
+    def rmsprop(x):
+        square[0] = 0.9 * square[0] + 0.1 * (2 * x) ** 2
+        return x - 0.1 / (math.sqrt(square[0]) + 1e-8) * 2 * x
+
+    expected["rmsprop"] = _tutorial_quadratic(rmsprop)
+    moments = [0.0, 0.0, 0]
+
+    def adam(x):
+        g = 2 * x
+        moments[2] += 1
+        moments[0] = 0.9 * moments[0] + 0.1 * g
+        moments[1] = 0.999 * moments[1] + 0.001 * g * g
+        m_hat = moments[0] / (1 - 0.9 ** moments[2])
+        v_hat = moments[1] / (1 - 0.999 ** moments[2])
+        return x - 0.1 / (math.sqrt(v_hat) + 1e-8) * m_hat
+
+    expected["adam"] = _tutorial_quadratic(adam)
+    for key, values in expected.items():
+        # Adam: fastopt adds eps to sqrt(v)/sqrt(bias correction), the tutorial to sqrt(v_hat)
+        np.testing.assert_allclose(runs[key].values, values, rtol=1e-9, err_msg=key)
+        assert runs[key].losses == tuple([100.0] + [x * x for x in runs[key].values])
+
+    w = b = 0.0
+    fit = []
+    for _ in range(10):
+        for x in (1.0, 2.0, 3.0, 4.0):
+            error = w * x + b - 2 * x
+            w, b = w - 0.01 * error * x, b - 0.01 * error
+            fit.append((w, b))
+    np.testing.assert_allclose(runs["sgd"].values, fit, rtol=1e-12)
+    assert len(runs["sgd"].losses) == 41
+
+
+def test_torch_child_failure_marks_the_rest_unavailable():
+    if not torch_child.torch_installed():
+        pytest.skip("torch is not installed")
+    request = {
+        "case": "single",
+        "rule": "adam",
+        "dtype": "float32",
+        "size": 8,
+        "implementation": "torch-foreach",
+    }
+    broken = dict(request, rule="no-such-rule")
+    policy = TimingPolicy(warmup=1, repeats=2, min_repeats=1, sample_seconds=0.0)
+    results, info = torch_child.run(
+        [request, broken, request], 1, policy, 0, Progress(enabled=False)
+    )
+    assert results[0]["status"] == "ok" and results[0]["median_ns"] > 0
+    assert [r["status"] for r in results[1:]] == ["unavailable", "unavailable"]
+    assert "no-such-rule" in results[1]["note"]
+    assert info["available"] is False and info["version"]
