@@ -13,7 +13,7 @@ What is timed, per optimizer step (the gradients are given, backpropagation is n
     ``GradScaler("cpu").unscale_(opt)`` (``torch._amp_foreach_non_finite_check_and_unscale_``:
     reads and writes the gradients), ``clip_grad_norm_(params, 1.0)`` (a norm pass, then a
     multiply pass that reads and writes the gradients), ``GradScaler.step(opt)`` with
-    ``torch.optim.Adam(fused=True)``, ``GradScaler.update()``. 52 bytes per element moved.
+    ``torch.optim.Adam(fused=True)``, ``GradScaler.update()``. 48 bytes per element moved.
 ``fastopt Adam`` / ``torch fused Adam``
     The optimizer step alone (28 bytes per element), to show what the pre-step costs.
 
@@ -49,7 +49,7 @@ TRAFFIC = {
     "fastopt Adam": 28,
     "fastopt pipeline": 4 + 28,
     "torch fused Adam": 28,
-    "torch pipeline": 8 + 4 + 8 + 28 + 4,  # unscale r/w, norm r, clip r/w, adam, found_inf r
+    "torch pipeline": 8 + 4 + 8 + 28,  # unscale r/w, norm r, clip multiply r/w, Adam
 }
 
 

@@ -45,6 +45,18 @@ partial sums are added exactly (``math.fsum``): the norm is the same to the last
 the number of threads, and within a few float64 ulps of the exact value. The max-norm is exact.
 float64 gradients whose squares overflow (:math:`|g| > 10^{154}`) are summed again with
 scaling on the host, so the norm stays finite when it is.
+
+Examples
+--------
+>>> import numpy as np, fastopt
+>>> w = np.zeros(2)
+>>> opt = fastopt.SGD(w, lr=1.0, max_norm=1.0, nonfinite="skip")
+>>> opt.step(np.array([3.0, 4.0]) * 8, loss_scale=8.0)  # unscaled norm 5: clipped to 1
+>>> w.round(6), opt.last_step.grad_norm
+(array([-0.6, -0.8]), 5.0)
+>>> opt.step(np.array([np.nan, 0.0]))  # skipped: nothing changes, no step is counted
+>>> opt.last_step.applied, opt.step_count, w.round(6)
+(False, 1, array([-0.6, -0.8]))
 """
 
 from __future__ import annotations
