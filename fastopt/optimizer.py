@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeAlias
 import numpy as np
 
 from fastopt._checks import check_grad, check_param
+from fastopt._flatstep import FlatStep
 from fastopt._launch import launch, single_segment
 
 __all__ = ["GradsT", "Optimizer", "ParamsT", "ScheduleLike"]
@@ -73,7 +74,9 @@ class Optimizer:
     ----------
     params
         One C-contiguous float32/float64 array, a list of them, or a list of parameter-group
-        dicts (``{"params": [...], "lr": ...}``) whose other keys override ``defaults``.
+        dicts (``{"params": [...], "lr": ...}``) whose other keys override ``defaults``. The
+        arrays may be the views of a :class:`~fastopt.FlatParams` (or the FlatParams itself):
+        then ``step()`` reads its gradient buffer and updates every group in one launch.
     defaults
         The rule's hyperparameters. A value may be a schedule (any callable of the step count,
         see :mod:`fastopt.schedules`); it is evaluated once per step before the update.
@@ -102,6 +105,10 @@ class Optimizer:
         self._hyper_rows: dict[int, np.ndarray] = {}
         self._checked: list[tuple[Any, ...] | None] = []
         self._attached: dict[str, Any] = {}
+        # The flat path's launch plan (built on the first step(), dropped when groups change)
+        # and a count of state replacements it has not yet moved into its flat buffers.
+        self._flat_step: FlatStep | None = None
+        self._state_version = 0
         for group in _as_groups(params):
             self.add_param_group(group)
 
@@ -180,6 +187,7 @@ class Optimizer:
         self.param_groups.append(group)
         self._checked.append(self._hyper_key(group))
         self._params.extend(params)
+        self._flat_step = None
 
     def _hyper_key(self, group: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(group[key] for key in self.defaults)
@@ -218,6 +226,8 @@ class Optimizer:
         missing = [name for name in self._state_names(group) if name not in state]
         for name in missing:
             state[name] = np.full_like(param, self._initial_value(name, group))
+        if missing:
+            self._state_version += 1
         if missing or index not in self._views:
             self._refresh_views(index)
         return bool(missing)
@@ -231,7 +241,7 @@ class Optimizer:
         )
         self._views[index] = views
 
-    def step(self, grads: GradsT) -> None:
+    def step(self, grads: GradsT | None = None) -> None:
         """Update every parameter in place from its gradient.
 
         Parameters
@@ -240,7 +250,14 @@ class Optimizer:
             One gradient per parameter, in the order of :attr:`params` (an ndarray when there
             is a single parameter). A ``None`` entry skips that parameter, as torch does for a
             parameter without ``.grad``. Everything is validated before anything is written.
+            Leave it out when the parameters are views of one :class:`~fastopt.FlatParams`:
+            the step then reads its gradient buffer (the mean of what
+            :meth:`~fastopt.FlatParams.accumulate` added) and updates all of them in one
+            launch per state layout.
         """
+        if grads is None:
+            self._step_flat()
+            return
         paired = self._pair_grads(grads)
         self._refresh_hyperparameters()
         index = 0
@@ -251,6 +268,19 @@ class Optimizer:
                     self._update_one(index, param, grad, group, 1.0)
                 index += 1
         self.step_count += 1
+
+    def _step_flat(self, active: np.ndarray | None = None) -> bool:
+        """One update of the FlatParams the parameters view, from its gradient buffer.
+
+        ``active`` (a bool per parameter) restricts the update to some parameters, as torch
+        skips those without a gradient. Returns whether state arrays were created.
+        """
+        if self._flat_step is None:
+            self._flat_step = FlatStep(self)
+        self._refresh_hyperparameters()
+        created = self._flat_step.step(active)
+        self.step_count += 1
+        return created
 
     def _update_one(
         self,
@@ -360,6 +390,7 @@ class Optimizer:
             )
             self._checked[number] = self._hyper_key(self.param_groups[number])
         self.state = new_state
+        self._state_version += 1
         self._views.clear()
         for index in self.state:
             self._refresh_views(index)
