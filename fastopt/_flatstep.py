@@ -168,15 +168,11 @@ class FlatStep:
         keys += self.group_of_param[params]
         unique, inverse = np.unique(keys, return_inverse=True)
         scale = self.flat.grad_scale
-        rows = [
-            optimizer._row(
-                groups[key % group_count],
-                key // group_count // 2,
-                bool(key // group_count % 2),
-                scale,
-            )
-            for key in unique.tolist()
-        ]
+        rows = []
+        for key in unique.tolist():
+            rest, number = divmod(key, group_count)
+            step, was_created = divmod(rest, 2)
+            rows.append(optimizer._row(groups[number], step, bool(was_created), scale))
         self.hyper[self.launch_of_param[params]] = np.array(rows, dtype=np.float64)[inverse]
         neutral = [
             optimizer._row(dict(group, lr=0.0, eps=1.0, weight_decay=0.0), 1, False, 0.0)

@@ -269,16 +269,21 @@ class Optimizer:
                 index += 1
         self.step_count += 1
 
+    def _flat_plan(self) -> FlatStep:
+        """The flat path's plan, built on first use (raises if the params are not flat views)."""
+        if self._flat_step is None:
+            self._flat_step = FlatStep(self)
+        return self._flat_step
+
     def _step_flat(self, active: np.ndarray | None = None) -> bool:
         """One update of the FlatParams the parameters view, from its gradient buffer.
 
         ``active`` (a bool per parameter) restricts the update to some parameters, as torch
         skips those without a gradient. Returns whether state arrays were created.
         """
-        if self._flat_step is None:
-            self._flat_step = FlatStep(self)
+        plan = self._flat_plan()
         self._refresh_hyperparameters()
-        created = self._flat_step.step(active)
+        created = plan.step(active)
         self.step_count += 1
         return created
 
