@@ -239,7 +239,9 @@ LAYOUT_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("cls", "kwargs", "second"), LAYOUT_CASES, ids=lambda c: repr(c))
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "second"), LAYOUT_CASES, ids=[case[0].__name__ for case in LAYOUT_CASES]
+)
 def test_groups_with_different_state_layouts(cls, kwargs, second, monkeypatch):
     calls = []
     original = flatstep.launch
