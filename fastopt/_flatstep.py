@@ -85,13 +85,26 @@ class FlatStep:
         self.padding = np.flatnonzero(self.is_padding)
         before = self.launch_param[self.padding - 1]
         self.padding_group = np.where(before >= 0, self.group_of_param[np.maximum(before, 0)], -1)
+        self.padded = self.padding_group >= 0
+        # Per kernel segment, its row in [group rows..., neutral rows...] (the usual step's
+        # table); segments that are not ours point anywhere, they are never launched.
+        group_count = len(optimizer.param_groups)
+        self.row_of_launch = np.zeros(kinds.size, dtype=np.int64)
+        self.row_of_launch[ours] = self.group_of_param[self.launch_param[ours]]
+        self.row_of_launch[self.padding[self.padded]] = (
+            group_count + self.padding_group[self.padded]
+        )
         self.hyper = np.zeros((kinds.size, optimizer._hyper_width))
         self.buffers: dict[str, np.ndarray] = {}
         self.views: dict[str, tuple[np.ndarray, ...]] = {}
+        self.all_params = np.arange(count)
         self.entries: list[dict[str, Any] | None] = [None] * count
+        self.steps = np.zeros(count, dtype=np.int64)  # mirrors each entry's "step"
+        self.uniform = True  # all steps equal
         self.complete = np.zeros(count, dtype=bool)
         self.group_names: list[tuple[str, ...] | None] = [None] * len(optimizer.param_groups)
         self.synced_version: int | None = None
+        self.synced_step_count: int | None = None
         self.plans: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
 
     # ------------------------------------------------------------------ state
@@ -103,7 +116,8 @@ class FlatStep:
         return views
 
     def adopt(self) -> None:
-        """Move every state array of the optimizer into the flat buffers (copy, then view)."""
+        """Take the optimizer's state as it is now: move every state array into the flat
+        buffers (copy, then replace by the view) and read every parameter's step count."""
         optimizer = self.optimizer
         for index, entry in optimizer.state.items():
             segment = self.segment_of_param[index]
@@ -115,13 +129,22 @@ class FlatStep:
                         entry[name] = view
             optimizer._views.pop(index, None)
         self.entries = [optimizer.state.get(index) for index in range(len(self.entries))]
+        self.steps = np.array([e["step"] if e else 0 for e in self.entries], dtype=np.int64)
+        self.uniform = bool(self.steps.min() == self.steps.max())
         self.complete[:] = False
         self.synced_version = optimizer._state_version
+        self.synced_step_count = optimizer.step_count
 
-    def ensure_state(self, params: np.ndarray) -> np.ndarray:
-        """Create the missing state of ``params`` (indices); True where something was created."""
+    def ensure_state(self, params: np.ndarray) -> np.ndarray | None:
+        """Create the missing state of ``params`` (indices): a bool per parameter, True where
+        something was created, or None when nothing was."""
         optimizer = self.optimizer
-        if self.synced_version != optimizer._state_version:
+        # A new state_dict, or a per-array step (it counts steps in the state entries), means
+        # the state changed behind the flat buffers and the step mirror: take it again.
+        if (self.synced_version, self.synced_step_count) != (
+            optimizer._state_version,
+            optimizer.step_count,
+        ):
             self.adopt()
         groups = optimizer.param_groups
         for number, group in enumerate(groups):
@@ -129,8 +152,11 @@ class FlatStep:
             if names != self.group_names[number]:
                 self.group_names[number] = names
                 self.complete[self.group_of_param == number] = False
+        todo = params[~self.complete[params]]
+        if not todo.size:
+            return None
         created = np.zeros(len(self.entries), dtype=bool)
-        for index in params[~self.complete[params]].tolist():
+        for index in todo.tolist():
             number = self.group_of_param[index]
             entry = optimizer.state.setdefault(index, {"step": 0})
             missing = [name for name in self.group_names[number] if name not in entry]
@@ -142,61 +168,85 @@ class FlatStep:
             self.entries[index] = entry
             optimizer._views.pop(index, None)
             self.complete[index] = True
-        return created
+        return created if created.any() else None
 
     # ------------------------------------------------------------------ step
     def step(self, active: np.ndarray | None) -> bool:
         """Advance the ``active`` parameters (bool per parameter; None: all) by one update.
 
-        Returns whether state arrays were created. Hyperparameters must be checked already.
+        Returns whether state arrays were created. Hyperparameters must be checked already;
+        the caller counts the step (``optimizer.step_count += 1``) right after.
         """
         optimizer = self.optimizer
         groups = optimizer.param_groups
-        count = len(self.entries)
         if active is not None and active.all():
             active = None
-        params = np.arange(count) if active is None else np.flatnonzero(active)
+        params = self.all_params if active is None else np.flatnonzero(active)
         created = self.ensure_state(params)
-        entries = self.entries if active is None else [self.entries[i] for i in params.tolist()]
-        steps = [entry["step"] + 1 for entry in entries]  # type: ignore[index]
-        for entry, step in zip(entries, steps, strict=True):
+        if active is None:
+            self.steps += 1
+            steps = self.steps
+            entries = self.entries
+        else:
+            self.steps[params] += 1
+            self.uniform = bool(self.steps.min() == self.steps.max())
+            steps = self.steps[params]
+            entries = [self.entries[i] for i in params.tolist()]
+        for entry, step in zip(entries, steps.tolist(), strict=True):
             entry["step"] = step  # type: ignore[index]
+        self.synced_step_count = optimizer.step_count + 1
 
-        # One row per distinct (group, step, created): usually one per group.
-        group_count = len(groups)
-        keys = (np.array(steps, dtype=np.int64) * 2 + created[params]) * group_count
-        keys += self.group_of_param[params]
-        unique, inverse = np.unique(keys, return_inverse=True)
         scale = self.flat.grad_scale
-        rows = []
-        for key in unique.tolist():
-            rest, number = divmod(key, group_count)
-            step, was_created = divmod(rest, 2)
-            rows.append(optimizer._row(groups[number], step, bool(was_created), scale))
-        self.hyper[self.launch_of_param[params]] = np.array(rows, dtype=np.float64)[inverse]
         neutral = [
             optimizer._row(dict(group, lr=0.0, eps=1.0, weight_decay=0.0), 1, False, 0.0)
             for group in groups
         ]
-        padded = self.padding_group >= 0
-        self.hyper[self.padding[padded]] = np.array(neutral)[self.padding_group[padded]]
+        if created is None and active is None and self.uniform:
+            # The usual step: every parameter at the same step, one row per group.
+            step = int(self.steps[0])
+            rows = [optimizer._row(group, step, False, scale) for group in groups]
+            np.take(np.array(rows + neutral), self.row_of_launch, axis=0, out=self.hyper)
+        else:
+            self._rows_by_key(params, steps, created, scale)
+            padding = self.padding[self.padded]
+            self.hyper[padding] = np.array(neutral)[self.padding_group[self.padded]]
 
         for arrays in self._plan(active, params):
             launch(optimizer._kernels, *arrays)
-        return bool(created.any())
+        return created is not None
+
+    def _rows_by_key(
+        self, params: np.ndarray, steps: np.ndarray, created: np.ndarray | None, scale: float
+    ) -> None:
+        """The rows of ``params``: one per distinct (group, step, created)."""
+        groups = self.optimizer.param_groups
+        flags = np.zeros(params.size, dtype=np.int64) if created is None else created[params]
+        keys = (steps * 2 + flags) * len(groups) + self.group_of_param[params]
+        unique, inverse = np.unique(keys, return_inverse=True)
+        rows = []
+        for key in unique.tolist():
+            rest, number = divmod(key, len(groups))
+            step, was_created = divmod(rest, 2)
+            rows.append(self.optimizer._row(groups[number], step, bool(was_created), scale))
+        self.hyper[self.launch_of_param[params]] = np.array(rows, dtype=np.float64)[inverse]
 
     def _plan(self, active: np.ndarray | None, params: np.ndarray) -> list[tuple[Any, ...]]:
         """Launch arguments, one tuple per run of active segments sharing a state layout."""
         optimizer = self.optimizer
         groups = optimizer.param_groups
+        numbers = (
+            range(len(groups))
+            if active is None
+            else np.unique(self.group_of_param[params]).tolist()
+        )
         layouts: dict[int, tuple[bool, ...]] = {}
-        for number in np.unique(self.group_of_param[params]).tolist():
+        for number in numbers:
             state = optimizer._kernel_state(groups[number], self.buffers)
             layouts[number] = tuple(array is None for array in state)
         key = (
             None if active is None else active.tobytes(),
-            tuple(sorted(layouts.items())),
-            tuple(sorted(self.buffers)),
+            tuple(layouts.items()),
+            tuple(self.buffers),
         )
         plan = self.plans.get(key)
         if plan is None:
