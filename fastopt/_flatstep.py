@@ -73,14 +73,8 @@ class FlatStep:
         self.launch_of_param = np.empty(count, dtype=np.int64)
         ours = self.launch_param >= 0
         self.launch_of_param[self.launch_param[ours]] = np.flatnonzero(ours)
-        self.group_of_param = np.array(
-            [
-                number
-                for number, group in enumerate(optimizer.param_groups)
-                for _ in group["params"]
-            ],
-            dtype=np.int64,
-        )
+        sizes = [len(group["params"]) for group in optimizer.param_groups]
+        self.group_of_param = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
         # Padding takes the neutral row of the group before it (the first segment starts at 0).
         self.padding = np.flatnonzero(self.is_padding)
         before = self.launch_param[self.padding - 1]
@@ -183,6 +177,9 @@ class FlatStep:
             active = None
         params = self.all_params if active is None else np.flatnonzero(active)
         created = self.ensure_state(params)
+        self.synced_step_count = optimizer.step_count + 1
+        if not params.size:
+            return False
         if active is None:
             self.steps += 1
             steps = self.steps
@@ -194,7 +191,6 @@ class FlatStep:
             entries = [self.entries[i] for i in params.tolist()]
         for entry, step in zip(entries, steps.tolist(), strict=True):
             entry["step"] = step  # type: ignore[index]
-        self.synced_step_count = optimizer.step_count + 1
 
         scale = self.flat.grad_scale
         neutral = [

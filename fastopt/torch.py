@@ -8,8 +8,26 @@ view (zero copy, through :func:`torch.from_numpy`), and each ``p.grad`` to a vie
 gradient buffer, into which autograd accumulates in place. ``step()`` is then one fused
 kernel launch over every parameter and group instead of one per tensor.
 
-CPU tensors of float32 or float64 (one dtype per optimizer) only. Importing :mod:`fastopt`
-does not import torch; this module does.
+Notes
+-----
+- CPU tensors of float32 or float64 (one dtype per optimizer); others raise ``TypeError``.
+  Importing :mod:`fastopt` does not import torch; this module does.
+- ``zero_grad()`` zeroes the flat gradient buffer and leaves every ``p.grad`` a view of it,
+  even with ``set_to_none=True`` (the default): a ``None`` would make autograd allocate a new
+  tensor. A parameter whose gradient is not written between that ``zero_grad`` and ``step``
+  is skipped as torch skips ``p.grad is None``. A gradient replaced by another tensor
+  (``p.grad = g``, ``model.zero_grad()`` then backward) is copied in, correct but slower.
+- Move or convert the model (``model.to(...)``, ``.double()``) *before* making the optimizer:
+  that replaces ``p.data``, and ``step`` then raises ``ValueError`` instead of training memory
+  the model no longer uses.
+- ``state_dict()`` / ``load_state_dict()`` use torch's format: a checkpoint of
+  ``torch.optim.Adam`` loads into ``fastopt.torch.Adam`` and the other way round. The state
+  tensors view fastopt's flat state buffers.
+- float64 results equal torch's to rounding; float32 ones differ from torch's in the last bit
+  here and there (torch's CPU kernels fuse multiply-adds, fastopt's do not, so that its
+  serial and parallel paths agree bitwise), which a long or chaotic run amplifies.
+- ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are not arguments: the step is
+  always one fused launch.
 
 Examples
 --------
@@ -60,14 +78,8 @@ def _scalar_dtype() -> np.dtype:
 
 
 class _FlatOptimizer(torch.optim.Optimizer):
-    """A torch optimizer whose parameters live in one FlatParams, stepped by a fastopt rule.
-
-    ``zero_grad`` keeps every ``p.grad`` as a zeroed view of the flat gradient buffer rather
-    than setting it to ``None`` (so that autograd accumulates into the buffer), but with
-    ``set_to_none=True`` (the default) a parameter whose gradient is not written before the
-    next ``step`` is skipped, exactly as torch skips a parameter whose ``.grad`` is ``None``.
-    A gradient that was replaced by another tensor (``p.grad = g``) is copied in.
-    """
+    """A torch optimizer whose parameters live in one FlatParams, stepped by a fastopt rule
+    (see the module notes)."""
 
     #: The fastopt rule that does the arithmetic.
     _rule: ClassVar[type[fastopt.Optimizer]]
@@ -159,11 +171,13 @@ class _FlatOptimizer(torch.optim.Optimizer):
             inner._flat_plan().ensure_state(np.arange(len(params)))
 
         # Everything is checked: rebind.
-        pending = np.ones(len(params), dtype=bool)
-        for index, (param, view) in enumerate(zip(params, flat.grads, strict=True)):
+        # A parameter whose .grad is None counts as without gradient until backward (or
+        # anything else) writes its gradient view, as after zero_grad(set_to_none=True).
+        pending = []
+        for param, view in zip(params, flat.grads, strict=True):
             if param.grad is not None:
                 view[...] = param.grad.detach().numpy()
-                pending[index] = False
+            pending.append(param.grad is None)
         self._grads = [torch.from_numpy(view) for view in flat.grads]
         for param, view, grad in zip(params, flat.params, self._grads, strict=True):
             param.data = torch.from_numpy(view)
@@ -226,15 +240,18 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for param, grad in zip(self._params, self._grads, strict=True):
             if param.grad is not grad:
                 param.grad = grad
-        self._pending[:] = set_to_none
+        self._pending = [set_to_none] * len(self._params)
         self._versions = [grad._version for grad in self._grads]
 
     def _active(self) -> np.ndarray:
         """Which parameters have a gradient; replaced gradients are copied in (checked first)."""
-        active = np.empty(len(self._params), dtype=bool)
+        active = []
         replaced = []
-        for index, param in enumerate(self._params):
-            if param.data_ptr() != self._data_pointers[index]:
+        grads, pending, versions = self._grads, self._pending, self._versions
+        for index, (param, pointer) in enumerate(
+            zip(self._params, self._data_pointers, strict=True)
+        ):
+            if param.data_ptr() != pointer:
                 raise ValueError(
                     f"parameter {index} (shape {tuple(param.shape)}) no longer views fastopt's "
                     "flat buffer: its .data was replaced after the optimizer was made (by "
@@ -243,20 +260,21 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 )
             grad = param.grad
             if grad is None:
-                active[index] = False
-            elif grad is self._grads[index] and grad.data_ptr() == self._grad_pointers[index]:
-                active[index] = not self._pending[index] or grad._version != self._versions[index]
+                active.append(False)
+            elif grad is grads[index] and grad.data_ptr() == self._grad_pointers[index]:
+                # Ours: written since zero_grad (its version moved), or zeroed to be kept.
+                active.append(not pending[index] or grad._version != versions[index])
             else:
                 self._check_grad(index, param, grad)
                 replaced.append(index)
-                active[index] = True
+                active.append(True)
         for index in replaced:
             fresh = torch.from_numpy(self._flat.grads[index])
             fresh.copy_(self._params[index].grad.detach())
             self._params[index].grad = fresh
             self._grads[index] = fresh
             self._pending[index] = False
-        return active
+        return np.array(active, dtype=bool)
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One update of every parameter that has a gradient: one fused launch.
@@ -341,9 +359,8 @@ class _FlatOptimizer(torch.optim.Optimizer):
 class Adam(_FlatOptimizer):
     r"""``torch.optim.Adam`` (same arguments, results and checkpoints), one fused launch per step.
 
-    The update is written out in :func:`fastopt.adam_step`. ``foreach``, ``fused``,
-    ``capturable`` and ``differentiable`` are not arguments: the step is always fused.
-    See :class:`_FlatOptimizer` for ``zero_grad`` and the flat buffer.
+    The update is written out in :func:`fastopt.adam_step`; see :mod:`fastopt.torch` for
+    ``zero_grad``, checkpoints and the flat buffer.
     """
 
     _rule = fastopt.Adam

@@ -157,6 +157,20 @@ def test_parameters_without_gradients_are_skipped_like_torch(name, set_to_none):
             torch.testing.assert_close(state[index][key], value, rtol=1e-12, atol=1e-12)
 
 
+def test_a_step_without_any_gradient_changes_nothing():
+    model = mlp()
+    opt = ft.Adam(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()  # no backward yet
+    opt.zero_grad()
+    opt.step()
+    for param in model.parameters():
+        param.grad = None
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert opt.state_dict()["state"] == {}
+
+
 def test_replaced_and_removed_gradients():
     reference_model, reference, model, ours = twins("Adam", {"lr": 0.01})
     x, y = data(torch.float64)
