@@ -76,7 +76,7 @@ class FlatParams:
     Attributes
     ----------
     buffer, grad_buffer : ndarray
-        The flat parameter and gradient buffers (1-D, padding included).
+        The flat parameter and gradient buffers (1-D, padding included; read-only attributes).
     params, grads : tuple of ndarray
         Views of the buffers shaped like the arrays, in order.
     names : tuple of str or None
@@ -139,11 +139,13 @@ class FlatParams:
         table = np.array([offsets, lengths], dtype=np.int64).T.copy()
         table.flags.writeable = False
         self.segments = table
-        self.buffer = _aligned_zeros(end, self.dtype)
-        self.grad_buffer = _aligned_zeros(end, self.dtype)
-        self.params = self.split(self.buffer)
-        self.grads = self.split(self.grad_buffer)
-        self._index = {view_id: i for i, view_id in enumerate(map(id, self.params))}
+        # Read-only attributes (properties below): the optimizers' launch plans slice these
+        # buffers once, so they are never replaced.
+        self._buffer = _aligned_zeros(end, self.dtype)
+        self._grad_buffer = _aligned_zeros(end, self.dtype)
+        self._params = self.split(self._buffer)
+        self._grads = self.split(self._grad_buffer)
+        self._index = {view_id: i for i, view_id in enumerate(map(id, self._params))}
         self._launch_bounds, self._launch_segment = self._launch_table(end)
         padding = np.flatnonzero(self._launch_segment < 0)
         self._padding_index = np.concatenate(
@@ -189,6 +191,26 @@ class FlatParams:
         return flat
 
     # ------------------------------------------------------------------ layout
+    @property
+    def buffer(self) -> np.ndarray:
+        """The flat parameter buffer (1-D, padding included)."""
+        return self._buffer
+
+    @property
+    def grad_buffer(self) -> np.ndarray:
+        """The flat gradient buffer (1-D, padding included)."""
+        return self._grad_buffer
+
+    @property
+    def params(self) -> tuple[np.ndarray, ...]:
+        """Views of :attr:`buffer` shaped like the arrays, in order."""
+        return self._params
+
+    @property
+    def grads(self) -> tuple[np.ndarray, ...]:
+        """Views of :attr:`grad_buffer` shaped like the arrays, in order."""
+        return self._grads
+
     def _launch_table(self, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Kernel segment bounds covering the whole buffer: each array, then its padding.
 

@@ -105,8 +105,9 @@ class Optimizer:
         self._hyper_rows: dict[int, np.ndarray] = {}
         self._checked: list[tuple[Any, ...] | None] = []
         self._attached: dict[str, Any] = {}
-        # The flat path's launch plan (built on the first step(), dropped when groups change)
-        # and a count of state replacements it has not yet moved into its flat buffers.
+        # The flat path's plan (built by the first step() without grads, dropped when groups
+        # change), and a count of state arrays made outside it (per-array steps,
+        # load_state_dict): when it moves, the plan copies them into its flat buffers.
         self._flat_step: FlatStep | None = None
         self._state_version = 0
         for group in _as_groups(params):

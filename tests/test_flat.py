@@ -397,6 +397,14 @@ def test_step_without_grads_needs_flat_views():
         assert opt.state == {} and opt.step_count == 0
 
 
+def test_the_buffers_and_views_cannot_be_replaced():
+    flat = fastopt.FlatParams([(3,), (4,)])
+    for name in ("buffer", "grad_buffer", "params", "grads"):
+        replacement = getattr(flat, name)
+        with pytest.raises(AttributeError):
+            setattr(flat, name, replacement)
+
+
 def test_views_of_a_flatparams_that_is_gone_are_not_flat():
     flat = fastopt.FlatParams([(3,), (4,)])
     views = list(flat.params)
