@@ -172,12 +172,21 @@ class _FlatOptimizer(torch.optim.Optimizer):
 
         # Everything is checked: rebind.
         # A parameter whose .grad is None counts as without gradient until backward (or
-        # anything else) writes its gradient view, as after zero_grad(set_to_none=True).
+        # anything else) writes its gradient view, as after zero_grad(set_to_none=True); so
+        # does one that was waiting so in the previous buffer.
+        waiting = set()
+        if self._inner is not None:
+            flags = zip(self._params, self._grads, self._pending, self._versions, strict=True)
+            waiting = {
+                id(param)
+                for param, grad, pending, version in flags
+                if pending and param.grad is grad and grad._version == version
+            }
         pending = []
         for param, view in zip(params, flat.grads, strict=True):
             if param.grad is not None:
                 view[...] = param.grad.detach().numpy()
-            pending.append(param.grad is None)
+            pending.append(param.grad is None or id(param) in waiting)
         self._grads = [torch.from_numpy(view) for view in flat.grads]
         for param, view, grad in zip(params, flat.params, self._grads, strict=True):
             param.data = torch.from_numpy(view)

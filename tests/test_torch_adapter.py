@@ -305,12 +305,12 @@ def test_add_param_group_after_steps_keeps_the_state():
         cls = torch.optim.Adam if net is reference_model else ft.Adam
         optimizers.append(cls(net[0].parameters(), lr=0.01))
     for step in range(6):
-        if step == 3:
-            for net, opt in zip((reference_model, model), optimizers, strict=True):
-                opt.add_param_group({"params": net[1].parameters(), "lr": 0.03})
         for net, opt in zip((reference_model, model), optimizers, strict=True):
             opt.zero_grad()
-            net(x).square().sum().backward()
+            if step == 3:  # after zero_grad, and no backward: nothing may move
+                opt.add_param_group({"params": net[1].parameters(), "lr": 0.03})
+            else:
+                net(x).square().sum().backward()
             opt.step()
     assert_models_close(reference_model, model, 1e-12)
     assert len(optimizers[1]._flat) == 4  # one buffer for all parameters again
