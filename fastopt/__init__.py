@@ -4,9 +4,12 @@ Each rule is a class with torch.optim's names, defaults and formulas (``SGD``, `
 ``RMSprop``, ``Adam``, ``AdamW``) and a functional step (``adam_step`` and so on) for code
 that manages its own state. The updates are numba kernels: one multithreaded, vectorized,
 in-place pass over parameter, gradient and state. ``fastopt.reference`` holds the plain NumPy
-implementation of every rule.
+implementation of every rule. ``FlatParams`` packs many arrays into one buffer so that one
+launch updates all of them (every parameter group with its own settings); ``fastopt.torch``
+(imported on its own, torch optional) steps PyTorch models with the same kernels.
 """
 
+from fastopt.flat import FlatParams
 from fastopt.optimizer import Optimizer
 from fastopt.rules.adagrad import Adagrad, adagrad_step
 from fastopt.rules.adam import Adam, AdamW, adam_step
@@ -20,6 +23,7 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "FlatParams",
     "Optimizer",
     "RMSprop",
     "__version__",
