@@ -4,7 +4,9 @@ Each rule is a class with torch.optim's names, defaults and formulas (``SGD``, `
 ``RMSprop``, ``Adam``, ``AdamW``) and a functional step (``adam_step`` and so on) for code
 that manages its own state. The updates are numba kernels: one multithreaded, vectorized,
 in-place pass over parameter, gradient and state. ``fastopt.reference`` holds the plain NumPy
-implementation of every rule.
+implementation of every rule. ``FlatParams`` packs many arrays into one buffer so that one
+launch updates all of them (every parameter group with its own settings); ``fastopt.torch``
+(imported on its own, torch optional) steps PyTorch models with the same kernels.
 
 Around the step: non-finite gradient policies, loss unscaling and gradient clipping fused into
 one read pass plus the update (:mod:`fastopt.gradients`), dynamic loss scaling
@@ -13,6 +15,7 @@ one read pass plus the update (:mod:`fastopt.gradients`), dynamic loss scaling
 """
 
 from fastopt.checkpoint import Checkpoint, CheckpointError, load, save
+from fastopt.flat import FlatParams
 from fastopt.gradients import StepStats, global_norm
 from fastopt.loss_scaling import LossScaler
 from fastopt.optimizer import Optimizer
@@ -30,6 +33,7 @@ __all__ = [
     "AdamW",
     "Checkpoint",
     "CheckpointError",
+    "FlatParams",
     "LossScaler",
     "Optimizer",
     "RMSprop",

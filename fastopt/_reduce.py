@@ -32,7 +32,9 @@ __all__ = [
     "block_count",
     "block_max_abs_bits",
     "block_sums_of_squares",
+    "block_table",
     "magnitude_bits",
+    "table_sums_of_squares",
 ]
 
 #: Elements per block: fixed, so the partial results do not depend on the thread count.
@@ -101,6 +103,18 @@ def _sums_of_squares_parallel(x, lanes, out):
 
 
 @kernel
+def _table_sums_of_squares_serial(x, starts, stops, lanes, out):
+    for b in range(out.size):
+        out[b] = _sum_of_squares(x[starts[b] : stops[b]], lanes)
+
+
+@parallel_kernel
+def _table_sums_of_squares_parallel(x, starts, stops, lanes, out):
+    for b in prange(out.size):
+        out[b] = _sum_of_squares(x[starts[b] : stops[b]], lanes)
+
+
+@kernel
 def _max_abs_bits_serial(bits, lanes, magnitude_mask, out):
     for b in range(out.size):
         lo = b * BLOCK
@@ -124,6 +138,38 @@ def _run(serial, parallel, size, *args) -> None:
 def block_sums_of_squares(flat: np.ndarray, out: np.ndarray) -> None:
     """``out[b]`` = float64 sum of squares of block ``b`` of the 1-D array ``flat``."""
     _run(_sums_of_squares_serial, _sums_of_squares_parallel, flat.size, flat, LANES, out)
+
+
+def block_table(offsets: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Blocks cut from each segment ``[offset, offset + size)`` of a buffer on its own.
+
+    Returns ``(starts, stops, segment)`` per block: the same blocks, element for element, as
+    :func:`block_sums_of_squares` makes of each segment as a separate array, so both give
+    the same partial sums.
+    """
+    counts = -(-sizes // BLOCK)
+    segment = np.repeat(np.arange(sizes.size), counts)
+    first_block = np.cumsum(counts) - counts
+    within = np.arange(int(counts.sum())) - np.repeat(first_block, counts)
+    starts = offsets[segment] + within * BLOCK
+    stops = np.minimum(starts + BLOCK, offsets[segment] + sizes[segment])
+    return starts, stops, segment
+
+
+def table_sums_of_squares(
+    buffer: np.ndarray, starts: np.ndarray, stops: np.ndarray, out: np.ndarray
+) -> None:
+    """``out[b]`` = float64 sum of squares of ``buffer[starts[b]:stops[b]]`` (one launch)."""
+    _run(
+        _table_sums_of_squares_serial,
+        _table_sums_of_squares_parallel,
+        buffer.size,
+        buffer,
+        starts,
+        stops,
+        LANES,
+        out,
+    )
 
 
 _BITS = {np.dtype(np.float32): np.dtype(np.int32), np.dtype(np.float64): np.dtype(np.int64)}

@@ -43,6 +43,9 @@ Precision: the 2-norm accumulates squares in float64 for float32 and float64 gra
 (torch accumulates float32 gradients in float32), in fixed blocks of ``2**14`` elements whose
 partial sums are added exactly (``math.fsum``): the norm is the same to the last bit whatever
 the number of threads, and within a few float64 ulps of the exact value. The max-norm is exact.
+An optimizer stepping a :class:`~fastopt.FlatParams` reads its gradient buffer in one launch
+over blocks cut from each parameter's segment (:class:`FlatGradients`): the same blocks as
+separate arrays, so flat and per-array steps give the same bits.
 float64 gradients whose squares overflow (:math:`|g| > 10^{154}`) are summed again with
 scaling on the host, so the norm stays finite when it is.
 
@@ -73,12 +76,15 @@ from fastopt._reduce import (
     block_count,
     block_max_abs_bits,
     block_sums_of_squares,
+    block_table,
     magnitude_bits,
+    table_sums_of_squares,
 )
 
 __all__ = [
     "NONFINITE_POLICIES",
     "PLAIN_STEP",
+    "FlatGradients",
     "NonfinitePolicy",
     "Prestep",
     "StepStats",
@@ -127,6 +133,46 @@ class Prestep:
     grad_scale: float
     clip_value: float
     stats: StepStats
+
+
+@dataclass(frozen=True)
+class FlatGradients:
+    """Gradients that are segments of one buffer (a :class:`~fastopt.FlatParams`' buffer).
+
+    The 2-norm reads all of them in one launch over a table of blocks cut from each segment
+    on its own: the same blocks, hence the same bits, as the arrays passed separately.
+
+    Attributes
+    ----------
+    buffer : ndarray
+        The 1-D gradient buffer.
+    views : tuple of ndarray
+        The 1-D gradient of each parameter read, a view of ``buffer``.
+    params : tuple of int
+        The optimizer's index of each parameter in ``views``.
+    offsets : ndarray
+        Where each view starts in ``buffer``.
+    blocks : tuple of ndarray
+        ``(starts, stops, view)`` per block, from :func:`fastopt._reduce.block_table`.
+    """
+
+    buffer: np.ndarray
+    views: tuple[np.ndarray, ...]
+    params: tuple[int, ...]
+    offsets: np.ndarray
+    blocks: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(
+        cls, buffer: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, params: Sequence[int]
+    ) -> FlatGradients:
+        """The segments ``[offsets[i], offsets[i] + sizes[i])`` of ``buffer``, parameter
+        ``params[i]`` each."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        sizes = np.asarray(sizes, dtype=np.int64)
+        views = tuple(buffer[lo : lo + n] for lo, n in zip(offsets.tolist(), sizes.tolist()))
+        table = block_table(offsets, sizes)
+        return cls(buffer, views, tuple(int(p) for p in params), offsets, table)
 
 
 #: The outcome of a step with every gradient option off: no read pass, nothing to scale.
@@ -188,10 +234,9 @@ def _flat(grads: Sequence[np.ndarray | None]) -> list[tuple[int, np.ndarray]]:
     return [(index, grad.reshape(-1)) for index, grad in enumerate(grads) if grad is not None]
 
 
-def _first_nonfinite_in_block(flat: np.ndarray, block: int) -> int | None:
+def _first_nonfinite_in_block(flat: np.ndarray, block: int) -> int:
     lo = block * BLOCK
-    bad = np.flatnonzero(~np.isfinite(flat[lo : lo + BLOCK]))
-    return lo + int(bad[0]) if bad.size else None
+    return lo + int(np.argmin(np.isfinite(flat[lo : lo + BLOCK])))
 
 
 def _scaled_two_norm(flats: Sequence[np.ndarray]) -> float:
@@ -203,10 +248,15 @@ def _scaled_two_norm(flats: Sequence[np.ndarray]) -> float:
 
 
 def _survey(
-    grads: Sequence[np.ndarray | None], norm_type: float
+    grads: Sequence[np.ndarray | None] | FlatGradients, norm_type: float
 ) -> tuple[float, tuple[int, int] | None]:
-    """One read pass: the global norm and the first non-finite element (param, flat index)."""
-    flats = _flat(grads)
+    """One read pass: the global norm and the first non-finite element, as (parameter index,
+    flat position in it); parameters are numbered by position in ``grads`` or by
+    :attr:`FlatGradients.params`."""
+    if isinstance(grads, FlatGradients):
+        flats = list(zip(grads.params, grads.views, strict=True))
+    else:
+        flats = _flat(grads)
     first_bad: tuple[int, int] | None = None
     if norm_type == math.inf:
         maxima = []
@@ -217,21 +267,25 @@ def _survey(
             if out.size:
                 largest_bits = out.max()
                 maxima.append(float(largest_bits.view(flat.dtype)))
-                if first_bad is None and largest_bits >= infinity:
+                if largest_bits >= infinity:
                     position = _first_nonfinite_in_block(flat, int(np.argmax(out >= infinity)))
-                    first_bad = (index, position)  # type: ignore[assignment]
+                    first_bad = min(first_bad or (index, position), (index, position))  # type: ignore[type-var]
         # NaN patterns sort above every number within an array; across arrays NaN wins too.
         if any(math.isnan(value) for value in maxima):
             return math.nan, first_bad
         return max(maxima, default=0.0), first_bad
-    partials = np.empty(sum(block_count(flat.size) for _, flat in flats))
-    pieces = []  # (parameter index, flat gradient, its first and last partial sum + 1)
-    lo = 0
-    for index, flat in flats:
-        hi = lo + block_count(flat.size)
-        block_sums_of_squares(flat, partials[lo:hi])
-        pieces.append((index, flat, lo, hi))
-        lo = hi
+    if isinstance(grads, FlatGradients):
+        starts, stops, view_of_block = grads.blocks
+        partials = np.empty(starts.size)
+        table_sums_of_squares(grads.buffer, starts, stops, partials)
+    else:
+        counts = [block_count(flat.size) for _, flat in flats]
+        view_of_block = np.repeat(np.arange(len(flats)), counts)
+        partials = np.empty(view_of_block.size)
+        lo = 0
+        for (_, flat), count in zip(flats, counts, strict=True):
+            block_sums_of_squares(flat, partials[lo : lo + count])
+            lo += count
     values = partials.tolist()
     try:
         # Exactly rounded, hence independent of the order of the partial sums.
@@ -241,12 +295,15 @@ def _survey(
     if math.isfinite(total):
         return math.sqrt(total), None
     # Rare path. A non-finite partial sum means a NaN or Inf element, or (float64 only)
-    # squares beyond the float64 range: only a rescan of that block can tell.
-    for index, flat, lo, hi in pieces:
-        for block in np.flatnonzero(~np.isfinite(partials[lo:hi])):
-            position = _first_nonfinite_in_block(flat, int(block))
-            if position is not None:
-                return (math.nan if any(map(math.isnan, values)) else math.inf), (index, position)
+    # squares beyond the float64 range: only a rescan of those arrays can tell.
+    for view in np.unique(view_of_block[~np.isfinite(partials)]).tolist():
+        index, flat = flats[view]
+        bad = np.flatnonzero(~np.isfinite(flat))
+        if bad.size:
+            position = (index, int(bad[0]))
+            first_bad = position if first_bad is None else min(first_bad, position)
+    if first_bad is not None:
+        return (math.nan if any(map(math.isnan, values)) else math.inf), first_bad
     return _scaled_two_norm([flat for _, flat in flats]), None
 
 
@@ -306,15 +363,24 @@ def _check_arrays(grads: object) -> None:
 
 
 def prestep(
-    grads: Sequence[np.ndarray | None],
+    grads: Sequence[np.ndarray | None] | FlatGradients,
     *,
     loss_scale: float,
     nonfinite: NonfinitePolicy,
     max_norm: float | None,
     norm_type: float,
     clip_value: float | None,
+    gradient_factor: float = 1.0,
 ) -> Prestep:
     """The read pass of a step over validated gradients (options already checked).
+
+    Parameters
+    ----------
+    grads
+        One gradient per parameter (``None``: not updated), or a :class:`FlatGradients`.
+    gradient_factor
+        A multiplier the caller applies to the gradients itself (a FlatParams' mean over
+        micro-batches): counted in the norm, not included in the returned ``grad_scale``.
 
     Raises
     ------
@@ -324,18 +390,23 @@ def prestep(
     kernel_clip = math.inf if clip_value is None else clip_value
     if nonfinite == "propagate" and max_norm is None:
         return Prestep(1.0 / loss_scale, kernel_clip, PLAIN_STEP.stats)
-    if not all(grad is None or isinstance(grad, np.ndarray) for grad in grads):
+    if not isinstance(grads, FlatGradients) and not all(
+        grad is None or isinstance(grad, np.ndarray) for grad in grads
+    ):
         raise TypeError(
             "max_norm and nonfinite='skip'/'raise' read the gradients on the host: they need "
             "NumPy arrays. Device arrays take loss_scale and clip_value, which the update "
             "kernel applies."
         )
     norm, first_bad = _survey(grads, norm_type)
-    norm /= loss_scale
+    norm = norm * gradient_factor / loss_scale
     if first_bad is not None:
         if nonfinite == "raise":
             index, position = first_bad
-            value = grads[index].reshape(-1)[position]  # type: ignore[union-attr]
+            if isinstance(grads, FlatGradients):
+                value = grads.views[grads.params.index(index)][position]
+            else:
+                value = grads[index].reshape(-1)[position]  # type: ignore[union-attr]
             raise FloatingPointError(
                 f"grads[{index}] is not finite at flat index {position} (value {value}); "
                 "nothing was updated (nonfinite='raise')"

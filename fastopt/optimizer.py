@@ -24,9 +24,12 @@ import numpy as np
 
 from fastopt._backend import HOST, ArrayBackend, backend_of, is_device_array, location_of
 from fastopt._checks import check_grad, check_param
+from fastopt._flatstep import FlatStep
 from fastopt._launch import launch, single_segment
+from fastopt.flat import FlatParams
 from fastopt.gradients import (
     PLAIN_STEP,
+    FlatGradients,
     NonfinitePolicy,
     Prestep,
     StepStats,
@@ -114,7 +117,9 @@ class Optimizer:
         dicts (``{"params": [...], "lr": ...}``) whose other keys override ``defaults``.
         NumPy arrays, or CUDA device arrays (numba's, CuPy's, torch CUDA tensors: see
         :mod:`fastopt.cuda`); one optimizer's parameters are all on the host or all on the
-        device.
+        device. The arrays may be the views of a :class:`~fastopt.FlatParams` (or the
+        FlatParams itself): then ``step()`` reads its gradient buffer and updates every group
+        in one launch.
     defaults
         The rule's hyperparameters. A value may be a schedule (any callable of the step count,
         see :mod:`fastopt.schedules`); it is evaluated once per step before the update.
@@ -180,6 +185,12 @@ class Optimizer:
         self._arrays: ArrayBackend = HOST
         self._written_spans: tuple[list[int], list[int], list[str]] | None = None
         self._written_owners: set[int] = set()
+        # The flat path's plan (built by the first step() without grads, dropped when groups
+        # change), and a count of state arrays made outside it (per-array steps,
+        # load_state_dict): when it moves, the plan copies them into its flat buffers.
+        self._flat_step: FlatStep | None = None
+        self._flat_owners: dict[int, FlatParams] = {}
+        self._state_version = 0
         for group in _as_groups(params):
             self.add_param_group(group)
 
@@ -271,6 +282,12 @@ class Optimizer:
         self._params.extend(params)
         self._arrays = arrays
         self._written_spans = None
+        self._flat_step = None
+        # The FlatParams whose views these are stay alive as long as the optimizer: its
+        # step() without gradients reads their gradient buffers.
+        self._flat_owners.update(
+            {id(owner): owner for owner in map(FlatParams.owner_of, params) if owner is not None}
+        )
 
     def _check_one_place(self, number: int, params: Sequence[Any]) -> ArrayBackend:
         """The backend of ``params``: the same for all of them and for earlier groups."""
@@ -369,9 +386,17 @@ class Optimizer:
         missing = [name for name in self._state_names(group) if name not in state]
         for name in missing:
             state[name] = self._arrays.full_like(param, self._initial_value(name, group))
+        if missing:
+            self._state_version += 1
         if missing or index not in self._views:
             self._refresh_views(index)
         return bool(missing)
+
+    def _forget_views(self, index: int) -> None:
+        """Drop the flat views and launch plan of parameter ``index`` (its state arrays were
+        replaced); the next per-array step makes them again."""
+        self._views.pop(index, None)
+        self._plans.pop(index, None)
 
     def _refresh_views(self, index: int) -> None:
         self._written_spans = None
@@ -387,7 +412,7 @@ class Optimizer:
 
     def step(
         self,
-        grads: GradsT,
+        grads: GradsT | None = None,
         *,
         loss_scale: float = 1.0,
         nonfinite: NonfinitePolicy | None = None,
@@ -400,6 +425,10 @@ class Optimizer:
             One gradient per parameter, in the order of :attr:`params` (an ndarray when there
             is a single parameter). A ``None`` entry skips that parameter, as torch does for a
             parameter without ``.grad``. Everything is validated before anything is written.
+            Leave it out when the parameters are views of one :class:`~fastopt.FlatParams`:
+            the step then reads its gradient buffer (the mean of what
+            :meth:`~fastopt.FlatParams.accumulate` added) and updates all of them in one
+            launch per state layout.
         loss_scale
             The factor the loss was multiplied by (mixed precision): the gradients are divided
             by it inside the kernels (torch's fused optimizers call this ``grad_scale``).
@@ -416,6 +445,9 @@ class Optimizer:
         The outcome is in :attr:`last_step`. A skipped step advances no step count, so
         schedules, bias corrections and torch's first-step rules resume where they were.
         """
+        if grads is None:
+            self._step_flat(None, loss_scale, nonfinite)
+            return
         paired = self._pair_grads(grads)
         outcome = self._prestep(paired, loss_scale, nonfinite)
         self.last_step = outcome.stats
@@ -435,11 +467,15 @@ class Optimizer:
 
     def _prestep(
         self,
-        grads: Sequence[np.ndarray | None],
+        grads: Sequence[np.ndarray | None] | FlatGradients,
         loss_scale: float,
         nonfinite: NonfinitePolicy | None,
+        **flat: Any,
     ) -> Prestep:
-        """Validate the gradient options, then the read pass (norm and finite check)."""
+        """Validate the gradient options, then the read pass (norm and finite check).
+
+        ``flat`` passes the flat path's ``gradient_factor`` to :func:`prestep`.
+        """
         if (
             nonfinite is None
             and type(loss_scale) is float
@@ -463,7 +499,38 @@ class Optimizer:
             max_norm=max_norm,
             norm_type=norm_type,
             clip_value=clip_value,
+            **flat,
         )
+
+    def _flat_plan(self) -> FlatStep:
+        """The flat path's plan, built on first use (raises if the params are not flat views)."""
+        if self._flat_step is None:
+            self._flat_step = FlatStep(self)
+        return self._flat_step
+
+    def _step_flat(
+        self,
+        active: np.ndarray | None = None,
+        loss_scale: float = 1.0,
+        nonfinite: NonfinitePolicy | None = None,
+    ) -> bool:
+        """One update of the FlatParams the parameters view, from its gradient buffer.
+
+        ``active`` (a bool per parameter) restricts the update to some parameters, as torch
+        skips those without a gradient. Returns whether state arrays were created (False
+        also when the step was skipped).
+        """
+        plan = self._flat_plan()
+        outcome = self._prestep(
+            plan.gradients(active), loss_scale, nonfinite, gradient_factor=plan.flat.grad_scale
+        )
+        self.last_step = outcome.stats
+        if not outcome.stats.applied:
+            return False
+        self._refresh_hyperparameters()
+        created = plan.step(active, outcome.grad_scale, outcome.clip_value)
+        self.step_count += 1
+        return created
 
     def _update_one(
         self,
@@ -604,6 +671,7 @@ class Optimizer:
             )
             self._checked[number] = self._hyper_key(self.param_groups[number])
         self.state = new_state
+        self._state_version += 1
         self._views.clear()
         self._plans.clear()
         for index in self.state:

@@ -344,3 +344,61 @@ def test_gradients_may_not_overlap_any_array_the_step_writes():
     opt.step([shared, shared, np.ones(5)])
     assert opt.step_count == 2
     opt.step([np.ones(10), buffer[20:30], np.ones(5)])  # same allocation, disjoint bytes
+
+
+# ---------------------------------------------------------------------- FlatParams
+FLAT_SHAPES = [(3, 5), (0,), (BLOCK + 9,), (1,), (2, 2, 2), (33,)]
+FLAT_OPTIONS = [
+    ({"max_norm": 0.5, "nonfinite": "skip", "clip_value": 0.02}, 2.0**10),
+    ({"max_norm": 1.0, "norm_type": math.inf}, 4.0),
+]
+
+
+@pytest.mark.parametrize(("options", "loss_scale"), FLAT_OPTIONS, ids=["2-norm", "inf-norm"])
+@pytest.mark.parametrize("case", CASES[::3], ids=case_id)
+def test_flat_step_with_fused_prestep_equals_per_array_step_bit_for_bit(case, options, loss_scale):
+    """The flat read pass cuts the same blocks from each segment: the same norm, to the bit."""
+    _, cls, kwargs = case
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in FLAT_SHAPES]
+    flat = fastopt.FlatParams.from_arrays(arrays)
+    plain = [array.copy() for array in arrays]
+    flat_opt = cls(flat, **kwargs, **options)
+    plain_opt = cls(plain, **kwargs, **options)
+    for step in range(4):
+        grads = [
+            (rng.standard_normal(shape) * loss_scale).astype(np.float32) for shape in FLAT_SHAPES
+        ]
+        if step == 2:
+            grads[2][BLOCK + 1] = np.inf
+        for view, grad in zip(flat.grads, grads, strict=True):
+            view[...] = grad
+        flat_opt.step(loss_scale=loss_scale)
+        plain_opt.step(grads, loss_scale=loss_scale)
+        assert flat_opt.last_step == plain_opt.last_step
+    assert flat_opt.step_count == plain_opt.step_count == (3 if "nonfinite" in options else 4)
+    for got, want in zip(flat.params, plain, strict=True):
+        assert got.tobytes() == want.tobytes()
+
+
+def test_flat_skip_raise_and_accumulated_mean():
+    arrays = [np.ones((2, 3), np.float32), np.ones(BLOCK + 3, np.float32)]
+    flat = fastopt.FlatParams.from_arrays(arrays)
+    opt = fastopt.SGD(flat, lr=1.0, nonfinite="raise", max_norm=1e9)
+    flat.zero_grad()
+    for _ in range(2):  # two micro-batches of [3, 4, 0, ...]: mean norm 5, not 10
+        grad = np.zeros(BLOCK + 3, np.float32)
+        grad[:2] = (3.0, 4.0)
+        flat.accumulate([np.zeros((2, 3), np.float32), grad])
+    opt.step(loss_scale=1.0)
+    assert opt.last_step.grad_norm == 5.0
+    np.testing.assert_array_equal(flat.params[1][:3], [-2.0, -3.0, 1.0])
+    before = flat.buffer.copy()
+    flat.grads[1][BLOCK + 1] = np.nan
+    with pytest.raises(FloatingPointError, match=rf"grads\[1\] .* flat index {BLOCK + 1} "):
+        opt.step()
+    flat.grads[0][1, 2] = -np.inf
+    with pytest.raises(FloatingPointError, match=r"grads\[0\] .* flat index 5 \(value -inf\)"):
+        opt.step()
+    opt.step(nonfinite="skip")
+    assert flat.buffer.tobytes() == before.tobytes() and opt.step_count == 1

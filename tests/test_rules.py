@@ -40,7 +40,7 @@ def test_matches_reference(case, size, dtype):
 def test_parallel_and_serial_paths_agree_bitwise(case, monkeypatch):
     import fastopt._launch as launch_module
 
-    _rule, cls, kwargs = case
+    _, cls, kwargs = case
     size = PARALLEL_THRESHOLD + 4099
     results = []
     for threshold in (PARALLEL_THRESHOLD, size + 1):

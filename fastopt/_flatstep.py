@@ -1,0 +1,320 @@
+"""One optimizer step over a FlatParams: every parameter group in as few launches as possible.
+
+The kernels take a segment table (``bounds``) and one hyperparameter row per segment
+(``hyper``), so one launch over the flat buffer updates segments of different parameter groups,
+each with its own settings; the rows are rewritten in place each step, so a new learning rate
+needs no recompilation. Launches split only where the kernel's arguments must differ: a group
+with AMSGrad passes ``max_exp_avg_sq`` and one without passes ``None`` (a different compiled
+variant), so each maximal run of consecutive segments sharing a state layout is one launch.
+
+The padding between segments is launched with the run around it under a *neutral* row
+(``lr = 0``, ``weight_decay = 0``, ``eps = 1``, ``grad_scale = 0``, step 1): zero parameters,
+gradients and state stay exactly zero under every rule, even when the group's ``eps`` is 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fastopt._launch import launch
+from fastopt.flat import FlatParams
+from fastopt.gradients import FlatGradients
+
+if TYPE_CHECKING:
+    from fastopt.optimizer import Optimizer
+
+__all__ = ["FlatStep"]
+
+# Launch plans kept per optimizer (one per pattern of active parameters and state layouts).
+_MAX_PLANS = 8
+
+
+def _locate(params: list[np.ndarray]) -> tuple[FlatParams, np.ndarray]:
+    """The FlatParams that every parameter is a view of, and each one's position in it."""
+    flat = FlatParams.owner_of(params[0])
+    positions = []
+    for index, param in enumerate(params):
+        position = None if flat is None else flat.locate(param)
+        if position is None:
+            raise TypeError(
+                "step() without grads updates a FlatParams: every parameter must be one of the "
+                f"views of a single FlatParams (its .params), but parameter {index} is not; "
+                "pass grads instead, or build the optimizer from the FlatParams"
+            )
+        positions.append(position)
+    segment_of_param = np.array(positions, dtype=np.int64)
+    if np.unique(segment_of_param).size != segment_of_param.size:
+        raise ValueError("a FlatParams array appears twice among the optimizer's parameters")
+    return flat, segment_of_param  # type: ignore[return-value]
+
+
+class FlatStep:
+    """The launch plan, state buffers and hyperparameter table of one optimizer's flat steps.
+
+    The optimizer's ``state`` keeps its usual form (per parameter: ``"step"`` and arrays shaped
+    like the parameter); here those arrays are views of one flat buffer per state name.
+    Arrays the optimizer made elsewhere (per-array steps, ``load_state_dict``) are copied into
+    the flat buffers and replaced by views before the next flat step (:meth:`adopt`).
+    """
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        params = optimizer._params
+        self.optimizer = optimizer
+        self.flat, self.segment_of_param = _locate(params)
+        flat = self.flat
+        count = len(params)
+        param_of_segment = np.full(len(flat), -1, dtype=np.int64)
+        param_of_segment[self.segment_of_param] = np.arange(count)
+        kinds = flat._launch_segment  # array index per kernel segment, -1 for padding
+        self.is_padding = kinds < 0
+        # Per kernel segment: the optimizer parameter it holds (-1: padding, or not ours).
+        self.launch_param = np.where(self.is_padding, -1, param_of_segment[np.maximum(kinds, 0)])
+        self.launch_of_param = np.empty(count, dtype=np.int64)
+        ours = self.launch_param >= 0
+        self.launch_of_param[self.launch_param[ours]] = np.flatnonzero(ours)
+        sizes = [len(group["params"]) for group in optimizer.param_groups]
+        self.group_of_param = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+        # Padding takes the neutral row of the group before it (the first segment starts at 0).
+        self.padding = np.flatnonzero(self.is_padding)
+        before = self.launch_param[self.padding - 1]
+        self.padding_group = np.where(before >= 0, self.group_of_param[np.maximum(before, 0)], -1)
+        self.padded = self.padding_group >= 0
+        # Per kernel segment, its row in [group rows..., neutral rows...] (the usual step's
+        # table); segments that are not ours point anywhere, they are never launched.
+        group_count = len(optimizer.param_groups)
+        self.row_of_launch = np.zeros(kinds.size, dtype=np.int64)
+        self.row_of_launch[ours] = self.group_of_param[self.launch_param[ours]]
+        self.row_of_launch[self.padding[self.padded]] = (
+            group_count + self.padding_group[self.padded]
+        )
+        self.hyper = np.zeros((kinds.size, optimizer._hyper_width))
+        self.buffers: dict[str, np.ndarray] = {}
+        self.views: dict[str, tuple[np.ndarray, ...]] = {}
+        self.all_params = np.arange(count)
+        self.entries: list[dict[str, Any] | None] = [None] * count
+        self.steps = np.zeros(count, dtype=np.int64)  # mirrors each entry's "step"
+        self.uniform = True  # all steps equal
+        self.complete = np.zeros(count, dtype=bool)
+        self.group_names: list[tuple[str, ...] | None] = [None] * len(optimizer.param_groups)
+        self.synced_version: int | None = None
+        self.synced_step_count: int | None = None
+        self.plans: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        self.read_plans: dict[bytes | None, FlatGradients] = {}
+
+    # ------------------------------------------------------------------ state
+    def _views_of(self, name: str) -> tuple[np.ndarray, ...]:
+        views = self.views.get(name)
+        if views is None:
+            self.buffers[name] = self.flat.new_buffer()
+            views = self.views[name] = self.flat.split(self.buffers[name])
+        return views
+
+    def adopt(self) -> None:
+        """Take the optimizer's state as it is now: move every state array into the flat
+        buffers (copy, then replace by the view) and read every parameter's step count."""
+        optimizer = self.optimizer
+        for index, entry in optimizer.state.items():
+            segment = self.segment_of_param[index]
+            for name, value in entry.items():
+                if isinstance(value, np.ndarray):
+                    view = self._views_of(name)[segment]
+                    if value is not view:
+                        view[...] = value
+                        entry[name] = view
+            optimizer._forget_views(index)
+        self.entries = [optimizer.state.get(index) for index in range(len(self.entries))]
+        self.steps = np.array([e["step"] if e else 0 for e in self.entries], dtype=np.int64)
+        self.uniform = bool(self.steps.min() == self.steps.max())
+        self.complete[:] = False
+        self.synced_version = optimizer._state_version
+        self.synced_step_count = optimizer.step_count
+
+    def ensure_state(self, params: np.ndarray) -> np.ndarray | None:
+        """Create the missing state of ``params`` (indices): a bool per parameter, True where
+        something was created, or None when nothing was."""
+        optimizer = self.optimizer
+        # A new state_dict, or a per-array step (it counts steps in the state entries), means
+        # the state changed behind the flat buffers and the step mirror: take it again.
+        if (self.synced_version, self.synced_step_count) != (
+            optimizer._state_version,
+            optimizer.step_count,
+        ):
+            self.adopt()
+        groups = optimizer.param_groups
+        for number, group in enumerate(groups):
+            names = optimizer._state_names(group)
+            if names != self.group_names[number]:
+                self.group_names[number] = names
+                self.complete[self.group_of_param == number] = False
+        todo = params[~self.complete[params]]
+        if not todo.size:
+            return None
+        created = np.zeros(len(self.entries), dtype=bool)
+        for index in todo.tolist():
+            number = self.group_of_param[index]
+            entry = optimizer.state.setdefault(index, {"step": 0})
+            missing = [name for name in self.group_names[number] if name not in entry]
+            for name in missing:
+                view = self._views_of(name)[self.segment_of_param[index]]
+                view[...] = optimizer._initial_value(name, groups[number])
+                entry[name] = view
+            created[index] = bool(missing)
+            self.entries[index] = entry
+            optimizer._forget_views(index)
+            self.complete[index] = True
+        return created if created.any() else None
+
+    # ------------------------------------------------------------------ step
+    def gradients(self, active: np.ndarray | None) -> FlatGradients:
+        """The gradients the read pass before a step reads (see :mod:`fastopt.gradients`):
+        the active parameters' segments of the gradient buffer, read in one launch."""
+        key = None if active is None else active.tobytes()
+        cached = self.read_plans.get(key)
+        if cached is None:
+            params = self.all_params if active is None else np.flatnonzero(active)
+            segments = self.flat.segments[self.segment_of_param[params]]
+            if len(self.read_plans) >= _MAX_PLANS:
+                self.read_plans.clear()
+            cached = self.read_plans[key] = FlatGradients.of(
+                self.flat.grad_buffer, segments[:, 0], segments[:, 1], params.tolist()
+            )
+        return cached
+
+    def step(
+        self, active: np.ndarray | None, grad_scale: float = 1.0, clip_value: float = math.inf
+    ) -> bool:
+        """Advance the ``active`` parameters (bool per parameter; None: all) by one update.
+
+        ``grad_scale`` and ``clip_value`` come from the read pass (unscaling and clipping);
+        the FlatParams' own mean over micro-batches multiplies ``grad_scale`` here. Returns
+        whether state arrays were created. Hyperparameters must be checked already; the
+        caller counts the step (``optimizer.step_count += 1``) right after.
+        """
+        optimizer = self.optimizer
+        groups = optimizer.param_groups
+        if active is not None and active.all():
+            active = None
+        params = self.all_params if active is None else np.flatnonzero(active)
+        created = self.ensure_state(params)
+        self.synced_step_count = optimizer.step_count + 1
+        if not params.size:
+            return False
+        if active is None:
+            self.steps += 1
+            steps = self.steps
+            entries = self.entries
+        else:
+            self.steps[params] += 1
+            self.uniform = bool(self.steps.min() == self.steps.max())
+            steps = self.steps[params]
+            entries = [self.entries[i] for i in params.tolist()]
+        for entry, step in zip(entries, steps.tolist(), strict=True):
+            entry["step"] = step  # type: ignore[index]
+
+        scale = self.flat.grad_scale * grad_scale
+        neutral = [
+            optimizer._row(dict(group, lr=0.0, eps=1.0, weight_decay=0.0), 1, False, 0.0, math.inf)
+            for group in groups
+        ]
+        if created is None and active is None and self.uniform:
+            # The usual step: every parameter at the same step, one row per group.
+            step = int(self.steps[0])
+            rows = [optimizer._row(group, step, False, scale, clip_value) for group in groups]
+            np.take(np.array(rows + neutral), self.row_of_launch, axis=0, out=self.hyper)
+        else:
+            self._rows_by_key(params, steps, created, scale, clip_value)
+            padding = self.padding[self.padded]
+            self.hyper[padding] = np.array(neutral)[self.padding_group[self.padded]]
+
+        for arrays in self._plan(active, params):
+            launch(optimizer._kernels, *arrays)
+        return created is not None
+
+    def _rows_by_key(
+        self,
+        params: np.ndarray,
+        steps: np.ndarray,
+        created: np.ndarray | None,
+        scale: float,
+        clip_value: float,
+    ) -> None:
+        """The rows of ``params``: one per distinct (group, step, created)."""
+        groups = self.optimizer.param_groups
+        flags = np.zeros(params.size, dtype=np.int64) if created is None else created[params]
+        keys = (steps * 2 + flags) * len(groups) + self.group_of_param[params]
+        unique, inverse = np.unique(keys, return_inverse=True)
+        rows = []
+        for key in unique.tolist():
+            rest, number = divmod(key, len(groups))
+            step, was_created = divmod(rest, 2)
+            row = self.optimizer._row(groups[number], step, bool(was_created), scale, clip_value)
+            rows.append(row)
+        self.hyper[self.launch_of_param[params]] = np.array(rows, dtype=np.float64)[inverse]
+
+    def _plan(self, active: np.ndarray | None, params: np.ndarray) -> list[tuple[Any, ...]]:
+        """Launch arguments, one tuple per run of active segments sharing a state layout."""
+        optimizer = self.optimizer
+        groups = optimizer.param_groups
+        numbers = (
+            range(len(groups))
+            if active is None
+            else np.unique(self.group_of_param[params]).tolist()
+        )
+        layouts: dict[int, tuple[bool, ...]] = {}
+        for number in numbers:
+            state = optimizer._kernel_state(groups[number], self.buffers)
+            layouts[number] = tuple(array is None for array in state)
+        key = (
+            None if active is None else active.tobytes(),
+            tuple(layouts.items()),
+            tuple(self.buffers),
+        )
+        plan = self.plans.get(key)
+        if plan is None:
+            if len(self.plans) >= _MAX_PLANS:
+                self.plans.clear()
+            plan = self.plans[key] = self._build_plan(active, layouts)
+        return plan
+
+    def _build_plan(
+        self, active: np.ndarray | None, layouts: dict[int, tuple[bool, ...]]
+    ) -> list[tuple[Any, ...]]:
+        runs = []
+        start, run_group = None, -1
+        for position, param in enumerate(self.launch_param.tolist()):
+            if self.is_padding[position]:
+                continue  # joins the open run, if any, under its neutral row
+            if param >= 0 and (active is None or active[param]):
+                group = int(self.group_of_param[param])
+                if start is not None and layouts[group] == layouts[run_group]:
+                    continue
+                if start is not None:
+                    runs.append((start, position, run_group))
+                start, run_group = position, group
+            elif start is not None:
+                runs.append((start, position, run_group))
+                start = None
+        if start is not None:
+            runs.append((start, self.launch_param.size, run_group))
+
+        bounds = self.flat._launch_bounds
+        groups = self.optimizer.param_groups
+        plan = []
+        for first, end, group in runs:
+            lo, hi = int(bounds[first]), int(bounds[end])
+            state = self.optimizer._kernel_state(
+                groups[group], {name: buffer[lo:hi] for name, buffer in self.buffers.items()}
+            )
+            plan.append(
+                (
+                    bounds[first : end + 1] - lo,
+                    self.hyper[first:end],
+                    self.flat.buffer[lo:hi],
+                    self.flat.grad_buffer[lo:hi],
+                    *state,
+                )
+            )
+        return plan
