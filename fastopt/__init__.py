@@ -7,9 +7,17 @@ in-place pass over parameter, gradient and state. ``fastopt.reference`` holds th
 implementation of every rule. ``FlatParams`` packs many arrays into one buffer so that one
 launch updates all of them (every parameter group with its own settings); ``fastopt.torch``
 (imported on its own, torch optional) steps PyTorch models with the same kernels.
+
+Around the step: non-finite gradient policies, loss unscaling and gradient clipping fused into
+one read pass plus the update (:mod:`fastopt.gradients`), dynamic loss scaling
+(:class:`LossScaler`) and atomic, checksummed, pickle-free checkpoints (:func:`save`,
+:func:`load`).
 """
 
+from fastopt.checkpoint import Checkpoint, CheckpointError, load, save
 from fastopt.flat import FlatParams
+from fastopt.gradients import StepStats, global_norm
+from fastopt.loss_scaling import LossScaler
 from fastopt.optimizer import Optimizer
 from fastopt.rules.adagrad import Adagrad, adagrad_step
 from fastopt.rules.adam import Adam, AdamW, adam_step
@@ -23,12 +31,19 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "Checkpoint",
+    "CheckpointError",
     "FlatParams",
+    "LossScaler",
     "Optimizer",
     "RMSprop",
+    "StepStats",
     "__version__",
     "adagrad_step",
     "adam_step",
+    "global_norm",
+    "load",
     "rmsprop_step",
+    "save",
     "sgd_step",
 ]

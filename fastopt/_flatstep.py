@@ -14,12 +14,14 @@ gradients and state stay exactly zero under every rule, even when the group's ``
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastopt._launch import launch
 from fastopt.flat import FlatParams
+from fastopt.gradients import FlatGradients
 
 if TYPE_CHECKING:
     from fastopt.optimizer import Optimizer
@@ -100,6 +102,7 @@ class FlatStep:
         self.synced_version: int | None = None
         self.synced_step_count: int | None = None
         self.plans: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        self.read_plans: dict[bytes | None, FlatGradients] = {}
 
     # ------------------------------------------------------------------ state
     def _views_of(self, name: str) -> tuple[np.ndarray, ...]:
@@ -165,11 +168,30 @@ class FlatStep:
         return created if created.any() else None
 
     # ------------------------------------------------------------------ step
-    def step(self, active: np.ndarray | None) -> bool:
+    def gradients(self, active: np.ndarray | None) -> FlatGradients:
+        """The gradients the read pass before a step reads (see :mod:`fastopt.gradients`):
+        the active parameters' segments of the gradient buffer, read in one launch."""
+        key = None if active is None else active.tobytes()
+        cached = self.read_plans.get(key)
+        if cached is None:
+            params = self.all_params if active is None else np.flatnonzero(active)
+            segments = self.flat.segments[self.segment_of_param[params]]
+            if len(self.read_plans) >= _MAX_PLANS:
+                self.read_plans.clear()
+            cached = self.read_plans[key] = FlatGradients.of(
+                self.flat.grad_buffer, segments[:, 0], segments[:, 1], params.tolist()
+            )
+        return cached
+
+    def step(
+        self, active: np.ndarray | None, grad_scale: float = 1.0, clip_value: float = math.inf
+    ) -> bool:
         """Advance the ``active`` parameters (bool per parameter; None: all) by one update.
 
-        Returns whether state arrays were created. Hyperparameters must be checked already;
-        the caller counts the step (``optimizer.step_count += 1``) right after.
+        ``grad_scale`` and ``clip_value`` come from the read pass (unscaling and clipping);
+        the FlatParams' own mean over micro-batches multiplies ``grad_scale`` here. Returns
+        whether state arrays were created. Hyperparameters must be checked already; the
+        caller counts the step (``optimizer.step_count += 1``) right after.
         """
         optimizer = self.optimizer
         groups = optimizer.param_groups
@@ -192,18 +214,18 @@ class FlatStep:
         for entry, step in zip(entries, steps.tolist(), strict=True):
             entry["step"] = step  # type: ignore[index]
 
-        scale = self.flat.grad_scale
+        scale = self.flat.grad_scale * grad_scale
         neutral = [
-            optimizer._row(dict(group, lr=0.0, eps=1.0, weight_decay=0.0), 1, False, 0.0)
+            optimizer._row(dict(group, lr=0.0, eps=1.0, weight_decay=0.0), 1, False, 0.0, math.inf)
             for group in groups
         ]
         if created is None and active is None and self.uniform:
             # The usual step: every parameter at the same step, one row per group.
             step = int(self.steps[0])
-            rows = [optimizer._row(group, step, False, scale) for group in groups]
+            rows = [optimizer._row(group, step, False, scale, clip_value) for group in groups]
             np.take(np.array(rows + neutral), self.row_of_launch, axis=0, out=self.hyper)
         else:
-            self._rows_by_key(params, steps, created, scale)
+            self._rows_by_key(params, steps, created, scale, clip_value)
             padding = self.padding[self.padded]
             self.hyper[padding] = np.array(neutral)[self.padding_group[self.padded]]
 
@@ -212,7 +234,12 @@ class FlatStep:
         return created is not None
 
     def _rows_by_key(
-        self, params: np.ndarray, steps: np.ndarray, created: np.ndarray | None, scale: float
+        self,
+        params: np.ndarray,
+        steps: np.ndarray,
+        created: np.ndarray | None,
+        scale: float,
+        clip_value: float,
     ) -> None:
         """The rows of ``params``: one per distinct (group, step, created)."""
         groups = self.optimizer.param_groups
@@ -223,7 +250,8 @@ class FlatStep:
         for key in unique.tolist():
             rest, number = divmod(key, len(groups))
             step, was_created = divmod(rest, 2)
-            rows.append(self.optimizer._row(groups[number], step, bool(was_created), scale))
+            row = self.optimizer._row(groups[number], step, bool(was_created), scale, clip_value)
+            rows.append(row)
         self.hyper[self.launch_of_param[params]] = np.array(rows, dtype=np.float64)[inverse]
 
     def _plan(self, active: np.ndarray | None, params: np.ndarray) -> list[tuple[Any, ...]]:

@@ -12,6 +12,7 @@ from the same element-wise update (:class:`RuleKernels` carries it).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -21,7 +22,14 @@ import numpy as np
 
 from fastopt._jit import PARALLEL_THRESHOLD, elementwise
 
-__all__ = ["RuleKernels", "chunk_length", "first_segment", "launch", "single_segment"]
+__all__ = [
+    "RuleKernels",
+    "chunk_length",
+    "first_segment",
+    "launch",
+    "run_parallel",
+    "single_segment",
+]
 
 
 class RuleKernels(NamedTuple):
@@ -57,6 +65,23 @@ def single_segment(n: int) -> np.ndarray:
     return np.array([0, n], dtype=np.int64)
 
 
+_PARALLEL_LOCK = threading.Lock()
+# None until the first parallel launch has started numba's threading layer (only then can it
+# be asked which one it chose); then whether that layer accepts concurrent launches.
+_layer_is_threadsafe: bool | None = None
+
+
+def run_parallel(kernel: Callable[..., object], *args: object) -> None:
+    """Call a ``prange`` kernel, serialized when the threading layer is not thread-safe."""
+    global _layer_is_threadsafe
+    if _layer_is_threadsafe:
+        kernel(*args)
+        return
+    with _PARALLEL_LOCK:
+        kernel(*args)
+        _layer_is_threadsafe = numba.threading_layer() != "workqueue"
+
+
 def launch(kernels: RuleKernels, bounds, hyper, param, *arrays) -> None:
     """Run a rule's update: serial or parallel driver by size, or the CUDA kernel.
 
@@ -70,4 +95,4 @@ def launch(kernels: RuleKernels, bounds, hyper, param, *arrays) -> None:
     elif param.size < PARALLEL_THRESHOLD:
         kernels.serial(bounds, hyper, param, *arrays)
     else:
-        kernels.parallel(numba.get_num_threads(), bounds, hyper, param, *arrays)
+        run_parallel(kernels.parallel, numba.get_num_threads(), bounds, hyper, param, *arrays)

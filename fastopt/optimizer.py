@@ -12,6 +12,7 @@ array backend (:mod:`fastopt._backend`).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import operator
@@ -26,6 +27,16 @@ from fastopt._checks import check_grad, check_param
 from fastopt._flatstep import FlatStep
 from fastopt._launch import launch, single_segment
 from fastopt.flat import FlatParams
+from fastopt.gradients import (
+    PLAIN_STEP,
+    FlatGradients,
+    NonfinitePolicy,
+    Prestep,
+    StepStats,
+    check_gradient_options,
+    check_loss_scale,
+    prestep,
+)
 
 __all__ = ["GradsT", "Optimizer", "ParamsT", "ScheduleLike"]
 
@@ -67,6 +78,20 @@ def _as_groups(params: object) -> list[dict[str, Any]]:
     return [{"params": items}]
 
 
+def _memory_owner(array: Any) -> Any:
+    """The object that owns an array's memory, through views and buffers (``frombuffer``).
+
+    A device array is its own owner (device arrays are compared by byte span).
+    """
+    while True:
+        if isinstance(array, np.ndarray) and array.base is not None:
+            array = array.base
+        elif isinstance(array, memoryview):
+            array = array.obj
+        else:
+            return array
+
+
 def _overlapping_pair(
     arrays: Sequence[np.ndarray], backend: ArrayBackend
 ) -> tuple[int, int] | None:
@@ -98,6 +123,18 @@ class Optimizer:
     defaults
         The rule's hyperparameters. A value may be a schedule (any callable of the step count,
         see :mod:`fastopt.schedules`); it is evaluated once per step before the update.
+    nonfinite : {"propagate", "skip", "raise"}, default "propagate"
+        What a step does with NaN or Inf gradients (see :mod:`fastopt.gradients`): let them
+        through (torch.optim's behavior), skip the step leaving everything bit-identical
+        (``GradScaler``'s), or raise ``FloatingPointError`` before anything changes.
+    max_norm : float, optional
+        Clip the gradients by their global norm, as ``torch.nn.utils.clip_grad_norm_`` does
+        (``math.inf`` reports the norm without clipping). Fused into the step.
+    norm_type : float, default 2.0
+        The norm ``max_norm`` refers to: 2.0 or ``math.inf``.
+    clip_value : float, optional
+        Clamp each gradient element to ``[-clip_value, clip_value]`` after the other
+        scalings, as ``torch.nn.utils.clip_grad_value_`` does. Fused into the update kernel.
 
     Attributes
     ----------
@@ -108,12 +145,29 @@ class Optimizer:
         Per-parameter state, keyed by the parameter's position in the flat parameter list.
     step_count : int
         Number of completed steps; schedules are evaluated at this value.
+    nonfinite, max_norm, norm_type, clip_value
+        The gradient options above; they may be changed between steps.
+    last_step : StepStats or None
+        What the last call to :meth:`step` found: the global norm before clipping, the clip
+        coefficient, whether the gradients were finite and whether the step was applied.
     """
 
     #: Hyperparameters that may be given per group, in the rule's signature order.
     hyperparameters: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: ParamsT, defaults: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        params: ParamsT,
+        defaults: Mapping[str, Any],
+        *,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
+    ) -> None:
+        options = check_gradient_options(nonfinite, max_norm, norm_type, clip_value)
+        self.nonfinite, self.max_norm, self.norm_type, self.clip_value = options
+        self.last_step: StepStats | None = None
         self.defaults = dict(defaults)
         # Every step compares each group's hyperparameters with the checked ones (users may
         # edit them between steps); a C-level getter keeps that off the per-step cost.
@@ -129,6 +183,8 @@ class Optimizer:
         self._checked: list[tuple[Any, ...] | None] = []
         self._attached: dict[str, Any] = {}
         self._arrays: ArrayBackend = HOST
+        self._written_spans: tuple[list[int], list[int], list[str]] | None = None
+        self._written_owners: set[int] = set()
         # The flat path's plan (built by the first step() without grads, dropped when groups
         # change), and a count of state arrays made outside it (per-array steps,
         # load_state_dict): when it moves, the plan copies them into its flat buffers.
@@ -155,12 +211,19 @@ class Optimizer:
     _kernels: ClassVar[tuple[Callable[..., None], Callable[..., None]]]
 
     def _row(
-        self, group: Mapping[str, Any], step: int, created: bool, grad_scale: float
+        self,
+        group: Mapping[str, Any],
+        step: int,
+        created: bool,
+        grad_scale: float,
+        clip_value: float,
     ) -> tuple[float, ...]:
         """The kernel's hyperparameter row for update number ``step`` of a parameter.
 
         ``created`` tells whether its state arrays were made for this step (torch's first-step
-        rules) and ``grad_scale`` multiplies the gradient inside the kernel (1 for none).
+        rules). Entries 0 and 1 of every rule's row are ``grad_scale``, which multiplies the
+        gradient inside the kernel (1 for none), and ``clip_value``, to which the scaled
+        gradient is then clamped (``inf`` for none).
         """
         raise NotImplementedError
 
@@ -218,6 +281,7 @@ class Optimizer:
         self._checked.append(self._hyper_key(group))
         self._params.extend(params)
         self._arrays = arrays
+        self._written_spans = None
         self._flat_step = None
         # The FlatParams whose views these are stay alive as long as the optimizer: its
         # step() without gradients reads their gradient buffers.
@@ -260,7 +324,51 @@ class Optimizer:
         for index, (grad, param) in enumerate(zip(grads, self._params, strict=False)):
             if grad is not None:
                 check_grad(f"grads[{index}]", grad, param)
+        self._check_grads_disjoint(grads)
         return list(grads)
+
+    def _check_grads_disjoint(self, grads: Sequence[np.ndarray | None]) -> None:
+        """No gradient overlaps an array the step writes (any parameter or state array).
+
+        Otherwise the result would depend on the order in which elements are updated. NumPy
+        arrays overlap only if they share the object that owns their memory (found through
+        ``.base``: views, reshapes, ``frombuffer``), a set lookup per gradient; only then, and
+        for device arrays, are byte spans compared. Written arrays are contiguous and disjoint,
+        so their spans, sorted once, are sorted by end too: one bisection finds any overlap.
+        """
+        if self._written_spans is None:
+            self._index_written_arrays()
+        starts, ends, owners = self._written_spans  # type: ignore[misc]
+        written_owners = self._written_owners
+        for index, grad in enumerate(grads):
+            if grad is None:
+                continue
+            if isinstance(grad, np.ndarray):
+                base = grad.base  # most gradients own their memory: no walk
+                if id(grad if base is None else _memory_owner(base)) not in written_owners:
+                    continue
+            start, end = self._arrays.span(grad)
+            position = bisect.bisect_right(ends, start)
+            if start < end and position < len(starts) and starts[position] < end:
+                raise ValueError(
+                    f"grads[{index}] shares memory with {owners[position]}, which the step "
+                    "writes; pass a separate array"
+                )
+
+    def _index_written_arrays(self) -> None:
+        written = [
+            (view, f"parameter {i}" if name == "param" else f"state {name!r} of parameter {i}")
+            for i, views in self._views.items()
+            for name, view in views.items()
+        ]
+        written += [
+            (p, f"parameter {i}") for i, p in enumerate(self._params) if i not in self._views
+        ]
+        # Owners stay alive as long as the arrays that view them, so their ids stay unique.
+        self._written_owners = {id(_memory_owner(array)) for array, _ in written}
+        spans = sorted((*self._arrays.span(array), owner) for array, owner in written)
+        spans = [span for span in spans if span[0] < span[1]]
+        self._written_spans = tuple(map(list, zip(*spans, strict=True))) or ([], [], [])
 
     def _refresh_hyperparameters(self) -> None:
         for number, group in enumerate(self.param_groups):
@@ -291,6 +399,7 @@ class Optimizer:
         self._plans.pop(index, None)
 
     def _refresh_views(self, index: int) -> None:
+        self._written_spans = None
         flat = self._arrays.flat
         views = {"param": flat(self._params[index])}
         views.update(
@@ -301,7 +410,13 @@ class Optimizer:
         self._views[index] = views
         self._plans.pop(index, None)
 
-    def step(self, grads: GradsT | None = None) -> None:
+    def step(
+        self,
+        grads: GradsT | None = None,
+        *,
+        loss_scale: float = 1.0,
+        nonfinite: NonfinitePolicy | None = None,
+    ) -> None:
         """Update every parameter in place from its gradient.
 
         Parameters
@@ -314,20 +429,78 @@ class Optimizer:
             the step then reads its gradient buffer (the mean of what
             :meth:`~fastopt.FlatParams.accumulate` added) and updates all of them in one
             launch per state layout.
+        loss_scale
+            The factor the loss was multiplied by (mixed precision): the gradients are divided
+            by it inside the kernels (torch's fused optimizers call this ``grad_scale``).
+        nonfinite
+            Overrides the optimizer's ``nonfinite`` policy for this step.
+
+        Raises
+        ------
+        FloatingPointError
+            With the ``"raise"`` policy, when a gradient holds NaN or Inf; nothing changed.
+
+        Notes
+        -----
+        The outcome is in :attr:`last_step`. A skipped step advances no step count, so
+        schedules, bias corrections and torch's first-step rules resume where they were.
         """
         if grads is None:
-            self._step_flat()
+            self._step_flat(None, loss_scale, nonfinite)
             return
         paired = self._pair_grads(grads)
+        outcome = self._prestep(paired, loss_scale, nonfinite)
+        self.last_step = outcome.stats
+        if not outcome.stats.applied:
+            return
         self._refresh_hyperparameters()
         index = 0
         for group in self.param_groups:
             for param in group["params"]:
                 grad = paired[index]
                 if grad is not None:
-                    self._update_one(index, param, grad, group, 1.0)
+                    self._update_one(
+                        index, param, grad, group, outcome.grad_scale, outcome.clip_value
+                    )
                 index += 1
         self.step_count += 1
+
+    def _prestep(
+        self,
+        grads: Sequence[np.ndarray | None] | FlatGradients,
+        loss_scale: float,
+        nonfinite: NonfinitePolicy | None,
+        **flat: Any,
+    ) -> Prestep:
+        """Validate the gradient options, then the read pass (norm and finite check).
+
+        ``flat`` passes the flat path's ``gradient_factor`` to :func:`prestep`.
+        """
+        if (
+            nonfinite is None
+            and type(loss_scale) is float
+            and loss_scale == 1.0
+            and self.nonfinite == "propagate"
+            and self.max_norm is None
+            and self.norm_type == 2.0
+            and self.clip_value is None
+        ):
+            return PLAIN_STEP  # the defaults: no read pass, nothing to check (hot path)
+        policy, max_norm, norm_type, clip_value = check_gradient_options(
+            self.nonfinite if nonfinite is None else nonfinite,
+            self.max_norm,
+            self.norm_type,
+            self.clip_value,
+        )
+        return prestep(
+            grads,
+            loss_scale=check_loss_scale(loss_scale),
+            nonfinite=policy,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
+            **flat,
+        )
 
     def _flat_plan(self) -> FlatStep:
         """The flat path's plan, built on first use (raises if the params are not flat views)."""
@@ -335,15 +508,27 @@ class Optimizer:
             self._flat_step = FlatStep(self)
         return self._flat_step
 
-    def _step_flat(self, active: np.ndarray | None = None) -> bool:
+    def _step_flat(
+        self,
+        active: np.ndarray | None = None,
+        loss_scale: float = 1.0,
+        nonfinite: NonfinitePolicy | None = None,
+    ) -> bool:
         """One update of the FlatParams the parameters view, from its gradient buffer.
 
         ``active`` (a bool per parameter) restricts the update to some parameters, as torch
-        skips those without a gradient. Returns whether state arrays were created.
+        skips those without a gradient. Returns whether state arrays were created (False
+        also when the step was skipped).
         """
         plan = self._flat_plan()
+        outcome = self._prestep(
+            plan.gradients(active), loss_scale, nonfinite, gradient_factor=plan.flat.grad_scale
+        )
+        self.last_step = outcome.stats
+        if not outcome.stats.applied:
+            return False
         self._refresh_hyperparameters()
-        created = plan.step(active)
+        created = plan.step(active, outcome.grad_scale, outcome.clip_value)
         self.step_count += 1
         return created
 
@@ -354,6 +539,7 @@ class Optimizer:
         grad: np.ndarray,
         group: Mapping[str, Any],
         grad_scale: float,
+        clip_value: float,
     ) -> None:
         """Advance parameter ``index`` by one update (everything already validated)."""
         created, (hyper, bounds, flat, state_arrays) = self._launch_plan(index, param, group)
@@ -361,7 +547,8 @@ class Optimizer:
         state["step"] += 1
         # struct writes the float64 row straight into the (C-contiguous, native-endian)
         # buffer: about half the cost of NumPy converting a tuple, on every step.
-        self._row_layout.pack_into(hyper, 0, *self._row(group, state["step"], created, grad_scale))
+        row = self._row(group, state["step"], created, grad_scale, clip_value)
+        self._row_layout.pack_into(hyper, 0, *row)
         launch(self._kernels, bounds, hyper, flat, self._arrays.flat(grad), *state_arrays)
 
     def _launch_plan(
@@ -425,10 +612,21 @@ class Optimizer:
             If the checkpoint does not match this optimizer: group count, parameter counts,
             hyperparameters, state array names, shapes or dtypes.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         for key in ("state", "param_groups"):
             if key not in state_dict:
                 raise ValueError(f"state_dict has no {key!r} entry")
-        saved_groups = list(state_dict["param_groups"])
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)) or not all(
+            isinstance(saved, Mapping) and isinstance(saved.get("params", ()), (list, tuple))
+            for saved in saved_groups
+        ):
+            raise ValueError("state_dict param_groups must be a list of dicts with a params list")
+        if not isinstance(state_dict["state"], Mapping) or not isinstance(
+            state_dict.get("attached", {}), Mapping
+        ):
+            raise ValueError("state_dict state and attached must be dicts")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"state_dict has {len(saved_groups)} parameter groups, "
@@ -448,9 +646,15 @@ class Optimizer:
         group_of = [g for g in merged_groups for _ in g["params"]]
         new_state = {}
         for raw_index, entry in dict(state_dict["state"]).items():
+            # Positions are ints, or their decimal strings once a checkpoint went through JSON.
+            is_int = isinstance(raw_index, (int, np.integer)) and not isinstance(raw_index, bool)
+            if not (is_int or (isinstance(raw_index, str) and raw_index.isdecimal())):
+                raise ValueError(f"state_dict state key {raw_index!r} is not a parameter position")
             index = int(raw_index)
             if not 0 <= index < len(self._params):
                 raise ValueError(f"state_dict has state for parameter {raw_index}, which is absent")
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"state_dict state[{raw_index!r}] must be a dict")
             new_state[index] = self._checked_entry(index, entry, group_of[index])
         step_count = state_dict.get("step_count", 0)
         if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)):

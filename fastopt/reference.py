@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-__all__ = ["adagrad_step", "adam_step", "rmsprop_step", "sgd_step"]
+__all__ = ["adagrad_step", "adam_step", "clip_gradients", "rmsprop_step", "sgd_step"]
 
 
 def sgd_step(
@@ -130,3 +130,32 @@ def adam_step(
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = math.sqrt(1 - beta2**step)
     param -= step_size * (exp_avg / (np.sqrt(second_moment) / bias_correction2_sqrt + eps))
+
+
+def clip_gradients(
+    grads: list[np.ndarray],
+    *,
+    loss_scale: float = 1.0,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    clip_value: float | None = None,
+) -> tuple[list[np.ndarray], float]:
+    """Unscale, clip by global norm, clip by value: new arrays and the pre-clip norm.
+
+    The unfused sequence ``GradScaler.unscale_``, ``clip_grad_norm_``, ``clip_grad_value_``
+    (see ``fastopt.gradients``), each a separate pass in the gradients' dtype; the norm is
+    accumulated in float64.
+    """
+    unscaled = [g * (1.0 / loss_scale) for g in grads]
+    if norm_type == math.inf:
+        norm = max((float(np.max(np.abs(g), initial=0.0)) for g in unscaled), default=0.0)
+        if any(np.isnan(g).any() for g in unscaled):
+            norm = math.nan
+    else:
+        norm = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in unscaled))
+    if max_norm is not None:
+        coef = min(max_norm / (norm + 1e-6), 1.0) if not math.isnan(norm) else math.nan
+        unscaled = [g * coef for g in unscaled]
+    if clip_value is not None:
+        unscaled = [np.clip(g, -clip_value, clip_value) for g in unscaled]
+    return unscaled, norm

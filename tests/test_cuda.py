@@ -456,3 +456,55 @@ def test_torch_and_cupy_arrays_are_updated_in_place(library):
     opt.step(weights * 0 + 1)
     assert weights.__cuda_array_interface__["data"][0] == address
     assert float(weights.sum()) == pytest.approx(500.0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_loss_scale_and_clip_value_are_applied_by_the_device_kernel(case):
+    """Unscaling and clipping by value need no read pass: the device kernels apply them."""
+    rule, cls, kwargs = case
+    param, grads = problem(200, np.float32, STEPS)
+    scaled = [g * np.float32(2.0**10) for g in grads]
+    expected = param.copy()
+    clipped = [
+        reference.clip_gradients([g], loss_scale=2.0**10, clip_value=0.5)[0][0] for g in scaled
+    ]
+    expected_state = run_reference(rule, cls, kwargs, expected, clipped)
+
+    device_param = cuda.to_device(param)
+    opt = cls(device_param, clip_value=0.5, **kwargs)
+    for grad in scaled:
+        opt.step(cuda.to_device(grad), loss_scale=2.0**10)
+    assert_close(device_param.copy_to_host(), expected)
+    for name, value in expected_state.items():
+        assert_close(opt.state[0][name].copy_to_host(), value, err_msg=name)
+
+
+@pytest.mark.parametrize("options", [{"max_norm": 1.0}, {"nonfinite": "skip"}])
+def test_read_pass_options_on_device_arrays_are_a_clear_error(options):
+    param = np.ones(7, np.float32)
+    device_param = cuda.to_device(param)
+    opt = fastopt.Adam(device_param, **options)
+    with pytest.raises(TypeError, match="NumPy arrays"):
+        opt.step(cuda.to_device(np.ones(7, np.float32)))
+    np.testing.assert_array_equal(device_param.copy_to_host(), param)
+    assert opt.step_count == 0 and opt.state == {}
+
+
+def test_checkpoint_of_a_device_optimizer_round_trips(tmp_path):
+    param, grads = problem(50, np.float32, STEPS)
+    device_param = cuda.to_device(param)
+    opt = fastopt.Adam(device_param, lr=0.01, amsgrad=True)
+    for grad in grads:
+        opt.step(cuda.to_device(grad))
+    fastopt.save(tmp_path / "device.ckpt", opt)
+    restored_param = cuda.to_device(np.zeros_like(param))
+    restored = fastopt.Adam(restored_param, lr=0.01, amsgrad=True)
+    fastopt.load(tmp_path / "device.ckpt").restore(restored)
+    assert restored_param.copy_to_host().tobytes() == device_param.copy_to_host().tobytes()
+    for name, value in opt.state[0].items():
+        if name != "step":
+            assert fastopt._backend.is_device_array(restored.state[0][name])
+            assert (
+                restored.state[0][name].copy_to_host().tobytes() == value.copy_to_host().tobytes()
+            )
+    assert restored.step_count == opt.step_count

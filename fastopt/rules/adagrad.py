@@ -20,23 +20,29 @@ from fastopt._checks import (
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel
 from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
+from fastopt.gradients import NonfinitePolicy
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["Adagrad", "adagrad_step"]
 
-_HYPER_WIDTH = 5
+_HYPER_WIDTH = 6
 
 
 def adagrad_update(i, param, grad, state_sum, scalars):
     """Element ``i`` of one AdaGrad step (the rule's math, shared by every kernel)."""
     (
         grad_scale,
+        clip_value,
         clr,
         eps,
         weight_decay,
         maximize,
     ) = scalars
     g = grad[i] * grad_scale
+    # Clipping by value; clip_value = inf turns it off. Comparisons (not min/max) keep NaN
+    # and vectorize.
+    g = clip_value if g > clip_value else g
+    g = -clip_value if g < -clip_value else g
     if maximize:
         g = -g
     p = param[i]
@@ -58,7 +64,8 @@ def _adagrad_scalars(h, param):
         as_dtype_of(h[1], param),
         as_dtype_of(h[2], param),
         as_dtype_of(h[3], param),
-        h[4] != 0,
+        as_dtype_of(h[4], param),
+        h[5] != 0,
     )
 
 
@@ -109,10 +116,11 @@ def adagrad_hyperparameters(
     maximize: bool,
     step: int,
     grad_scale: float = 1.0,
+    clip_value: float = math.inf,
 ) -> tuple[float, ...]:
     """The kernel's hyperparameter row for update number ``step`` (host side, float64)."""
     clr = lr / (1.0 + (step - 1) * lr_decay)
-    return (grad_scale, clr, eps, weight_decay, float(maximize))
+    return (grad_scale, clip_value, clr, eps, weight_decay, float(maximize))
 
 
 def _check_hyperparameters(lr: float, lr_decay: float, weight_decay: float, eps: float) -> None:
@@ -194,6 +202,8 @@ class Adagrad(Optimizer):
         Starting value of the sum of squared gradients.
     eps : float, default 1e-10
     maximize : bool, default False
+    nonfinite, max_norm, norm_type, clip_value
+        Gradient checks and clipping fused into the step, see :class:`~fastopt.Optimizer`.
 
     Notes
     -----
@@ -224,6 +234,10 @@ class Adagrad(Optimizer):
         eps: float = 1e-10,
         *,
         maximize: bool = False,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -233,7 +247,14 @@ class Adagrad(Optimizer):
             "eps": eps,
             "maximize": maximize,
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
+        )
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         _check_hyperparameters(group["lr"], group["lr_decay"], group["weight_decay"], group["eps"])
@@ -249,7 +270,7 @@ class Adagrad(Optimizer):
     def _initial_value(self, name: str, group: Mapping[str, Any]) -> float:
         return float(group["initial_accumulator_value"])
 
-    def _row(self, group, step, created, grad_scale) -> tuple[float, ...]:
+    def _row(self, group, step, created, grad_scale, clip_value) -> tuple[float, ...]:
         return adagrad_hyperparameters(
             lr=group["lr"],
             lr_decay=group["lr_decay"],
@@ -258,6 +279,7 @@ class Adagrad(Optimizer):
             maximize=group["maximize"],
             step=step,
             grad_scale=grad_scale,
+            clip_value=clip_value,
         )
 
     def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:

@@ -21,17 +21,19 @@ from fastopt._checks import (
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel, segment
 from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
+from fastopt.gradients import NonfinitePolicy
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["Adam", "AdamW", "adam_step"]
 
-_HYPER_WIDTH = 11
+_HYPER_WIDTH = 12
 
 
 def adam_update(i, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars):
     """Element ``i`` of one Adam step (the rule's math, shared by every kernel)."""
     (
         grad_scale,
+        clip_value,
         step_size,
         one_minus_beta1,
         beta2,
@@ -44,6 +46,10 @@ def adam_update(i, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars):
         decoupled,
     ) = scalars
     g = grad[i] * grad_scale
+    # Clipping by value; clip_value = inf turns it off. Comparisons (not min/max) keep NaN
+    # and vectorize.
+    g = clip_value if g > clip_value else g
+    g = -clip_value if g < -clip_value else g
     if maximize:
         g = -g
     p = param[i]
@@ -80,8 +86,9 @@ def _adam_scalars(h, param):
         as_dtype_of(h[6], param),
         as_dtype_of(h[7], param),
         as_dtype_of(h[8], param),
-        h[9] != 0,
+        as_dtype_of(h[9], param),
         h[10] != 0,
+        h[11] != 0,
     )
 
 
@@ -148,12 +155,14 @@ def adam_hyperparameters(
     decoupled_weight_decay: bool,
     step: int,
     grad_scale: float = 1.0,
+    clip_value: float = math.inf,
 ) -> tuple[float, ...]:
     """The kernel's hyperparameter row for update number ``step`` (host side, float64)."""
     bias_correction1 = 1.0 - beta1**step
     bias_correction2 = 1.0 - beta2**step
     return (
         grad_scale,
+        clip_value,
         lr / bias_correction1,
         1.0 - beta1,
         beta2,
@@ -273,6 +282,8 @@ class Adam(Optimizer):
         Ascend the objective instead of descending it.
     decoupled_weight_decay : bool, default False
         Decay the parameters directly, as AdamW does.
+    nonfinite, max_norm, norm_type, clip_value
+        Gradient checks and clipping fused into the step, see :class:`~fastopt.Optimizer`.
 
     Notes
     -----
@@ -304,6 +315,10 @@ class Adam(Optimizer):
         *,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -314,7 +329,14 @@ class Adam(Optimizer):
             "maximize": maximize,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
+        )
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         betas = group["betas"]
@@ -332,7 +354,7 @@ class Adam(Optimizer):
     def _all_state_names(self) -> frozenset[str]:
         return frozenset(("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
 
-    def _row(self, group, step, created, grad_scale) -> tuple[float, ...]:
+    def _row(self, group, step, created, grad_scale, clip_value) -> tuple[float, ...]:
         beta1, beta2 = group["betas"]
         return adam_hyperparameters(
             lr=group["lr"],
@@ -344,6 +366,7 @@ class Adam(Optimizer):
             decoupled_weight_decay=group["decoupled_weight_decay"],
             step=step,
             grad_scale=grad_scale,
+            clip_value=clip_value,
         )
 
     def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:
@@ -377,6 +400,10 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -387,4 +414,8 @@ class AdamW(Adam):
             amsgrad,
             maximize=maximize,
             decoupled_weight_decay=True,
+            nonfinite=nonfinite,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
         )

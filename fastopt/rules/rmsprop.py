@@ -19,17 +19,19 @@ from fastopt._checks import (
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel, segment
 from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
+from fastopt.gradients import NonfinitePolicy
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["RMSprop", "rmsprop_step"]
 
-_HYPER_WIDTH = 8
+_HYPER_WIDTH = 9
 
 
 def rmsprop_update(i, param, grad, square_avg, momentum_buffer, grad_avg, scalars):
     """Element ``i`` of one RMSProp step (the rule's math, shared by every kernel)."""
     (
         grad_scale,
+        clip_value,
         lr,
         alpha,
         one_minus_alpha,
@@ -39,6 +41,10 @@ def rmsprop_update(i, param, grad, square_avg, momentum_buffer, grad_avg, scalar
         maximize,
     ) = scalars
     g = grad[i] * grad_scale
+    # Clipping by value; clip_value = inf turns it off. Comparisons (not min/max) keep NaN
+    # and vectorize.
+    g = clip_value if g > clip_value else g
+    g = -clip_value if g < -clip_value else g
     if maximize:
         g = -g
     p = param[i]
@@ -73,7 +79,8 @@ def _rmsprop_scalars(h, param):
         as_dtype_of(h[4], param),
         as_dtype_of(h[5], param),
         as_dtype_of(h[6], param),
-        h[7] != 0,
+        as_dtype_of(h[7], param),
+        h[8] != 0,
     )
 
 
@@ -138,9 +145,20 @@ def rmsprop_hyperparameters(
     momentum: float,
     maximize: bool,
     grad_scale: float = 1.0,
+    clip_value: float = math.inf,
 ) -> tuple[float, ...]:
     """The kernel's hyperparameter row (host side, float64)."""
-    return (grad_scale, lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, float(maximize))
+    return (
+        grad_scale,
+        clip_value,
+        lr,
+        alpha,
+        1.0 - alpha,
+        eps,
+        weight_decay,
+        momentum,
+        float(maximize),
+    )
 
 
 def _check_hyperparameters(
@@ -248,6 +266,8 @@ class RMSprop(Optimizer):
     centered : bool, default False
         Normalize by the estimated variance of the gradient instead of its second moment.
     maximize : bool, default False
+    nonfinite, max_norm, norm_type, clip_value
+        Gradient checks and clipping fused into the step, see :class:`~fastopt.Optimizer`.
 
     Notes
     -----
@@ -279,6 +299,10 @@ class RMSprop(Optimizer):
         centered: bool = False,
         *,
         maximize: bool = False,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -289,7 +313,14 @@ class RMSprop(Optimizer):
             "centered": centered,
             "maximize": maximize,
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
+        )
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         _check_hyperparameters(
@@ -309,7 +340,7 @@ class RMSprop(Optimizer):
     def _all_state_names(self) -> frozenset[str]:
         return frozenset(("square_avg", "momentum_buffer", "grad_avg"))
 
-    def _row(self, group, step, created, grad_scale) -> tuple[float, ...]:
+    def _row(self, group, step, created, grad_scale, clip_value) -> tuple[float, ...]:
         return rmsprop_hyperparameters(
             lr=group["lr"],
             alpha=group["alpha"],
@@ -318,6 +349,7 @@ class RMSprop(Optimizer):
             momentum=group["momentum"],
             maximize=group["maximize"],
             grad_scale=grad_scale,
+            clip_value=clip_value,
         )
 
     def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:

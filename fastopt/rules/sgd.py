@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,17 +19,19 @@ from fastopt._checks import (
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel, segment
 from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
+from fastopt.gradients import NonfinitePolicy
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["SGD", "sgd_step"]
 
-_HYPER_WIDTH = 8
+_HYPER_WIDTH = 9
 
 
 def sgd_update(i, param, grad, momentum_buffer, scalars):
     """Element ``i`` of one SGD step (the rule's math, shared by every kernel)."""
     (
         grad_scale,
+        clip_value,
         lr,
         weight_decay,
         momentum,
@@ -38,6 +41,10 @@ def sgd_update(i, param, grad, momentum_buffer, scalars):
         initialize_buffer,
     ) = scalars
     g = grad[i] * grad_scale
+    # Clipping by value; clip_value = inf turns it off. Comparisons (not min/max) keep NaN
+    # and vectorize.
+    g = clip_value if g > clip_value else g
+    g = -clip_value if g < -clip_value else g
     if maximize:
         g = -g
     p = param[i]
@@ -62,9 +69,10 @@ def _sgd_scalars(h, param):
         as_dtype_of(h[2], param),
         as_dtype_of(h[3], param),
         as_dtype_of(h[4], param),
-        h[5] != 0,
+        as_dtype_of(h[5], param),
         h[6] != 0,
         h[7] != 0,
+        h[8] != 0,
     )
 
 
@@ -116,10 +124,12 @@ def sgd_hyperparameters(
     maximize: bool,
     initialize_buffer: bool,
     grad_scale: float = 1.0,
+    clip_value: float = math.inf,
 ) -> tuple[float, ...]:
     """The kernel's hyperparameter row (host side, float64)."""
     return (
         grad_scale,
+        clip_value,
         lr,
         weight_decay,
         momentum,
@@ -228,6 +238,8 @@ class SGD(Optimizer):
     nesterov : bool, default False
         Nesterov momentum (requires ``momentum > 0`` and ``dampening = 0``).
     maximize : bool, default False
+    nonfinite, max_norm, norm_type, clip_value
+        Gradient checks and clipping fused into the step, see :class:`~fastopt.Optimizer`.
 
     Notes
     -----
@@ -260,6 +272,10 @@ class SGD(Optimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -269,7 +285,14 @@ class SGD(Optimizer):
             "nesterov": nesterov,
             "maximize": maximize,
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
+        )
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         _check_hyperparameters(
@@ -287,7 +310,7 @@ class SGD(Optimizer):
     def _all_state_names(self) -> frozenset[str]:
         return frozenset(("momentum_buffer",))
 
-    def _row(self, group, step, created, grad_scale) -> tuple[float, ...]:
+    def _row(self, group, step, created, grad_scale, clip_value) -> tuple[float, ...]:
         return sgd_hyperparameters(
             lr=group["lr"],
             momentum=group["momentum"],
@@ -297,6 +320,7 @@ class SGD(Optimizer):
             maximize=group["maximize"],
             initialize_buffer=created,
             grad_scale=grad_scale,
+            clip_value=clip_value,
         )
 
     def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:
