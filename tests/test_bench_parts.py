@@ -400,3 +400,15 @@ def test_torch_child_failure_marks_the_rest_unavailable():
     assert [r["status"] for r in results[1:]] == ["unavailable", "unavailable"]
     assert "no-such-rule" in results[1]["note"]
     assert info["available"] is False and info["version"]
+
+
+def test_interleaved_timing_samples_every_implementation_in_turn():
+    from fastopt.bench.runner import TimingPolicy, time_interleaved
+
+    order = []
+    steps = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    policy = TimingPolicy(warmup=1, repeats=4, min_repeats=2, sample_seconds=0.0, max_seconds=1)
+    timings = time_interleaved(steps, policy)
+    assert {name: t.samples for name, t in timings.items()} == {"a": 4, "b": 4}
+    # Warm-up and calibration of each, then one batch of a and one of b per round.
+    assert order[4:] == ["a", "b"] * 4

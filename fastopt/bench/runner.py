@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
-__all__ = ["Timing", "TimingPolicy", "per_call_times", "time_call"]
+__all__ = ["Timing", "TimingPolicy", "per_call_times", "time_call", "time_interleaved"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class Timing:
         return asdict(self)
 
 
-def time_call(step: Callable[[], object], policy: TimingPolicy) -> Timing:
-    """Time ``step()`` under ``policy``: warm-up, calibrate a batch size, then sample."""
+def _calibrate(step: Callable[[], object], policy: TimingPolicy) -> tuple[int, float]:
+    """Warm ``step`` up; return the calls per sample and the time of one call (ns)."""
     warmup_end = time.perf_counter_ns() + policy.max_seconds * 0.25e9
     for done in range(policy.warmup):
         if done and time.perf_counter_ns() > warmup_end:
@@ -65,24 +65,53 @@ def time_call(step: Callable[[], object], policy: TimingPolicy) -> Timing:
     start = time.perf_counter_ns()
     step()
     single = max(time.perf_counter_ns() - start, 1)
-    calls = max(1, math.ceil(policy.sample_seconds * 1e9 / single))
-    # A call slower than a sample is its own sample: the calibration call counts.
-    samples: list[float] = [float(single)] if calls == 1 else []
-    budget_end = time.perf_counter_ns() + policy.max_seconds * 1e9
-    while len(samples) < policy.repeats:
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            step()
-        end = time.perf_counter_ns()
-        samples.append((end - start) / calls)
-        if len(samples) >= policy.min_repeats and end > budget_end:
-            break
+    return max(1, math.ceil(policy.sample_seconds * 1e9 / single)), float(single)
+
+
+def _sample(step: Callable[[], object], calls: int) -> tuple[float, int]:
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        step()
+    end = time.perf_counter_ns()
+    return (end - start) / calls, end
+
+
+def _timing(samples: list[float], calls: int) -> Timing:
     return Timing(
         median_ns=statistics.median(samples),
         min_ns=min(samples),
         samples=len(samples),
         calls_per_sample=calls,
     )
+
+
+def time_call(step: Callable[[], object], policy: TimingPolicy) -> Timing:
+    """Time ``step()`` under ``policy``: warm-up, calibrate a batch size, then sample."""
+    return time_interleaved({"step": step}, policy)["step"]
+
+
+def time_interleaved(
+    steps: Mapping[str, Callable[[], object]], policy: TimingPolicy
+) -> dict[str, Timing]:
+    """Time several implementations of one case, one batch of each in turn.
+
+    On a shared machine the memory bandwidth drifts over seconds; sampling the
+    implementations round-robin exposes them to the same conditions, so their ratios (the
+    figures that matter: % of the ceiling, speed-ups) are far steadier than when each is
+    timed in its own stretch of time. The budget covers all of them together.
+    """
+    calls = {name: _calibrate(step, policy)[0] for name, step in steps.items()}
+    # A call slower than a sample is its own sample (one call per batch).
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    budget_end = time.perf_counter_ns() + policy.max_seconds * 1e9 * len(steps)
+    for _ in range(policy.repeats):
+        end = 0
+        for name, step in steps.items():
+            per_call, end = _sample(step, calls[name])
+            samples[name].append(per_call)
+        if len(samples[name]) >= policy.min_repeats and end > budget_end:
+            break
+    return {name: _timing(samples[name], calls[name]) for name in steps}
 
 
 def per_call_times(step: Callable[[], object], calls: int, warmup: int = 100) -> list[int]:

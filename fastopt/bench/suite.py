@@ -32,7 +32,7 @@ from fastopt.bench.cases import (
 )
 from fastopt.bench.ceiling import stream_step
 from fastopt.bench.progress import Progress
-from fastopt.bench.runner import TimingPolicy, time_call
+from fastopt.bench.runner import TimingPolicy, time_call, time_interleaved
 
 __all__ = [
     "FULL_FLOAT64_SIZES",
@@ -211,13 +211,14 @@ def _single_rows(config: SuiteConfig, progress: Progress) -> list[dict[str, Any]
     in_process = [name for name in config.implementations if name in IN_PROCESS]
     for dtype, size, rule in _cases(config):
         param, grad = _random(rng, size, dtype), _random(rng, size, dtype)
-        for implementation in in_process:
-            progress.advance(f"{rule} {dtype} n={size} {implementation}")
-            step = make_step(implementation, rule, param.copy(), grad)
-            row = _row("single", rule, dtype, size, 1, implementation)
-            row.update(time_call(step, config.policy).as_dict())
+        progress.advance(f"{rule} {dtype} n={size}", len(in_process))
+        steps = {name: make_step(name, rule, param.copy(), grad) for name in in_process}
+        # Interleaved, so the ratios between implementations see the same machine.
+        for name, timing in time_interleaved(steps, config.policy).items():
+            row = _row("single", rule, dtype, size, 1, name)
+            row.update(timing.as_dict())
             rows.append(row)
-            del step  # frees this case's arrays before the next case allocates its own
+        del steps  # frees this case's arrays before the next case allocates its own
     return rows
 
 
