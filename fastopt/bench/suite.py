@@ -297,7 +297,7 @@ def run_suite(
 
     Every row has ``case`` (``"single"`` or ``"many_tensors"``), ``rule``, ``dtype``,
     ``size`` (elements in all), ``arrays``, ``implementation``, ``bytes_per_element``,
-    ``status`` (``"ok"``, ``"unavailable"``, ``"pending"`` or ``"error"``), ``note`` and,
+    ``status`` (``"ok"``, ``"unavailable"`` or ``"error"``), ``note`` and,
     when ``status`` is ``"ok"``, ``median_ns``, ``min_ns``, ``samples`` and
     ``calls_per_sample`` (per-call times of ``optimizer.step``, or of the reference or
     ceiling call).
