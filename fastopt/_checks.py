@@ -71,8 +71,13 @@ def check_param(name: str, array: object) -> np.ndarray:
     return array
 
 
-def check_grad(name: str, grad: object, param: np.ndarray) -> np.ndarray:
-    """A gradient: a C-contiguous array of its parameter's dtype and shape, not aliasing it."""
+def check_grad(
+    name: str, grad: object, param: np.ndarray, *, check_aliasing: bool = True
+) -> np.ndarray:
+    """A gradient: a C-contiguous array of its parameter's dtype and shape, not aliasing it.
+
+    ``check_aliasing=False`` leaves the aliasing test of host arrays to the caller (the
+    optimizer checks each gradient against every array its step writes at once)."""
     if not (isinstance(grad, np.ndarray) and isinstance(param, np.ndarray)):
         backend = _same_place(name, grad, param)
         if backend is not HOST:
@@ -84,7 +89,7 @@ def check_grad(name: str, grad: object, param: np.ndarray) -> np.ndarray:
         raise ValueError(f"{name} must have the parameter's shape {param.shape}, got {grad.shape}")
     if not grad.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
-    if np.may_share_memory(grad, param):
+    if check_aliasing and np.may_share_memory(grad, param):
         raise ValueError(f"{name} shares memory with its parameter; pass a separate array")
     return grad
 

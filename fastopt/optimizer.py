@@ -177,6 +177,7 @@ class Optimizer:
         self.state: dict[int, dict[str, Any]] = {}
         self.step_count = 0
         self._params: list[np.ndarray] = []
+        self._grad_names: list[str] = []  # "grads[i]", for error messages
         self._views: dict[int, dict[str, np.ndarray]] = {}
         self._plans: dict[int, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
         self._row_layout = struct.Struct(f"={self._hyper_width}d")
@@ -279,6 +280,9 @@ class Optimizer:
         self._check_group(group)
         self.param_groups.append(group)
         self._checked.append(self._hyper_key(group))
+        self._grad_names.extend(
+            f"grads[{i}]" for i in range(len(self._params), len(self._params) + len(params))
+        )
         self._params.extend(params)
         self._arrays = arrays
         self._written_spans = None
@@ -321,9 +325,10 @@ class Optimizer:
             raise TypeError(f"grads must be an ndarray or a list of them, got {type(grads)}")
         if len(grads) != count:
             raise ValueError(f"grads has {len(grads)} entries, expected {count} (one per param)")
-        for index, (grad, param) in enumerate(zip(grads, self._params, strict=False)):
+        for name, grad, param in zip(self._grad_names, grads, self._params, strict=False):
             if grad is not None:
-                check_grad(f"grads[{index}]", grad, param)
+                # Aliasing (with this or any other written array) is checked just below.
+                check_grad(name, grad, param, check_aliasing=False)
         self._check_grads_disjoint(grads)
         return list(grads)
 
