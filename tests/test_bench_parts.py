@@ -19,7 +19,13 @@ from fastopt.bench.cases import (
 from fastopt.bench.ceiling import MAX_STATE, stream_step
 from fastopt.bench.document import Document, markdown_table
 from fastopt.bench.progress import Progress
-from fastopt.bench.report import format_ratio, format_time, targets_table
+from fastopt.bench.report import (
+    format_number,
+    format_percent,
+    format_ratio,
+    format_time,
+    targets_table,
+)
 from fastopt.bench.results import SCHEMA, Results, load, save
 from fastopt.bench.runner import TimingPolicy, per_call_times, time_call
 from fastopt.bench.seed import seed_runs
@@ -228,6 +234,19 @@ def test_format_time_and_ratio():
     assert format_time(None) == "n/a"
     assert format_ratio(123.4) == "123\N{MULTIPLICATION SIGN}"
     assert format_ratio(None) == "n/a"
+    assert format_ratio(0.853) == "0.853\N{MULTIPLICATION SIGN}"
+
+
+def test_small_throughputs_keep_three_significant_digits():
+    # a tiny array on a slow machine moves well under 0.05 GB/s: never print it as 0.0
+    assert format_number(0.0384) == "0.0384"
+    assert format_number(0.5) == "0.5"
+    assert format_number(0) == "0.00"
+    assert format_number(7.25) == "7.25"
+    assert format_number(72.5) == "72.5"
+    assert format_number(725.4) == "725"
+    assert format_percent(0.000123) == "0.0123%"
+    assert format_percent(0.98) == "98.0%"
 
 
 def test_markdown_table_aligns_numbers_right():

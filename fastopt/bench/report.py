@@ -55,24 +55,27 @@ def format_time(ns: float | None) -> str:
         return NA
     for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
         if ns >= scale:
-            return f"{_three_digits(ns / scale)} {unit}"
+            return f"{format_number(ns / scale)} {unit}"
     return f"{ns:.0f} ns"
 
 
-def _three_digits(value: float) -> str:
+def format_number(value: float) -> str:
+    """Three significant digits, never rounded to zero: ``123``, ``12.3``, ``1.23``, ``0.0123``."""
     if value >= 100:
         return f"{value:.0f}"
     if value >= 10:
         return f"{value:.1f}"
-    return f"{value:.2f}"
+    if value >= 1 or value == 0:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
 
 
 def format_ratio(value: float | None) -> str:
-    return NA if value is None else f"{_three_digits(value)}{TIMES}"
+    return NA if value is None else f"{format_number(value)}{TIMES}"
 
 
 def format_percent(fraction: float | None) -> str:
-    return NA if fraction is None else f"{100 * fraction:.1f}%"
+    return NA if fraction is None else f"{format_number(100 * fraction)}%"
 
 
 _IMPL_NAMES = {
@@ -113,8 +116,8 @@ def rule_table(results: Results, dtype: str) -> Table:
                     RULES[rule].label,
                     size_label(size),
                     format_time(results.time_ns("single", rule, dtype, size, "fastopt")),
-                    f"{measured[0]:.0f}" if measured else NA,
-                    f"{measured[1]:.1f}" if measured else NA,
+                    format_number(measured[0]) if measured else NA,
+                    format_number(measured[1]) if measured else NA,
                     format_percent(results.fraction_of_ceiling(rule, dtype, size)),
                     *(
                         format_ratio(results.speedup("single", rule, dtype, size, b))
@@ -157,7 +160,7 @@ def many_tensors_table(results: Results) -> Table | None:
         else:
             cells = (
                 format_time(time),
-                f"{measured[1]:.1f}" if measured else NA,
+                format_number(measured[1]) if measured else NA,
                 format_ratio(
                     results.speedup("many_tensors", "adam", dtype, size, "torch-fused", impl)
                 ),
@@ -185,7 +188,7 @@ def summary_table(results: Results) -> Table | None:
                 RULES[rule].label,
                 str(RULES[rule].bytes_per_element(dtype)),
                 format_time(results.time_ns("single", rule, dtype, size, "fastopt")),
-                f"{measured[1]:.1f}" if measured else NA,
+                format_number(measured[1]) if measured else NA,
                 format_percent(results.fraction_of_ceiling(rule, dtype, size)),
                 *(format_ratio(results.speedup("single", rule, dtype, size, b)) for b in baselines),
             )
