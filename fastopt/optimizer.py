@@ -666,10 +666,7 @@ class Optimizer:
             raise ValueError(f"state_dict step_count must be an int, got {step_count!r}")
         if step_count < 0:
             raise ValueError(f"state_dict step_count must be >= 0, got {step_count}")
-        attached = dict(state_dict.get("attached", {}))
-        for name, obj in self._attached.items():
-            if name in attached:
-                obj.load_state_dict(attached[name])
+        self._load_attached(dict(state_dict.get("attached", {})))
         for number, merged in enumerate(merged_groups):
             self.param_groups[number].update(
                 {k: v for k, v in merged.items() if k in self.defaults}
@@ -682,6 +679,21 @@ class Optimizer:
         for index in self.state:
             self._refresh_views(index)
         self.step_count = int(step_count)
+
+    def _load_attached(self, attached: Mapping[str, Any]) -> None:
+        """Load the attached objects' states, all or none: if one refuses its state, those
+        already loaded get their previous state back and the error propagates."""
+        loaded: list[tuple[Any, Any]] = []
+        try:
+            for name, obj in self._attached.items():
+                if name in attached:
+                    previous = obj.state_dict()
+                    obj.load_state_dict(attached[name])
+                    loaded.append((obj, previous))
+        except BaseException:
+            for obj, previous in reversed(loaded):
+                obj.load_state_dict(previous)
+            raise
 
     def _checked_entry(
         self, index: int, entry: Mapping[str, Any], group: Mapping[str, Any]

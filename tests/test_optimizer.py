@@ -78,6 +78,40 @@ def test_load_state_dict_rejects_mismatches_and_changes_nothing():
                 np.testing.assert_array_equal(after["state"][index][key], value)
 
 
+class _Counter:
+    """An attachable object whose state is one int; refuses negative ones."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        if state["value"] < 0:
+            raise ValueError("negative counter")
+        self.value = state["value"]
+
+
+def test_load_state_dict_is_all_or_nothing_across_attached_objects():
+    params = np.ones(3)
+    opt = fastopt.SGD(params, lr=0.1, momentum=0.9)
+    first, second = _Counter(1), _Counter(2)
+    opt.attach("first", first)
+    opt.attach("second", second)
+    opt.step(np.ones(3))
+    checkpoint = opt.state_dict()
+    opt.step(np.ones(3))
+    first.value, second.value = 10, 20
+    momentum = opt.state[0]["momentum_buffer"].copy()
+    checkpoint["attached"]["second"] = {"value": -1}
+    with pytest.raises(ValueError, match="negative counter"):
+        opt.load_state_dict(checkpoint)
+    assert (first.value, second.value) == (10, 20)  # the first was put back
+    assert opt.step_count == 2
+    np.testing.assert_array_equal(opt.state[0]["momentum_buffer"], momentum)
+
+
 def test_none_gradient_skips_the_parameter():
     a, b = np.ones(4), np.ones(4)
     opt = fastopt.Adam([a, b], lr=0.1)
