@@ -279,7 +279,7 @@ class Optimizer:
         group["params"] = params
         self._check_group(group)
         self.param_groups.append(group)
-        self._checked.append(self._hyper_key(group))
+        self._checked.append(self._hyper_values(group))
         self._grad_names.extend(
             f"grads[{i}]" for i in range(len(self._params), len(self._params) + len(params))
         )
@@ -307,9 +307,6 @@ class Optimizer:
                 )
         return backend
 
-    def _hyper_key(self, group: Mapping[str, Any]) -> Any:
-        return self._hyper_values(group)
-
     def attach(self, name: str, obj: Any) -> None:
         """Carry ``obj.state_dict()`` (a scheduler's, say) in this optimizer's checkpoints."""
         self._attached[name] = obj
@@ -317,7 +314,9 @@ class Optimizer:
     # ------------------------------------------------------------------ step
     def _pair_grads(self, grads: GradsT) -> list[np.ndarray | None]:
         count = len(self._params)
-        if _is_one_array(grads):
+        if type(grads) is list or type(grads) is tuple:
+            pass  # the usual case, without the slower checks below
+        elif _is_one_array(grads):
             if count != 1:
                 raise TypeError(f"grads must be a list of {count} arrays (one per parameter)")
             grads = [grads]
@@ -325,10 +324,19 @@ class Optimizer:
             raise TypeError(f"grads must be an ndarray or a list of them, got {type(grads)}")
         if len(grads) != count:
             raise ValueError(f"grads has {len(grads)} entries, expected {count} (one per param)")
+        on_host = self._arrays is HOST
         for name, grad, param in zip(self._grad_names, grads, self._params, strict=False):
-            if grad is not None:
-                # Aliasing (with this or any other written array) is checked just below.
-                check_grad(name, grad, param, check_aliasing=False)
+            if grad is None or (
+                # The common case accepted at a glance; check_grad tests it again, with
+                # everything else, and names what is wrong. Aliasing: just below.
+                on_host
+                and type(grad) is np.ndarray
+                and grad.dtype is param.dtype
+                and grad.shape == param.shape
+                and grad.flags.c_contiguous
+            ):
+                continue
+            check_grad(name, grad, param, check_aliasing=False)
         self._check_grads_disjoint(grads)
         return list(grads)
 
@@ -376,11 +384,14 @@ class Optimizer:
         self._written_spans = tuple(map(list, zip(*spans, strict=True))) or ([], [], [])
 
     def _refresh_hyperparameters(self) -> None:
+        hyper_values, checked = self._hyper_values, self._checked
         for number, group in enumerate(self.param_groups):
-            for key, spec in group["schedules"].items():
-                group[key] = _evaluate(spec, self.step_count)
-            key = self._hyper_key(group)
-            if key != self._checked[number]:
+            schedules = group["schedules"]
+            if schedules:
+                for key, spec in schedules.items():
+                    group[key] = _evaluate(spec, self.step_count)
+            key = hyper_values(group)
+            if key != checked[number]:
                 self._check_group(group)
                 self._checked[number] = key
 
@@ -461,12 +472,13 @@ class Optimizer:
         self._refresh_hyperparameters()
         index = 0
         for group in self.param_groups:
+            # The parameters of a group usually share their update count: their row (bias
+            # corrections and all) is computed once per step, not once per array.
+            rows: dict[tuple[int, bool], tuple[float, ...]] = {}
             for param in group["params"]:
                 grad = paired[index]
                 if grad is not None:
-                    self._update_one(
-                        index, param, grad, group, outcome.grad_scale, outcome.clip_value
-                    )
+                    self._update_one(index, param, grad, group, outcome, rows)
                 index += 1
         self.step_count += 1
 
@@ -543,16 +555,24 @@ class Optimizer:
         param: np.ndarray,
         grad: np.ndarray,
         group: Mapping[str, Any],
-        grad_scale: float,
-        clip_value: float,
+        outcome: Prestep,
+        rows: dict[tuple[int, bool], tuple[float, ...]],
     ) -> None:
-        """Advance parameter ``index`` by one update (everything already validated)."""
+        """Advance parameter ``index`` by one update (everything already validated).
+
+        ``rows`` holds the group's hyperparameter rows made so far in this step, by update
+        count and whether the state was just made."""
         created, (hyper, bounds, flat, state_arrays) = self._launch_plan(index, param, group)
         state = self.state[index]
         state["step"] += 1
+        key = (state["step"], created)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = self._row(
+                group, key[0], created, outcome.grad_scale, outcome.clip_value
+            )
         # struct writes the float64 row straight into the (C-contiguous, native-endian)
         # buffer: about half the cost of NumPy converting a tuple, on every step.
-        row = self._row(group, state["step"], created, grad_scale, clip_value)
         self._row_layout.pack_into(hyper, 0, *row)
         launch(self._kernels, bounds, hyper, flat, self._arrays.flat(grad), *state_arrays)
 
@@ -671,7 +691,7 @@ class Optimizer:
             self.param_groups[number].update(
                 {k: v for k, v in merged.items() if k in self.defaults}
             )
-            self._checked[number] = self._hyper_key(self.param_groups[number])
+            self._checked[number] = self._hyper_values(self.param_groups[number])
         self.state = new_state
         self._state_version += 1
         self._views.clear()

@@ -122,6 +122,29 @@ def test_none_gradient_skips_the_parameter():
     assert opt.state[0]["step"] == 2 and opt.state[1]["step"] == 1
 
 
+@pytest.mark.parametrize("rule", [fastopt.Adam, fastopt.SGD, fastopt.RMSprop, fastopt.Adagrad])
+def test_arrays_of_one_group_at_different_update_counts_match_separate_optimizers(rule):
+    # Rows are built once per update count in a step; skipped arrays fall behind the others.
+    rng = np.random.default_rng(11)
+    kwargs = {"lr": 0.1, "momentum": 0.9} if rule is fastopt.SGD else {"lr": 0.1}
+    together = [rng.standard_normal(7) for _ in range(3)]
+    alone = [a.copy() for a in together]
+    grouped = rule(together, **kwargs)
+    separate = [rule(a, **kwargs) for a in alone]
+    for step in range(6):
+        grads = [rng.standard_normal(7) for _ in range(3)]
+        grads[step % 3] = None
+        if step == 4:
+            grads[0] = None
+        grouped.step(grads)
+        for opt, grad in zip(separate, grads, strict=True):
+            if grad is not None:
+                opt.step(grad)
+    for mine, theirs in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert [grouped.state[i]["step"] for i in range(3)] == [3, 4, 4]
+
+
 def test_param_groups_equal_separate_optimizers():
     (a, b), grads = (problem(50, np.float64, 0)[0], problem(50, np.float64, 0, seed=3)[0]), None
     a2, b2 = a.copy(), b.copy()

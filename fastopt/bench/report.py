@@ -267,13 +267,15 @@ def targets_table(results: Results) -> Table:
             )
     overhead = results.data.get("overhead")
     if overhead:
-        step = overhead["step"]["median_ns"]
+        # The overhead is what opt.step adds to the kernel it launches (the kernel's own
+        # time, numba's dispatch included, is in the per-call table beside it).
+        python_ns = overhead["python_ns"]
         rows.append(
             (
-                f"≤ {format_time(overhead['target_ns'])} per call",
-                f"`opt.step`, Adam, n = {size_label(overhead['size'])}",
-                format_time(step),
-                _check(step, overhead["target_ns"], higher_is_better=False),
+                f"≤ {format_time(overhead['target_ns'])} overhead per call",
+                f"`opt.step` minus the kernel alone, Adam, n = {size_label(overhead['size'])}",
+                format_time(python_ns),
+                _check(python_ns, overhead["target_ns"], higher_is_better=False),
             )
         )
     for rule in results.rules(dtype):
@@ -480,8 +482,9 @@ def write_report(
     if overhead:
         document.paragraph(
             f"The Python around the kernel (validation, schedules, the hyperparameter row, "
-            f"dispatch) costs {format_time(overhead['python_ns'])} per call: the median "
-            "`opt.step` time minus the median kernel time."
+            f"the launch) costs {format_time(overhead['python_ns'])} per call: the median "
+            "`opt.step` time minus the median time of the kernel called directly (numba's "
+            "dispatch is part of the kernel's time)."
         )
     _add(document, compile_table(results))
     if results.data.get("compile"):
