@@ -312,7 +312,10 @@ class Optimizer:
         self._attached[name] = obj
 
     # ------------------------------------------------------------------ step
-    def _pair_grads(self, grads: GradsT) -> list[np.ndarray | None]:
+    def _pair_grads(self, grads: GradsT) -> Sequence[np.ndarray | None]:
+        """The gradients as a sequence, one per parameter, each checked (dtype, shape,
+        layout, place) and disjoint from every array the step writes (any parameter or
+        state array): otherwise the result would depend on the order of the updates."""
         count = len(self._params)
         if type(grads) is list or type(grads) is tuple:
             pass  # the usual case, without the slower checks below
@@ -324,49 +327,46 @@ class Optimizer:
             raise TypeError(f"grads must be an ndarray or a list of them, got {type(grads)}")
         if len(grads) != count:
             raise ValueError(f"grads has {len(grads)} entries, expected {count} (one per param)")
+        if self._written_spans is None:
+            self._index_written_arrays()
+        written_owners = self._written_owners
         on_host = self._arrays is HOST
-        for name, grad, param in zip(self._grad_names, grads, self._params, strict=False):
-            if grad is None or (
+        for index, grad in enumerate(grads):
+            if grad is None:
+                continue
+            param = self._params[index]
+            if not (
                 # The common case accepted at a glance; check_grad tests it again, with
-                # everything else, and names what is wrong. Aliasing: just below.
+                # everything else, and names what is wrong.
                 on_host
                 and type(grad) is np.ndarray
                 and grad.dtype is param.dtype
                 and grad.shape == param.shape
                 and grad.flags.c_contiguous
             ):
-                continue
-            check_grad(name, grad, param, check_aliasing=False)
-        self._check_grads_disjoint(grads)
-        return list(grads)
-
-    def _check_grads_disjoint(self, grads: Sequence[np.ndarray | None]) -> None:
-        """No gradient overlaps an array the step writes (any parameter or state array).
-
-        Otherwise the result would depend on the order in which elements are updated. NumPy
-        arrays overlap only if they share the object that owns their memory (found through
-        ``.base``: views, reshapes, ``frombuffer``), a set lookup per gradient; only then, and
-        for device arrays, are byte spans compared. Written arrays are contiguous and disjoint,
-        so their spans, sorted once, are sorted by end too: one bisection finds any overlap.
-        """
-        if self._written_spans is None:
-            self._index_written_arrays()
-        starts, ends, owners = self._written_spans  # type: ignore[misc]
-        written_owners = self._written_owners
-        for index, grad in enumerate(grads):
-            if grad is None:
-                continue
+                check_grad(self._grad_names[index], grad, param, check_aliasing=False)
             if isinstance(grad, np.ndarray):
-                base = grad.base  # most gradients own their memory: no walk
+                # NumPy arrays overlap only if they share the object that owns their memory
+                # (found through .base: views, reshapes, frombuffer); most gradients own
+                # theirs, a set lookup. Only then, and for device arrays, are spans compared.
+                base = grad.base
                 if id(grad if base is None else _memory_owner(base)) not in written_owners:
                     continue
-            start, end = self._arrays.span(grad)
-            position = bisect.bisect_right(ends, start)
-            if start < end and position < len(starts) and starts[position] < end:
-                raise ValueError(
-                    f"grads[{index}] shares memory with {owners[position]}, which the step "
-                    "writes; pass a separate array"
-                )
+            self._check_span_disjoint(index, grad)
+        return grads
+
+    def _check_span_disjoint(self, index: int, grad: Any) -> None:
+        """``grads[index]`` overlaps no written array, by byte spans. Written arrays are
+        contiguous and disjoint, so their spans, sorted once, are sorted by end too: one
+        bisection finds any overlap."""
+        starts, ends, owners = self._written_spans  # type: ignore[misc]
+        start, end = self._arrays.span(grad)
+        position = bisect.bisect_right(ends, start)
+        if start < end and position < len(starts) and starts[position] < end:
+            raise ValueError(
+                f"grads[{index}] shares memory with {owners[position]}, which the step "
+                "writes; pass a separate array"
+            )
 
     def _index_written_arrays(self) -> None:
         written = [
