@@ -92,6 +92,7 @@ __all__ = [
     "check_loss_scale",
     "find_nonfinite",
     "global_norm",
+    "kernel_gradient_terms",
     "prestep",
 ]
 
@@ -228,6 +229,18 @@ def check_loss_scale(loss_scale: object) -> float:
     if not (math.isfinite(value) and value > 0.0):
         raise ValueError(f"Invalid loss_scale: {value} (must be finite and > 0)")
     return value
+
+
+def kernel_gradient_terms(loss_scale: object, clip_value: object) -> tuple[float, float]:
+    """A functional step's ``(grad_scale, clip_value)`` kernel entries, validated.
+
+    The kernel multiplies the gradient by ``1 / loss_scale``, then clamps it to
+    ``[-clip_value, clip_value]`` (``inf`` when ``clip_value`` is None), as an optimizer's
+    step with the same options does.
+    """
+    scale = check_loss_scale(loss_scale)
+    clip = check_gradient_options("propagate", None, 2.0, clip_value)[3]
+    return 1.0 / scale, math.inf if clip is None else clip
 
 
 def _flat(grads: Sequence[np.ndarray | None]) -> list[tuple[int, np.ndarray]]:

@@ -402,3 +402,48 @@ def test_flat_skip_raise_and_accumulated_mean():
         opt.step()
     opt.step(nonfinite="skip")
     assert flat.buffer.tobytes() == before.tobytes() and opt.step_count == 1
+
+
+FUNCTIONAL_STEPS = {
+    "sgd": lambda p, g, **o: fastopt.sgd_step(
+        p, g, np.zeros_like(p), lr=0.1, momentum=0.9, initialize_buffer=True, **o
+    ),
+    "adagrad": lambda p, g, **o: fastopt.adagrad_step(p, g, np.zeros_like(p), step=1, **o),
+    "rmsprop": lambda p, g, **o: fastopt.rmsprop_step(p, g, np.zeros_like(p), **o),
+    "adam": lambda p, g, **o: fastopt.adam_step(
+        p, g, np.zeros_like(p), np.zeros_like(p), step=1, **o
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rule", sorted(FUNCTIONAL_STEPS))
+def test_functional_steps_unscale_and_clip_inside_the_kernel(rule, dtype):
+    step = FUNCTIONAL_STEPS[rule]
+    rng = np.random.default_rng(3)
+    param = rng.standard_normal(1001).astype(dtype)
+    grad = (8 * rng.standard_normal(1001)).astype(dtype)
+    fused, unfused = param.copy(), param.copy()
+    step(fused, grad, loss_scale=4.0, clip_value=0.3)
+    # 1/4 is exact, so the fused step equals the step on the unscaled, clipped gradient.
+    step(unfused, np.clip(grad / 4, -0.3, 0.3).astype(dtype))
+    np.testing.assert_array_equal(fused, unfused)
+    assert not np.array_equal(fused, param)
+
+
+@pytest.mark.parametrize("rule", sorted(FUNCTIONAL_STEPS))
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"loss_scale": 0.0}, ValueError),
+        ({"loss_scale": math.inf}, ValueError),
+        ({"loss_scale": "2"}, TypeError),
+        ({"clip_value": -1.0}, ValueError),
+        ({"clip_value": math.nan}, ValueError),
+    ],
+)
+def test_functional_steps_reject_bad_gradient_options_and_change_nothing(rule, options, error):
+    param = np.ones(5)
+    with pytest.raises(error):
+        FUNCTIONAL_STEPS[rule](param, np.ones(5), **options)
+    np.testing.assert_array_equal(param, np.ones(5))

@@ -20,7 +20,7 @@ from fastopt._checks import (
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel
 from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
-from fastopt.gradients import NonfinitePolicy
+from fastopt.gradients import NonfinitePolicy, kernel_gradient_terms
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["Adagrad", "adagrad_step"]
@@ -141,6 +141,8 @@ def adagrad_step(
     eps: float = 1e-10,
     maximize: bool = False,
     step: int,
+    loss_scale: float = 1.0,
+    clip_value: float | None = None,
 ) -> None:
     r"""One fused, in-place AdaGrad step on arrays whose state you manage.
 
@@ -160,6 +162,10 @@ def adagrad_step(
         As in :class:`Adagrad`.
     step
         Number of updates including this one (1 for the first), for ``lr_decay``.
+    loss_scale, clip_value
+        Inside the kernel, the gradient is divided by ``loss_scale`` (the factor the loss
+        was multiplied by) and then clamped to ``[-clip_value, clip_value]`` (no clamp when
+        None), as :meth:`Optimizer.step <fastopt.Optimizer.step>` does.
 
     Examples
     --------
@@ -173,6 +179,7 @@ def adagrad_step(
     arrays.append(("state_sum", check_state("state_sum", state_sum, param)))
     check_disjoint(arrays)
     _check_hyperparameters(lr, lr_decay, weight_decay, eps)
+    grad_scale, kernel_clip = kernel_gradient_terms(loss_scale, clip_value)
     row = adagrad_hyperparameters(
         lr=lr,
         lr_decay=lr_decay,
@@ -180,6 +187,8 @@ def adagrad_step(
         eps=eps,
         maximize=check_flag("maximize", maximize),
         step=check_step(step),
+        grad_scale=grad_scale,
+        clip_value=kernel_clip,
     )
     flat = [array.reshape(-1) for _, array in arrays]
     launch(ADAGRAD_KERNELS, single_segment(param.size), np.array([row]), *flat)

@@ -21,7 +21,7 @@ from fastopt._checks import (
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel, segment
 from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
-from fastopt.gradients import NonfinitePolicy
+from fastopt.gradients import NonfinitePolicy, kernel_gradient_terms
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["Adam", "AdamW", "adam_step"]
@@ -201,6 +201,8 @@ def adam_step(
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
     step: int,
+    loss_scale: float = 1.0,
+    clip_value: float | None = None,
 ) -> None:
     r"""One fused, in-place Adam/AdamW step on arrays whose state you manage.
 
@@ -227,6 +229,10 @@ def adam_step(
         As in :class:`Adam` (``decoupled_weight_decay=True`` is AdamW).
     step
         Number of updates including this one (1 for the first), for the bias corrections.
+    loss_scale, clip_value
+        Inside the kernel, the gradient is divided by ``loss_scale`` (the factor the loss
+        was multiplied by) and then clamped to ``[-clip_value, clip_value]`` (no clamp when
+        None), as :meth:`Optimizer.step <fastopt.Optimizer.step>` does.
 
     Examples
     --------
@@ -244,6 +250,7 @@ def adam_step(
         arrays.append(("max_exp_avg_sq", check_state("max_exp_avg_sq", max_exp_avg_sq, param)))
     check_disjoint(arrays)
     _check_hyperparameters(lr, beta1, beta2, eps, weight_decay)
+    grad_scale, kernel_clip = kernel_gradient_terms(loss_scale, clip_value)
     row = adam_hyperparameters(
         lr=lr,
         beta1=beta1,
@@ -253,6 +260,8 @@ def adam_step(
         maximize=check_flag("maximize", maximize),
         decoupled_weight_decay=check_flag("decoupled_weight_decay", decoupled_weight_decay),
         step=check_step(step),
+        grad_scale=grad_scale,
+        clip_value=kernel_clip,
     )
     flat = [array.reshape(-1) for _, array in arrays]
     if max_exp_avg_sq is None:

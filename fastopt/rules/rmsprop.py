@@ -19,7 +19,7 @@ from fastopt._checks import (
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel, segment
 from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
-from fastopt.gradients import NonfinitePolicy
+from fastopt.gradients import NonfinitePolicy, kernel_gradient_terms
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["RMSprop", "rmsprop_step"]
@@ -184,6 +184,8 @@ def rmsprop_step(
     weight_decay: float = 0.0,
     momentum: float = 0.0,
     maximize: bool = False,
+    loss_scale: float = 1.0,
+    clip_value: float | None = None,
 ) -> None:
     r"""One fused, in-place RMSProp step on arrays whose state you manage.
 
@@ -207,6 +209,10 @@ def rmsprop_step(
         The running mean of the gradient: pass it for the centered variant.
     lr, alpha, eps, weight_decay, momentum, maximize
         As in :class:`RMSprop`.
+    loss_scale, clip_value
+        Inside the kernel, the gradient is divided by ``loss_scale`` (the factor the loss
+        was multiplied by) and then clamped to ``[-clip_value, clip_value]`` (no clamp when
+        None), as :meth:`Optimizer.step <fastopt.Optimizer.step>` does.
 
     Examples
     --------
@@ -226,6 +232,7 @@ def rmsprop_step(
     if grad_avg is not None:
         arrays.append(("grad_avg", check_state("grad_avg", grad_avg, param)))
     check_disjoint(arrays)
+    grad_scale, kernel_clip = kernel_gradient_terms(loss_scale, clip_value)
     row = rmsprop_hyperparameters(
         lr=lr,
         alpha=alpha,
@@ -233,6 +240,8 @@ def rmsprop_step(
         weight_decay=weight_decay,
         momentum=momentum,
         maximize=check_flag("maximize", maximize),
+        grad_scale=grad_scale,
+        clip_value=kernel_clip,
     )
     flat = dict((name, array.reshape(-1)) for name, array in arrays)
     launch(

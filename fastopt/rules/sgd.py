@@ -19,7 +19,7 @@ from fastopt._checks import (
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel, segment
 from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
-from fastopt.gradients import NonfinitePolicy
+from fastopt.gradients import NonfinitePolicy, kernel_gradient_terms
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
 
 __all__ = ["SGD", "sgd_step"]
@@ -166,6 +166,8 @@ def sgd_step(
     weight_decay: float = 0.0,
     maximize: bool = False,
     initialize_buffer: bool = False,
+    loss_scale: float = 1.0,
+    clip_value: float | None = None,
 ) -> None:
     r"""One fused, in-place SGD step on arrays whose state you manage.
 
@@ -190,6 +192,10 @@ def sgd_step(
     initialize_buffer
         Copy the gradient into the buffer instead of decaying it: torch's rule for the first
         step with momentum.
+    loss_scale, clip_value
+        Inside the kernel, the gradient is divided by ``loss_scale`` (the factor the loss
+        was multiplied by) and then clamped to ``[-clip_value, clip_value]`` (no clamp when
+        None), as :meth:`Optimizer.step <fastopt.Optimizer.step>` does.
 
     Examples
     --------
@@ -206,6 +212,7 @@ def sgd_step(
             raise ValueError("momentum_buffer is required when momentum is not 0")
         arrays.append(("momentum_buffer", check_state("momentum_buffer", momentum_buffer, param)))
     check_disjoint(arrays)
+    grad_scale, kernel_clip = kernel_gradient_terms(loss_scale, clip_value)
     row = sgd_hyperparameters(
         lr=lr,
         momentum=momentum,
@@ -214,6 +221,8 @@ def sgd_step(
         weight_decay=weight_decay,
         maximize=check_flag("maximize", maximize),
         initialize_buffer=check_flag("initialize_buffer", initialize_buffer),
+        grad_scale=grad_scale,
+        clip_value=kernel_clip,
     )
     flat = [array.reshape(-1) for _, array in arrays]
     if momentum == 0:
