@@ -28,6 +28,11 @@ Notes
   serial and parallel paths agree bitwise), which a long or chaotic run amplifies.
 - ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are not arguments: the step is
   always one fused launch.
+- The gradient options of :class:`fastopt.Optimizer` are keyword arguments of every class
+  here: ``nonfinite="propagate" | "skip" | "raise"``, ``max_norm`` with ``norm_type``
+  (``torch.nn.utils.clip_grad_norm_``'s arithmetic) and ``clip_value``, fused into the step
+  (one read pass, then the update); ``last_step`` tells what the last step found. They are
+  settings of the object, not part of ``state_dict()``, like torch's ``foreach``.
 
 Examples
 --------
@@ -57,6 +62,7 @@ from torch.optim.optimizer import ParamsT
 
 import fastopt
 from fastopt.flat import FlatParams
+from fastopt.gradients import NonfinitePolicy, StepStats, check_gradient_options
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
 
@@ -90,10 +96,42 @@ class _FlatOptimizer(torch.optim.Optimizer):
     #: Whether torch creates the state in the constructor (Adagrad) rather than lazily.
     _state_at_init: ClassVar[bool] = False
 
-    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        params: ParamsT,
+        defaults: dict[str, Any],
+        *,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
+    ) -> None:
+        nonfinite, max_norm, norm_type, clip_value = check_gradient_options(
+            nonfinite, max_norm, norm_type, clip_value
+        )
+        self._gradient_options = {
+            "nonfinite": nonfinite,
+            "max_norm": max_norm,
+            "norm_type": norm_type,
+            "clip_value": clip_value,
+        }
         self._inner: fastopt.Optimizer | None = None
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
+        )
         self._build()
+
+    @property
+    def last_step(self) -> StepStats | None:
+        """What the last :meth:`step` found (see :attr:`fastopt.Optimizer.last_step`):
+        the gradients' global norm, the clip coefficient, whether they were finite and
+        whether the step was applied."""
+        return self._inner.last_step if self._inner is not None else None
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -161,7 +199,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             settings = {key: _plain(group[key]) for key in self._hyperparameters}
             groups.append({"params": list(flat.params[start:end]), **settings})
             start = end
-        inner = self._rule(groups)
+        inner = self._rule(groups, **self._gradient_options)
         if self._inner is not None:
             saved = self._inner.state_dict()
             moved = inner.state_dict()
@@ -306,7 +344,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         active = self._active()
         if inner._step_flat(active):
             self._expose_state()
-        elif self._step_in_state:
+        elif self._step_in_state and inner.last_step.applied:
             self._steps += active
         return loss
 
@@ -394,6 +432,10 @@ class Adam(_FlatOptimizer):
         *,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -404,7 +446,14 @@ class Adam(_FlatOptimizer):
             "maximize": maximize,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
+        )
 
 
 class AdamW(Adam):
@@ -420,6 +469,10 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -430,6 +483,10 @@ class AdamW(Adam):
             amsgrad,
             maximize=maximize,
             decoupled_weight_decay=True,
+            nonfinite=nonfinite,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
         )
 
 
@@ -453,6 +510,10 @@ class SGD(_FlatOptimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -462,7 +523,14 @@ class SGD(_FlatOptimizer):
             "nesterov": nesterov,
             "maximize": maximize,
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
+        )
 
 
 class Adagrad(_FlatOptimizer):
@@ -493,6 +561,10 @@ class Adagrad(_FlatOptimizer):
         eps: float = 1e-10,
         *,
         maximize: bool = False,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -502,7 +574,14 @@ class Adagrad(_FlatOptimizer):
             "eps": eps,
             "maximize": maximize,
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
+        )
 
 
 class RMSprop(_FlatOptimizer):
@@ -525,6 +604,10 @@ class RMSprop(_FlatOptimizer):
         centered: bool = False,
         *,
         maximize: bool = False,
+        nonfinite: NonfinitePolicy = "propagate",
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -535,4 +618,11 @@ class RMSprop(_FlatOptimizer):
             "centered": centered,
             "maximize": maximize,
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            defaults,
+            nonfinite=nonfinite,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            clip_value=clip_value,
+        )

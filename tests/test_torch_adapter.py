@@ -107,6 +107,68 @@ def test_training_matches_torch_optim(rule, dtype):
     assert_models_close(reference_model, model, 10 * TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("rule", [("Adam", {"lr": 0.01}), ("SGD", {"lr": 0.05, "momentum": 0.9})])
+def test_fused_clipping_matches_torch_clip_grad_then_step(rule):
+    name, kwargs = rule
+    reference_model, reference, model, _ = twins(name, kwargs)
+    ours = getattr(ft, name)(groups(model, kwargs["lr"]), **kwargs, max_norm=0.05, clip_value=0.004)
+    x, y = data(torch.float64)
+    norms = []
+    for _ in range(10):
+        for net, opt in ((reference_model, reference), (model, ours)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x), y).backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(reference_model.parameters(), 0.05).item())
+        torch.nn.utils.clip_grad_value_(reference_model.parameters(), 0.004)
+        reference.step()
+        ours.step()
+        assert ours.last_step.grad_norm == pytest.approx(norms[-1], rel=1e-12)
+        assert ours.last_step.applied
+    assert max(norms) > 0.05  # the norm clipping acted
+    assert_models_close(reference_model, model, 1e-10)
+
+
+def test_nonfinite_skip_changes_nothing_and_counts_no_step():
+    model = mlp()
+    opt = ft.Adam(model.parameters(), lr=0.01, nonfinite="skip")
+    x, y = data(torch.float64)
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    before = copy.deepcopy(opt.state_dict())
+    weights = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    model[0].weight.grad[1, 2] = float("nan")
+    opt.step()
+    assert not opt.last_step.applied and not opt.last_step.finite
+    for param, weight in zip(model.parameters(), weights, strict=True):
+        assert torch.equal(param, weight)
+    after = opt.state_dict()
+    for index, entry in before["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(after["state"][index][key], value), key
+    assert after["state"][0]["step"].item() == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"nonfinite": "ignore"}, ValueError),
+        ({"max_norm": -1.0}, ValueError),
+        ({"norm_type": 1.0}, ValueError),
+        ({"clip_value": "1"}, TypeError),
+    ],
+)
+def test_bad_gradient_options_are_rejected_before_anything_changes(options, error):
+    model = mlp()
+    before = pointers(model)
+    with pytest.raises(error):
+        ft.AdamW(model.parameters(), **options)
+    assert pointers(model) == before
+
+
 def test_parameters_and_gradients_are_views_of_one_buffer():
     model = mlp()
     before = [p.detach().clone() for p in model.parameters()]
