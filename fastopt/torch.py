@@ -116,14 +116,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             "clip_value": clip_value,
         }
         self._inner: fastopt.Optimizer | None = None
-        super().__init__(
-            params,
-            defaults,
-            nonfinite=nonfinite,
-            max_norm=max_norm,
-            norm_type=norm_type,
-            clip_value=clip_value,
-        )
+        super().__init__(params, defaults)
         self._build()
 
     @property
