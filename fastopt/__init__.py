@@ -16,7 +16,7 @@ one read pass plus the update (:mod:`fastopt.gradients`), dynamic loss scaling
 
 from fastopt.checkpoint import Checkpoint, CheckpointError, load, save
 from fastopt.flat import FlatParams
-from fastopt.gradients import StepStats, global_norm
+from fastopt.gradients import NonfiniteGradientError, StepStats, global_norm
 from fastopt.loss_scaling import LossScaler
 from fastopt.optimizer import Optimizer
 from fastopt.rules.adagrad import Adagrad, adagrad_step
@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointError",
     "FlatParams",
     "LossScaler",
+    "NonfiniteGradientError",
     "Optimizer",
     "RMSprop",
     "StepStats",

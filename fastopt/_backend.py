@@ -77,7 +77,11 @@ class HostArrays:
         return np.full_like(array, value)
 
     def flat(self, array: np.ndarray) -> np.ndarray:
-        return array if array.ndim == 1 else array.reshape(-1)
+        if array.ndim == 1:
+            return array
+        flat = array.reshape(-1)
+        # numpy.matrix stays 2-D through reshape: its plain-ndarray view does not.
+        return flat if flat.ndim == 1 else array.view(np.ndarray).reshape(-1)
 
     def to_host(self, array: np.ndarray) -> np.ndarray:
         return array.copy()

@@ -85,6 +85,7 @@ __all__ = [
     "NONFINITE_POLICIES",
     "PLAIN_STEP",
     "FlatGradients",
+    "NonfiniteGradientError",
     "NonfinitePolicy",
     "Prestep",
     "StepStats",
@@ -125,6 +126,21 @@ class StepStats:
     clip_coef: float
     finite: bool | None
     applied: bool
+
+
+class NonfiniteGradientError(FloatingPointError):
+    """A step with ``nonfinite="raise"`` met a NaN or Inf gradient; nothing was changed.
+
+    Attributes
+    ----------
+    stats : StepStats
+        What the read pass found (``finite`` and ``applied`` False); the optimizer's
+        ``last_step`` is set to it too.
+    """
+
+    def __init__(self, message: str, stats: StepStats) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 @dataclass(frozen=True)
@@ -397,7 +413,7 @@ def prestep(
 
     Raises
     ------
-    FloatingPointError
+    NonfiniteGradientError
         With ``nonfinite="raise"``, naming the first non-finite element.
     """
     kernel_clip = math.inf if clip_value is None else clip_value
@@ -420,9 +436,10 @@ def prestep(
                 value = grads.views[grads.params.index(index)][position]
             else:
                 value = grads[index].reshape(-1)[position]  # type: ignore[union-attr]
-            raise FloatingPointError(
+            raise NonfiniteGradientError(
                 f"grads[{index}] is not finite at flat index {position} (value {value}); "
-                "nothing was updated (nonfinite='raise')"
+                "nothing was updated (nonfinite='raise')",
+                StepStats(norm, 1.0, False, False),
             )
         if nonfinite == "skip":
             return Prestep(0.0, kernel_clip, StepStats(norm, 1.0, False, False))

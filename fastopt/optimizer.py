@@ -30,6 +30,7 @@ from fastopt.flat import FlatParams
 from fastopt.gradients import (
     PLAIN_STEP,
     FlatGradients,
+    NonfiniteGradientError,
     NonfinitePolicy,
     Prestep,
     StepStats,
@@ -325,6 +326,8 @@ class Optimizer:
             grads = [grads]
         elif not isinstance(grads, Sequence) or isinstance(grads, (str, bytes)):
             raise TypeError(f"grads must be an ndarray or a list of them, got {type(grads)}")
+        else:
+            grads = list(grads)  # read once: what is checked is what the update reads
         if len(grads) != count:
             raise ValueError(f"grads has {len(grads)} entries, expected {count} (one per param)")
         if self._written_spans is None:
@@ -350,8 +353,16 @@ class Optimizer:
                 # (found through .base: views, reshapes, frombuffer); most gradients own
                 # theirs, a set lookup. Only then, and for device arrays, are spans compared.
                 base = grad.base
-                if id(grad if base is None else _memory_owner(base)) not in written_owners:
-                    continue
+                if base is None:
+                    if id(grad) not in written_owners:
+                        continue
+                else:
+                    owner = _memory_owner(base)
+                    # An ndarray that owns its memory shares it with no other owner; any
+                    # other owner (a buffer, numpy's stand-in behind as_strided) is not
+                    # known to be unique: compare spans.
+                    if isinstance(owner, np.ndarray) and id(owner) not in written_owners:
+                        continue
             self._check_span_disjoint(index, grad)
         return grads
 
@@ -369,13 +380,13 @@ class Optimizer:
             )
 
     def _index_written_arrays(self) -> None:
-        written = [
-            (view, f"parameter {i}" if name == "param" else f"state {name!r} of parameter {i}")
-            for i, views in self._views.items()
-            for name, view in views.items()
-        ]
+        is_array = self._arrays.is_array
+        written = [(p, f"parameter {i}") for i, p in enumerate(self._params)]
         written += [
-            (p, f"parameter {i}") for i, p in enumerate(self._params) if i not in self._views
+            (value, f"state {name!r} of parameter {i}")
+            for i, entry in self.state.items()
+            for name, value in entry.items()
+            if is_array(value)
         ]
         # Owners stay alive as long as the arrays that view them, so their ids stay unique.
         self._written_owners = {id(_memory_owner(array)) for array, _ in written}
@@ -413,6 +424,7 @@ class Optimizer:
         replaced); the next per-array step makes them again."""
         self._views.pop(index, None)
         self._plans.pop(index, None)
+        self._written_spans = None
 
     def _refresh_views(self, index: int) -> None:
         self._written_spans = None
@@ -453,8 +465,9 @@ class Optimizer:
 
         Raises
         ------
-        FloatingPointError
-            With the ``"raise"`` policy, when a gradient holds NaN or Inf; nothing changed.
+        NonfiniteGradientError
+            (a ``FloatingPointError``) With the ``"raise"`` policy, when a gradient holds NaN
+            or Inf; nothing changed but :attr:`last_step`, which tells what was found.
 
         Notes
         -----
@@ -509,15 +522,19 @@ class Optimizer:
             self.norm_type,
             self.clip_value,
         )
-        return prestep(
-            grads,
-            loss_scale=check_loss_scale(loss_scale),
-            nonfinite=policy,
-            max_norm=max_norm,
-            norm_type=norm_type,
-            clip_value=clip_value,
-            **flat,
-        )
+        try:
+            return prestep(
+                grads,
+                loss_scale=check_loss_scale(loss_scale),
+                nonfinite=policy,
+                max_norm=max_norm,
+                norm_type=norm_type,
+                clip_value=clip_value,
+                **flat,
+            )
+        except NonfiniteGradientError as error:
+            self.last_step = error.stats
+            raise
 
     def _flat_plan(self) -> FlatStep:
         """The flat path's plan, built on first use (raises if the params are not flat views)."""

@@ -222,6 +222,8 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for param, view, grad in zip(params, flat.params, self._grads, strict=True):
             param.data = torch.from_numpy(view)
             param.grad = grad
+        if self._inner is not None:
+            inner.last_step = self._inner.last_step
         self._flat = flat
         self._inner = inner
         self._params = params

@@ -247,6 +247,11 @@ def test_small_throughputs_keep_three_significant_digits():
     assert format_number(725.4) == "725"
     assert format_percent(0.000123) == "0.0123%"
     assert format_percent(0.98) == "98.0%"
+    # rounding that reaches the next power of ten keeps three digits and the right unit
+    assert format_number(9.996) == "10.0"
+    assert format_number(99.96) == "100"
+    assert format_number(0.99996) == "1.00"
+    assert format_time(999.6) == "1.00 µs"
 
 
 def test_markdown_table_aligns_numbers_right():

@@ -1,6 +1,7 @@
 """The fused pre-step: global norms, clipping, unscaling and the non-finite policies."""
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -231,9 +232,13 @@ def test_raise_names_the_first_bad_element_and_changes_nothing(norm_type):
     with pytest.raises(FloatingPointError, match=r"grads\[2\] .* flat index 999 \(value nan\)"):
         opt.step(bad)
     _assert_same(before, _snapshot(opt))
-    assert opt.last_step is stats
-    with pytest.raises(FloatingPointError, match=r"grads\[3\] .* flat index 5 \(value -inf\)"):
+    assert stats.applied and stats.finite
+    # last_step tells what the refused step found (and the error carries the same).
+    assert not opt.last_step.applied and not opt.last_step.finite
+    assert math.isnan(opt.last_step.grad_norm)
+    with pytest.raises(fastopt.NonfiniteGradientError, match=r"grads\[3\] .* index 5") as error:
         opt.step([bad[0], bad[1], None, bad[3]])
+    assert error.value.stats is opt.last_step and math.isnan(opt.last_step.grad_norm)
 
 
 def test_policy_can_be_overridden_per_step_and_changed_between_steps():
@@ -340,6 +345,10 @@ def test_gradients_may_not_overlap_any_array_the_step_writes():
         with pytest.raises(ValueError, match=f"shares memory with .*{owner}"):
             opt.step(grads)
         _assert_same(before, _snapshot(opt))
+    strided = np.lib.stride_tricks.as_strided(params[2], params[2].shape, params[2].strides)
+    with pytest.raises(ValueError, match="shares memory with parameter 2"):
+        opt.step([np.ones(10), np.ones(10), strided])  # its base is no ndarray: spans decide
+    _assert_same(before, _snapshot(opt))
     shared = np.ones(10)  # gradients may share memory with each other: they are only read
     opt.step([shared, shared, np.ones(5)])
     assert opt.step_count == 2
@@ -447,3 +456,37 @@ def test_functional_steps_reject_bad_gradient_options_and_change_nothing(rule, o
     with pytest.raises(error):
         FUNCTIONAL_STEPS[rule](param, np.ones(5), **options)
     np.testing.assert_array_equal(param, np.ones(5))
+
+
+def test_state_arrays_stay_guarded_after_flat_steps():
+    flat = fastopt.FlatParams([(4,), (3,)], np.float64)
+    opt = fastopt.Adam(flat.params, lr=0.1)
+    opt.step([np.ones(4), np.ones(3)])  # per array: makes the state
+    flat.grad_buffer[...] = 1.0
+    opt.step()  # the flat step moves the state into its buffers
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="'exp_avg' of parameter 0"):
+        opt.step([opt.state[0]["exp_avg"], np.ones(3)])
+    _assert_same(before, _snapshot(opt))
+
+
+def test_a_sequence_is_read_once():
+    """What is validated is what the update reads, even from a sequence that changes."""
+
+    class Shifty(Sequence):
+        def __init__(self, first, then):
+            self.reads, self.first, self.then = 0, first, then
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            if index != 0:
+                raise IndexError(index)
+            self.reads += 1
+            return self.first if self.reads == 1 else self.then
+
+    param = np.ones(3)
+    opt = fastopt.SGD(param, lr=0.1)
+    opt.step(Shifty(np.ones(3), np.full(3, 5.0)))
+    np.testing.assert_array_equal(param, np.full(3, 0.9))

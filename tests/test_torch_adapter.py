@@ -478,3 +478,19 @@ def test_bad_checkpoint_changes_nothing():
 def test_importing_fastopt_does_not_import_torch():
     code = "import sys, fastopt; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_last_step_reports_a_refused_step_and_survives_new_groups():
+    model = mlp()
+    opt = ft.Adam(list(model.parameters())[:-1], lr=0.01, nonfinite="raise")
+    x, y = data(torch.float64)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    assert opt.last_step.applied
+    model[0].weight.grad[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError):
+        opt.step()
+    assert not opt.last_step.applied and not opt.last_step.finite
+    refused = opt.last_step
+    opt.add_param_group({"params": [list(model.parameters())[-1]]})
+    assert opt.last_step is refused

@@ -219,3 +219,16 @@ def test_nan_and_inf_gradients_propagate(cls):
     assert np.isnan(param[0])
     assert not np.isfinite(param[1]) and not np.isfinite(param[2])
     assert np.all(np.isfinite(param[3:]))
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("cls", [fastopt.SGD, fastopt.Adam])
+def test_numpy_matrix_params_and_grads_update_like_plain_arrays(cls):
+    plain = np.arange(6, dtype=np.float64).reshape(2, 3)
+    matrix = np.matrix(plain.copy())
+    grad = np.linspace(-1, 1, 6).reshape(2, 3)
+    mine, theirs = cls(matrix, lr=0.1), cls(plain, lr=0.1)
+    for _ in range(3):
+        mine.step(np.matrix(grad))
+        theirs.step(grad)
+    np.testing.assert_array_equal(np.asarray(matrix), plain)

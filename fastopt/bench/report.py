@@ -53,14 +53,20 @@ def format_time(ns: float | None) -> str:
     """``850 ns``, ``12.3 µs``, ``45.6 ms``, ``1.23 s``."""
     if ns is None:
         return NA
+    ns = _three_significant(ns)  # 999.6 ns is 1.00 µs, not 1000 ns
     for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
         if ns >= scale:
             return f"{format_number(ns / scale)} {unit}"
     return f"{ns:.0f} ns"
 
 
+def _three_significant(value: float) -> float:
+    return float(f"{value:.3g}")
+
+
 def format_number(value: float) -> str:
     """Three significant digits, never rounded to zero: ``123``, ``12.3``, ``1.23``, ``0.0123``."""
+    value = _three_significant(value)  # so that 9.996 prints as 10.0, not 10.00
     if value >= 100:
         return f"{value:.0f}"
     if value >= 10:
