@@ -150,7 +150,8 @@ class Optimizer:
         The gradient options above; they may be changed between steps.
     last_step : StepStats or None
         What the last call to :meth:`step` found: the global norm before clipping, the clip
-        coefficient, whether the gradients were finite and whether the step was applied.
+        coefficient, whether the gradients were finite and whether the step was applied
+        (also after a step refused with :class:`~fastopt.NonfiniteGradientError`).
     """
 
     #: Hyperparameters that may be given per group, in the rule's signature order.
