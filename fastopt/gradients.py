@@ -67,7 +67,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypedDict
 
 import numpy as np
 
@@ -85,6 +85,7 @@ __all__ = [
     "NONFINITE_POLICIES",
     "PLAIN_STEP",
     "FlatGradients",
+    "GradientOptions",
     "NonfiniteGradientError",
     "NonfinitePolicy",
     "Prestep",
@@ -102,6 +103,16 @@ NONFINITE_POLICIES: tuple[str, ...] = ("propagate", "skip", "raise")
 
 # torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing.
 _NORM_EPSILON = 1e-6
+
+
+class GradientOptions(TypedDict, total=False):
+    """The gradient options of an optimizer, as keyword arguments (see
+    :class:`~fastopt.Optimizer`); the rule classes pass them on unchanged."""
+
+    nonfinite: NonfinitePolicy
+    max_norm: float | None
+    norm_type: float
+    clip_value: float | None
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -62,7 +62,15 @@ from torch.optim.optimizer import ParamsT
 
 import fastopt
 from fastopt.flat import FlatParams
-from fastopt.gradients import NonfinitePolicy, StepStats, check_gradient_options
+from fastopt.gradients import (
+    GradientOptions,
+    NonfinitePolicy,
+    StepStats,
+    check_gradient_options,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
 
@@ -427,10 +435,7 @@ class Adam(_FlatOptimizer):
         *,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
-        nonfinite: NonfinitePolicy = "propagate",
-        max_norm: float | None = None,
-        norm_type: float = 2.0,
-        clip_value: float | None = None,
+        **gradient_options: Unpack[GradientOptions],
     ) -> None:
         defaults = {
             "lr": lr,
@@ -444,10 +449,7 @@ class Adam(_FlatOptimizer):
         super().__init__(
             params,
             defaults,
-            nonfinite=nonfinite,
-            max_norm=max_norm,
-            norm_type=norm_type,
-            clip_value=clip_value,
+            **gradient_options,
         )
 
 
@@ -464,10 +466,7 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
-        nonfinite: NonfinitePolicy = "propagate",
-        max_norm: float | None = None,
-        norm_type: float = 2.0,
-        clip_value: float | None = None,
+        **gradient_options: Unpack[GradientOptions],
     ) -> None:
         super().__init__(
             params,
@@ -478,10 +477,7 @@ class AdamW(Adam):
             amsgrad,
             maximize=maximize,
             decoupled_weight_decay=True,
-            nonfinite=nonfinite,
-            max_norm=max_norm,
-            norm_type=norm_type,
-            clip_value=clip_value,
+            **gradient_options,
         )
 
 
@@ -505,10 +501,7 @@ class SGD(_FlatOptimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
-        nonfinite: NonfinitePolicy = "propagate",
-        max_norm: float | None = None,
-        norm_type: float = 2.0,
-        clip_value: float | None = None,
+        **gradient_options: Unpack[GradientOptions],
     ) -> None:
         defaults = {
             "lr": lr,
@@ -521,10 +514,7 @@ class SGD(_FlatOptimizer):
         super().__init__(
             params,
             defaults,
-            nonfinite=nonfinite,
-            max_norm=max_norm,
-            norm_type=norm_type,
-            clip_value=clip_value,
+            **gradient_options,
         )
 
 
@@ -556,10 +546,7 @@ class Adagrad(_FlatOptimizer):
         eps: float = 1e-10,
         *,
         maximize: bool = False,
-        nonfinite: NonfinitePolicy = "propagate",
-        max_norm: float | None = None,
-        norm_type: float = 2.0,
-        clip_value: float | None = None,
+        **gradient_options: Unpack[GradientOptions],
     ) -> None:
         defaults = {
             "lr": lr,
@@ -572,10 +559,7 @@ class Adagrad(_FlatOptimizer):
         super().__init__(
             params,
             defaults,
-            nonfinite=nonfinite,
-            max_norm=max_norm,
-            norm_type=norm_type,
-            clip_value=clip_value,
+            **gradient_options,
         )
 
 
@@ -599,10 +583,7 @@ class RMSprop(_FlatOptimizer):
         centered: bool = False,
         *,
         maximize: bool = False,
-        nonfinite: NonfinitePolicy = "propagate",
-        max_norm: float | None = None,
-        norm_type: float = 2.0,
-        clip_value: float | None = None,
+        **gradient_options: Unpack[GradientOptions],
     ) -> None:
         defaults = {
             "lr": lr,
@@ -616,8 +597,5 @@ class RMSprop(_FlatOptimizer):
         super().__init__(
             params,
             defaults,
-            nonfinite=nonfinite,
-            max_norm=max_norm,
-            norm_type=norm_type,
-            clip_value=clip_value,
+            **gradient_options,
         )

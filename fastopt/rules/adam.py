@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numba import prange
@@ -21,8 +21,11 @@ from fastopt._checks import (
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel, segment
 from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
-from fastopt.gradients import NonfinitePolicy, kernel_gradient_terms
+from fastopt.gradients import GradientOptions, kernel_gradient_terms
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Adam", "AdamW", "adam_step"]
 
@@ -324,10 +327,7 @@ class Adam(Optimizer):
         *,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
-        nonfinite: NonfinitePolicy = "propagate",
-        max_norm: float | None = None,
-        norm_type: float = 2.0,
-        clip_value: float | None = None,
+        **gradient_options: Unpack[GradientOptions],
     ) -> None:
         defaults = {
             "lr": lr,
@@ -341,10 +341,7 @@ class Adam(Optimizer):
         super().__init__(
             params,
             defaults,
-            nonfinite=nonfinite,
-            max_norm=max_norm,
-            norm_type=norm_type,
-            clip_value=clip_value,
+            **gradient_options,
         )
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
@@ -409,10 +406,7 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
-        nonfinite: NonfinitePolicy = "propagate",
-        max_norm: float | None = None,
-        norm_type: float = 2.0,
-        clip_value: float | None = None,
+        **gradient_options: Unpack[GradientOptions],
     ) -> None:
         super().__init__(
             params,
@@ -423,8 +417,5 @@ class AdamW(Adam):
             amsgrad,
             maximize=maximize,
             decoupled_weight_decay=True,
-            nonfinite=nonfinite,
-            max_norm=max_norm,
-            norm_type=norm_type,
-            clip_value=clip_value,
+            **gradient_options,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numba import prange
@@ -19,8 +19,11 @@ from fastopt._checks import (
 )
 from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel, segment
 from fastopt._launch import RuleKernels, chunk_length, first_segment, launch, single_segment
-from fastopt.gradients import NonfinitePolicy, kernel_gradient_terms
+from fastopt.gradients import GradientOptions, kernel_gradient_terms
 from fastopt.optimizer import Optimizer, ParamsT, ScheduleLike
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["RMSprop", "rmsprop_step"]
 
@@ -308,10 +311,7 @@ class RMSprop(Optimizer):
         centered: bool = False,
         *,
         maximize: bool = False,
-        nonfinite: NonfinitePolicy = "propagate",
-        max_norm: float | None = None,
-        norm_type: float = 2.0,
-        clip_value: float | None = None,
+        **gradient_options: Unpack[GradientOptions],
     ) -> None:
         defaults = {
             "lr": lr,
@@ -325,10 +325,7 @@ class RMSprop(Optimizer):
         super().__init__(
             params,
             defaults,
-            nonfinite=nonfinite,
-            max_norm=max_norm,
-            norm_type=norm_type,
-            clip_value=clip_value,
+            **gradient_options,
         )
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
