@@ -98,7 +98,9 @@ __all__ = [
     "prestep",
 ]
 
+#: The values of an optimizer's ``nonfinite`` option (the policies above).
 NonfinitePolicy: TypeAlias = Literal["propagate", "skip", "raise"]
+#: The same values as a tuple, for validation.
 NONFINITE_POLICIES: tuple[str, ...] = ("propagate", "skip", "raise")
 
 # torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing.

@@ -45,19 +45,15 @@ Schedules (torch = ``torch.optim.lr_scheduler``)
     optax: ``cosine_decay_schedule``.
 ``cosine_annealing_warm_restarts(base_lr, T_0, T_mult=1, eta_min=0.0)``
     torch: ``CosineAnnealingWarmRestarts``. optax: ``sgdr_schedule``.
-``one_cycle(max_lr, total_steps, pct_start=0.3, anneal_strategy="cos", div_factor=25.0,
-final_div_factor=1e4, three_phase=False)``
+``one_cycle(max_lr, total_steps, pct_start=0.3, anneal_strategy="cos", div_factor=25.0, ...)``
     torch: ``OneCycleLR`` (lr; holds the final value from ``total_steps - 1`` on, where
     torch raises past ``total_steps``). optax: close to ``cosine_onecycle_schedule`` /
     ``linear_onecycle_schedule``, whose phase boundaries differ by a step.
-``one_cycle_momentum(total_steps, pct_start=0.3, anneal_strategy="cos",
-base_momentum=0.85, max_momentum=0.95, three_phase=False)``
+``one_cycle_momentum(total_steps, pct_start=0.3, anneal_strategy="cos", base_momentum=0.85, ...)``
     torch: ``OneCycleLR`` momentum (``cycle_momentum=True``). optax: none.
-``cyclic(base_lr, max_lr, step_size_up=2000, step_size_down=None, mode="triangular",
-gamma=1.0)``
+``cyclic(base_lr, max_lr, step_size_up=2000, step_size_down=None, mode="triangular", gamma=1.0)``
     torch: ``CyclicLR`` (lr). optax: none.
-``cyclic_momentum(base_momentum=0.8, max_momentum=0.9, step_size_up=2000,
-step_size_down=None, mode="triangular", gamma=1.0)``
+``cyclic_momentum(base_momentum=0.8, max_momentum=0.9, step_size_up=2000, ...)``
     torch: ``CyclicLR`` momentum (``cycle_momentum=True``). optax: none.
 ``inverse_time_decay(base_lr, decay_rate, decay_steps=1, staircase=False)``
     torch: ``LambdaLR`` with that rule. optax: none.
@@ -66,8 +62,7 @@ step_size_down=None, mode="triangular", gamma=1.0)``
 ``linear_warmup(peak_value, warmup_steps, start_value=0.0)``
     torch: ``LinearLR(start_factor=start_value / peak_value, total_iters=warmup_steps)``.
     optax: ``warmup_constant_schedule``.
-``warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps, decay_steps,
-end_value=0.0, exponent=1.0)``
+``warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps, decay_steps, ...)``
     torch: ``SequentialLR`` of ``LinearLR`` and ``CosineAnnealingLR``.
     optax: ``warmup_cosine_decay_schedule`` (same semantics; ``decay_steps`` includes
     the warmup).
@@ -86,8 +81,7 @@ Composition
 
 Metric-driven
 -------------
-``ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
-threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8)``
+``ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4, ...)``
     Stateful; ``step(metric)``. torch: ``ReduceLROnPlateau``. optax:
     ``contrib.reduce_on_plateau``.
 

@@ -18,12 +18,12 @@ class ReduceLROnPlateau:
     monitored metric (e.g. once per epoch). A metric *improves* on the best one seen so far,
     ``best``, when
 
-    ========  ==================================  ==================================
-    mode      ``threshold_mode="rel"``            ``threshold_mode="abs"``
-    ========  ==================================  ==================================
+    ========  ===================================  ===============================
+    mode      ``threshold_mode="rel"``             ``threshold_mode="abs"``
+    ========  ===================================  ===============================
     ``min``   ``metric < best * (1 - threshold)``  ``metric < best - threshold``
     ``max``   ``metric > best * (1 + threshold)``  ``metric > best + threshold``
-    ========  ==================================  ==================================
+    ========  ===================================  ===============================
 
     and the first metric always improves. After more than ``patience`` consecutive
     non-improving steps, every group's lr becomes
