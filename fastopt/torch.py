@@ -1,38 +1,46 @@
 """PyTorch adapter: ``torch.optim`` optimizers whose step is one fastopt launch.
 
 ``fastopt.torch.Adam(model.parameters(), lr=1e-3)`` (and ``AdamW``, ``SGD``, ``Adagrad``,
-``RMSprop``) is a :class:`torch.optim.Optimizer` with torch's arguments, parameter groups,
-``zero_grad``, ``state_dict`` format and learning-rate scheduler support. On construction it
-copies the parameters into one :class:`~fastopt.FlatParams` and rebinds each ``p.data`` to its
-view (zero copy, through :func:`torch.from_numpy`), and each ``p.grad`` to a view of the flat
-gradient buffer, into which autograd accumulates in place. ``step()`` is then one fused
-kernel launch over every parameter and group instead of one per tensor.
+``RMSprop``) is a :class:`torch.optim.Optimizer` with torch's signature, parameter groups,
+``zero_grad``, ``state_dict`` format, hooks and learning-rate scheduler support. On
+construction it copies the parameters into one :class:`~fastopt.FlatParams` and rebinds each
+``p.data`` to its view (zero copy, through :func:`torch.from_numpy`). ``step()`` is then one
+fused kernel launch over every parameter and group instead of one per tensor.
 
 Notes
 -----
 - CPU tensors of float32 or float64 (one dtype per optimizer); others raise ``TypeError``.
-  Importing :mod:`fastopt` does not import torch; this module does.
-- ``zero_grad()`` zeroes the flat gradient buffer and leaves every ``p.grad`` a view of it,
-  even with ``set_to_none=True`` (the default): a ``None`` would make autograd allocate a new
-  tensor. A parameter whose gradient is not written between that ``zero_grad`` and ``step``
-  is skipped as torch skips ``p.grad is None``. A gradient replaced by another tensor
-  (``p.grad = g``, ``model.zero_grad()`` then backward) is copied in, correct but slower.
+  Importing :mod:`fastopt` does not import torch; this module does (``pip install
+  "fastopt[torch]"``).
+- Gradients follow torch exactly: ``p.grad`` is ``None`` until a backward pass (or the user)
+  gives ``p`` a gradient, ``zero_grad()`` sets it back to ``None`` (``set_to_none=True``, the
+  default) or zeroes it, and ``step()`` updates exactly the parameters whose ``p.grad`` is not
+  ``None``. Zero copy: when backward reaches a parameter whose ``p.grad`` is ``None``, a hook
+  hands autograd a zeroed view of the flat gradient buffer as ``p.grad``, and autograd
+  accumulates into it in place (if that backward pass leaves it untouched, as
+  :func:`torch.autograd.grad` does, ``p.grad`` is ``None`` again when the pass ends). A
+  gradient tensor from elsewhere (``p.grad = g``) is copied in at the next step, correct but
+  slower; ``p.grad`` is then a view of the buffer.
 - Move or convert the model (``model.to(...)``, ``.double()``) *before* making the optimizer:
   that replaces ``p.data``, and ``step`` then raises ``ValueError`` instead of training memory
   the model no longer uses.
 - ``state_dict()`` / ``load_state_dict()`` use torch's format: a checkpoint of
-  ``torch.optim.Adam`` loads into ``fastopt.torch.Adam`` and the other way round. The state
-  tensors view fastopt's flat state buffers.
+  ``torch.optim.Adam`` loads into ``fastopt.torch.Adam`` and the other way round, a group key
+  that an older checkpoint lacks takes the constructor's default, and
+  ``register_load_state_dict_pre_hook`` / ``_post_hook`` act as in torch. The state tensors
+  view fastopt's flat state buffers.
 - float64 results equal torch's to rounding; float32 ones differ from torch's in the last bit
   here and there (torch's CPU kernels fuse multiply-adds, fastopt's do not, so that its
   serial and parallel paths agree bitwise), which a long or chaotic run amplifies.
-- ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are not arguments: the step is
-  always one fused launch.
+- torch's implementation switches are accepted where they describe what fastopt does, and kept
+  in ``param_groups``: ``foreach`` ``None`` or ``False``, ``fused`` ``None`` or ``True``,
+  ``capturable=False``, ``differentiable=False``; other values raise ``ValueError``. They
+  describe this optimizer, so ``load_state_dict`` keeps them.
 - The gradient options of :class:`fastopt.Optimizer` are keyword arguments of every class
   here: ``nonfinite="propagate" | "skip" | "raise"``, ``max_norm`` with ``norm_type``
   (``torch.nn.utils.clip_grad_norm_``'s arithmetic) and ``clip_value``, fused into the step
   (one read pass, then the update); ``last_step`` tells what the last step found. They are
-  settings of the object, not part of ``state_dict()``, like torch's ``foreach``.
+  settings of the object, not part of ``state_dict()``.
 
 Examples
 --------
@@ -48,23 +56,36 @@ Examples
 ...     opt.step()
 >>> sorted(opt.state_dict()["state"][0])
 ['exp_avg', 'exp_avg_sq', 'step']
+>>> opt.zero_grad()
+>>> model.weight.grad is None
+True
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as error:  # pragma: no cover - exercised in a venv without torch
+    raise ImportError(
+        "fastopt.torch needs PyTorch, which is not installed: pip install 'fastopt[torch]' "
+        "(for the CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+    ) from error
+from torch.autograd import Variable
 from torch.optim.optimizer import ParamsT
 
 import fastopt
 from fastopt.flat import FlatParams
 from fastopt.gradients import (
     GradientOptions,
-    NonfinitePolicy,
     StepStats,
     check_gradient_options,
 )
@@ -75,20 +96,62 @@ if TYPE_CHECKING:
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
 
 _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+_GRADIENT_OPTIONS = frozenset(GradientOptions.__annotations__)
+
+#: torch's implementation switches, the values that describe fastopt's step, and why others
+#: cannot be had.
+_IMPLEMENTATION = {
+    "foreach": ((None, False), "the step is one fused launch, not torch's foreach loop"),
+    "fused": ((None, True), "the step is always fused"),
+    "capturable": ((False,), "fastopt.torch steps CPU tensors, outside CUDA graphs"),
+    "differentiable": ((False,), "the step is not recorded by autograd"),
+}
 
 
-def _plain(value: Any) -> Any:
-    """A hyperparameter as fastopt takes it (torch allows tensors, e.g. a tensor lr)."""
+def _plain(value: Any, name: str) -> Any:
+    """A hyperparameter as fastopt takes it (torch allows one-element tensors, e.g. lr)."""
     if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element")
         return value.item()
     if isinstance(value, (tuple, list)):
-        return tuple(_plain(item) for item in value)
+        return tuple(_plain(item, name) for item in value)
     return value
 
 
 def _scalar_dtype() -> np.dtype:
     """The dtype torch gives ``state["step"]`` (float64 only under a float64 default dtype)."""
     return np.dtype(np.float64 if torch.get_default_dtype() == torch.float64 else np.float32)
+
+
+def _check_implementation(group: Mapping[str, Any], keys: Iterable[str], where: str) -> None:
+    """Refuse torch implementation switches that ask for something fastopt does not do."""
+    for key in keys:
+        value = group[key]
+        allowed, reason = _IMPLEMENTATION[key]
+        if not (value is None or isinstance(value, bool)):
+            raise TypeError(f"{where}{key} must be a bool or None, got {type(value).__name__}")
+        if value not in allowed:
+            choices = " or ".join(repr(choice) for choice in allowed)
+            raise ValueError(f"{where}{key}={value!r} is not available: {reason} (use {choices})")
+
+
+def _remove_hooks(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()
+
+
+def _lending_hook(optimizer: weakref.ref[_FlatOptimizer], index: int) -> Callable[[Any], None]:
+    """A tensor hook that lends parameter ``index`` its gradient view before autograd
+    accumulates (weak: a dropped optimizer lends nothing)."""
+
+    def hook(grad: torch.Tensor) -> None:
+        owner = optimizer()
+        if owner is not None:
+            owner._lend(index)
+
+    return hook
 
 
 class _FlatOptimizer(torch.optim.Optimizer):
@@ -99,23 +162,34 @@ class _FlatOptimizer(torch.optim.Optimizer):
     _rule: ClassVar[type[fastopt.Optimizer]]
     #: The group keys the rule reads; other keys (``initial_lr``...) are carried along.
     _hyperparameters: ClassVar[tuple[str, ...]]
+    #: torch's implementation switches of this class (keys of ``_IMPLEMENTATION``).
+    _implementation: ClassVar[tuple[str, ...]]
+    #: Group keys this class fixes whatever the arguments or a checkpoint say.
+    _fixed: ClassVar[dict[str, Any]] = {}
     #: Whether torch keeps a ``"step"`` tensor in the state (SGD does not).
     _step_in_state: ClassVar[bool] = True
     #: Whether torch creates the state in the constructor (Adagrad) rather than lazily.
     _state_at_init: ClassVar[bool] = False
 
     def __init__(
-        self,
-        params: ParamsT,
-        defaults: dict[str, Any],
-        *,
-        nonfinite: NonfinitePolicy = "propagate",
-        max_norm: float | None = None,
-        norm_type: float = 2.0,
-        clip_value: float | None = None,
+        self, params: ParamsT, defaults: dict[str, Any], gradient_options: dict[str, Any]
     ) -> None:
+        name = type(self).__name__
+        for key in gradient_options:
+            if key not in _GRADIENT_OPTIONS:
+                raise TypeError(f"{name}.__init__() got an unexpected keyword argument {key!r}")
+        _check_implementation(defaults, self._implementation, "")
+        if isinstance(defaults["lr"], torch.Tensor):
+            _plain(defaults["lr"], "lr")
+        options = {
+            "nonfinite": "propagate",
+            "max_norm": None,
+            "norm_type": 2.0,
+            "clip_value": None,
+            **gradient_options,
+        }
         nonfinite, max_norm, norm_type, clip_value = check_gradient_options(
-            nonfinite, max_norm, norm_type, clip_value
+            options["nonfinite"], options["max_norm"], options["norm_type"], options["clip_value"]
         )
         self._gradient_options = {
             "nonfinite": nonfinite,
@@ -124,7 +198,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
             "clip_value": clip_value,
         }
         self._inner: fastopt.Optimizer | None = None
-        super().__init__(params, defaults)
+        self._hooks: list[Any] = []
+        weakref.finalize(self, _remove_hooks, self._hooks)
+        super().__init__(params, {**defaults, **self._fixed})
         self._build()
 
     @property
@@ -153,7 +229,13 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if not params:
             raise ValueError(f"param_groups[{number}] has no parameters")
         self._check_tensors(number, params)
+        _check_implementation(
+            {**self.defaults, **param_group}, self._implementation, f"param_groups[{number}] "
+        )
+        if "lr" in param_group:
+            _plain(param_group["lr"], "lr")
         super().add_param_group(param_group)
+        self.param_groups[-1].update(self._fixed)
         if self._inner is not None:
             try:
                 self._build()
@@ -197,7 +279,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         groups, start = [], 0
         for group in self.param_groups:
             end = start + len(group["params"])
-            settings = {key: _plain(group[key]) for key in self._hyperparameters}
+            settings = {key: _plain(group[key], key) for key in self._hyperparameters}
             groups.append({"params": list(flat.params[start:end]), **settings})
             start = end
         inner = self._rule(groups, **self._gradient_options)
@@ -209,37 +291,64 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if self._state_at_init:
             inner._flat_plan().ensure_state(np.arange(len(params)))
 
-        # Everything is checked: rebind.
-        # A parameter whose .grad is None counts as without gradient until backward (or
-        # anything else) writes its gradient view, as after zero_grad(set_to_none=True); so
-        # does one that was waiting so in the previous buffer.
-        waiting = set()
-        if self._inner is not None:
-            flags = zip(self._params, self._grads, self._pending, self._versions, strict=True)
-            waiting = {
-                id(param)
-                for param, grad, pending, version in flags
-                if pending and param.grad is grad and grad._version == version
-            }
-        pending = []
-        for param, view in zip(params, flat.grads, strict=True):
+        # Everything is checked: rebind. A gradient a parameter has is copied in; one without
+        # keeps None, and a hook lends it its view when backward reaches it.
+        grads = [torch.from_numpy(view) for view in flat.grads]
+        for param, view, grad in zip(params, flat.params, grads, strict=True):
             if param.grad is not None:
-                view[...] = param.grad.detach().numpy()
-            pending.append(param.grad is None or id(param) in waiting)
-        self._grads = [torch.from_numpy(view) for view in flat.grads]
-        for param, view, grad in zip(params, flat.params, self._grads, strict=True):
+                grad.copy_(param.grad.detach())
             param.data = torch.from_numpy(view)
-            param.grad = grad
+            if param.grad is not None:
+                param.grad = grad
         if self._inner is not None:
             inner.last_step = self._inner.last_step
+        _remove_hooks(self._hooks)
+        me = weakref.ref(self)
+        self._hooks.extend(
+            param.register_hook(_lending_hook(me, index))
+            for index, param in enumerate(params)
+            if param.requires_grad
+        )
         self._flat = flat
         self._inner = inner
         self._params = params
+        self._grads = grads
         self._data_pointers = [param.data_ptr() for param in params]
-        self._grad_pointers = [grad.data_ptr() for grad in self._grads]
-        self._pending = pending
-        self._versions = [grad._version for grad in self._grads]
+        self._grad_pointers = [grad.data_ptr() for grad in grads]
+        # Whether gradient view i is known to hold zeros and is not handed out.
+        self._clean = [param.grad is None for param in params]
+        # Views lent during the running backward pass, with their version when lent.
+        self._lent: list[tuple[int, int]] = []
+        self._settle_queued = False
         self._expose_state()
+
+    def _lend(self, index: int) -> None:
+        """Make gradient view ``index`` the parameter's ``.grad`` before autograd accumulates
+        into it (called by the parameter's hook during backward)."""
+        param = self._params[index]
+        if param.grad is not None or param.data_ptr() != self._data_pointers[index]:
+            return  # autograd accumulates into that .grad, or allocates: step() sorts it out
+        view = self._grads[index]
+        if not self._clean[index]:
+            view.zero_()
+        self._clean[index] = False
+        param.grad = view
+        self._lent.append((index, view._version))
+        if not self._settle_queued:
+            Variable._execution_engine.queue_callback(self._settle)
+            self._settle_queued = True
+
+    def _settle(self) -> None:
+        """At the end of a backward pass: a lent view that autograd did not write (the
+        parameter got no gradient, e.g. under torch.autograd.grad) is taken back, so that
+        ``.grad`` is None again as torch leaves it."""
+        self._settle_queued = False
+        for index, version in self._lent:
+            view = self._grads[index]
+            if view._version == version and self._params[index].grad is view:
+                self._params[index].grad = None
+                self._clean[index] = True
+        self._lent.clear()
 
     @staticmethod
     def _check_grad(index: int, param: torch.Tensor, grad: torch.Tensor) -> None:
@@ -259,45 +368,61 @@ class _FlatOptimizer(torch.optim.Optimizer):
             )
 
     def _expose_state(self) -> None:
-        """``self.state`` in torch's layout: tensors that view fastopt's flat state buffers."""
+        """``self.state`` in torch's layout: tensors that view fastopt's flat state buffers.
+
+        Entries fastopt does not keep (a hook's or the user's own keys) stay as they are.
+        """
         inner = self._inner
+        previous = getattr(self, "state", {})
         self._steps = np.zeros(len(self._params), dtype=_scalar_dtype())
         state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
         for index, param in enumerate(self._params):
+            exposed = {
+                key: value
+                for key, value in previous.get(param, {}).items()
+                if key != "step" and key not in inner._all_state_names()
+            }
             entry = inner.state.get(index)
-            if not entry:
-                continue
-            exposed: dict[str, Any] = {}
-            if self._step_in_state:
-                self._steps[index] = entry["step"]
-                exposed["step"] = torch.from_numpy(self._steps[index : index + 1].reshape(()))
-            for name, value in entry.items():
-                if isinstance(value, np.ndarray):
-                    exposed[name] = torch.from_numpy(value)
+            if entry:
+                if self._step_in_state:
+                    self._steps[index] = entry["step"]
+                    exposed["step"] = torch.from_numpy(self._steps[index : index + 1].reshape(()))
+                for name, value in entry.items():
+                    if isinstance(value, np.ndarray):
+                        exposed[name] = torch.from_numpy(value)
             if exposed:
                 state[param] = exposed
         self.state = state
 
     # ------------------------------------------------------------------ step
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero every gradient (one pass over the flat gradient buffer).
-
-        With ``set_to_none=True`` a parameter that gets no gradient before the next
-        :meth:`step` is skipped by it, as torch skips ``p.grad is None``; ``p.grad`` itself
-        stays a (zero) view of the buffer so that backward accumulates into it.
+        """Reset every gradient, as torch does: to ``None`` (``set_to_none=True``, the
+        default), or to zero where a gradient exists; one pass over the flat gradient buffer.
         """
         self._flat.grad_buffer.fill(0)
-        for param, grad in zip(self._params, self._grads, strict=True):
-            if param.grad is not grad:
-                param.grad = grad
-        self._pending = [set_to_none] * len(self._params)
-        self._versions = [grad._version for grad in self._grads]
+        params, grads = self._params, self._grads
+        if set_to_none:
+            for param in params:
+                if param.grad is not None:
+                    param.grad = None
+            self._clean = [True] * len(params)
+            return
+        for param, grad in zip(params, grads, strict=True):
+            own = param.grad
+            if own is not None and own is not grad:  # someone else's tensor: zeroed in place
+                if own.grad_fn is not None:
+                    own.detach_()
+                else:
+                    own.requires_grad_(False)
+                own.zero_()
+        self._clean = [param.grad is not grad for param, grad in zip(params, grads, strict=True)]
 
     def _active(self) -> np.ndarray:
-        """Which parameters have a gradient; replaced gradients are copied in (checked first)."""
+        """Which parameters have a gradient; gradients from elsewhere are copied in (all
+        checked first)."""
         active = []
         replaced = []
-        grads, pending, versions = self._grads, self._pending, self._versions
+        grads, pointers = self._grads, self._grad_pointers
         for index, (param, pointer) in enumerate(
             zip(self._params, self._data_pointers, strict=True)
         ):
@@ -311,19 +436,17 @@ class _FlatOptimizer(torch.optim.Optimizer):
             grad = param.grad
             if grad is None:
                 active.append(False)
-            elif grad is grads[index] and grad.data_ptr() == self._grad_pointers[index]:
-                # Ours: written since zero_grad (its version moved), or zeroed to be kept.
-                active.append(not pending[index] or grad._version != versions[index])
-            else:
+                continue
+            if not (grad is grads[index] and grad.data_ptr() == pointers[index]):
                 self._check_grad(index, param, grad)
                 replaced.append(index)
-                active.append(True)
+            active.append(True)
         for index in replaced:
             fresh = torch.from_numpy(self._flat.grads[index])
             fresh.copy_(self._params[index].grad.detach())
             self._params[index].grad = fresh
             self._grads[index] = fresh
-            self._pending[index] = False
+            self._clean[index] = False
         return np.array(active, dtype=bool)
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -342,7 +465,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for group, inner_group in zip(self.param_groups, inner.param_groups, strict=True):
             for key in self._hyperparameters:
                 if key in group:
-                    inner_group[key] = _plain(group[key])
+                    inner_group[key] = _plain(group[key], key)
         inner._refresh_hyperparameters()
         active = self._active()
         if inner._step_flat(active):
@@ -352,28 +475,82 @@ class _FlatOptimizer(torch.optim.Optimizer):
         return loss
 
     # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def _group_defaults(cls) -> dict[str, Any]:
+        """The constructor's defaults: what a group key an older checkpoint lacks becomes."""
+        return {
+            name: parameter.default
+            for name, parameter in inspect.signature(cls.__init__).parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        } | cls._fixed
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint in torch's format (from this class or from ``torch.optim``).
 
-        Everything is checked (group and parameter counts, state names, shapes, steps,
-        hyperparameters) before anything changes; tensors are cast to the parameters' dtype.
+        As in torch, the load-state-dict pre-hooks may rewrite the checkpoint first, group
+        keys it lacks take the constructor's defaults, and the post-hooks run last (what they
+        write to :attr:`state` is kept). Everything is checked (group and parameter counts,
+        state names, shapes, steps, hyperparameters) before anything changes; tensors are
+        cast to the parameters' dtype.
         """
-        self._inner.load_state_dict(self._to_fastopt(state_dict))
-        super().load_state_dict(dict(state_dict))
-        self._inner._flat_plan().adopt()
-        self._expose_state()
-
-    def _to_fastopt(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
-        """A torch-format checkpoint as :meth:`fastopt.Optimizer.load_state_dict` takes it."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        state_dict = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         for key in ("state", "param_groups"):
             if key not in state_dict:
                 raise ValueError(f"state_dict has no {key!r} entry")
-        saved_groups = list(state_dict["param_groups"])
+        saved_groups = copy.deepcopy(list(state_dict["param_groups"]))
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"state_dict has {len(saved_groups)} parameter groups, "
                 f"the optimizer has {len(self.param_groups)}"
             )
+        defaults = self._group_defaults()
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            if not isinstance(saved, dict):
+                raise ValueError("state_dict param_groups must be a list of dicts")
+            for key in group:
+                if key in defaults:
+                    saved.setdefault(key, defaults[key])
+            saved.update({key: group[key] for key in self._implementation})
+            saved.update(self._fixed)
+        self._inner.load_state_dict(self._to_fastopt(state_dict["state"], saved_groups))
+
+        # Checked and loaded: torch's side.
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            saved["params"] = group["params"]
+            if "param_names" in group and "param_names" not in saved:
+                saved["param_names"] = group["param_names"]
+        self.param_groups = saved_groups
+        self._inner._flat_plan().adopt()
+        # Keys fastopt does not keep stay in the state, as torch keeps them.
+        params = [p for group in self.param_groups for p in group["params"]]
+        index_of = {
+            saved_id: index
+            for index, saved_id in enumerate(i for g in saved_groups for i in g.get("params", ()))
+        }
+        self.state = defaultdict(dict)
+        managed = self._inner._all_state_names() | {"step"}
+        for saved_id, entry in dict(state_dict["state"]).items():
+            extra = {k: copy.deepcopy(v) for k, v in dict(entry).items() if k not in managed}
+            if extra:
+                self.state[params[index_of[saved_id]]] = extra
+        self._expose_state()
+        post_hooks = list(self._optimizer_load_state_dict_post_hooks.values())
+        for post_hook in post_hooks:
+            post_hook(self)
+        if post_hooks:  # what the hooks wrote to self.state becomes the state
+            written = super().state_dict()
+            self._inner.load_state_dict(self._to_fastopt(written["state"], written["param_groups"]))
+            self._inner._flat_plan().adopt()
+            self._expose_state()
+
+    def _to_fastopt(self, saved_state: Any, saved_groups: list[Any]) -> dict[str, Any]:
+        """A torch-format checkpoint as :meth:`fastopt.Optimizer.load_state_dict` takes it."""
         index_of, groups, start = {}, [], 0
         for number, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
             ids = list(saved.get("params", ()))
@@ -383,11 +560,12 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     f"the optimizer's has {len(group['params'])}"
                 )
             index_of.update((saved_id, start + j) for j, saved_id in enumerate(ids))
-            settings = {k: _plain(saved[k]) for k in self._hyperparameters if k in saved}
+            settings = {k: _plain(saved[k], k) for k in self._hyperparameters if k in saved}
             groups.append({"params": list(range(start, start + len(ids))), **settings})
             start += len(ids)
         state = {}
-        for saved_id, entry in dict(state_dict["state"]).items():
+        managed = self._inner._all_state_names() | {"step"}
+        for saved_id, entry in dict(saved_state).items():
             if saved_id not in index_of:
                 raise ValueError(
                     f"state_dict has state for parameter {saved_id!r}, which is absent"
@@ -396,8 +574,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
             dtype = self._params[index].dtype
             converted: dict[str, Any] = {}
             for name, value in dict(entry).items():
+                if name not in managed:
+                    continue  # kept in self.state, as torch keeps it
                 if name == "step":
-                    converted[name] = _plain(value)
+                    converted[name] = _plain(value, name)
                 elif isinstance(value, torch.Tensor):
                     converted[name] = value.detach().to(device="cpu", dtype=dtype).numpy()
                 elif value is not None:  # torch once saved momentum_buffer=None
@@ -410,7 +590,7 @@ class Adam(_FlatOptimizer):
     r"""``torch.optim.Adam`` (same arguments, results and checkpoints), one fused launch per step.
 
     The update is written out in :func:`fastopt.adam_step`; see :mod:`fastopt.torch` for
-    ``zero_grad``, checkpoints and the flat buffer.
+    gradients, checkpoints and the flat buffer.
     """
 
     _rule = fastopt.Adam
@@ -423,6 +603,7 @@ class Adam(_FlatOptimizer):
         "maximize",
         "decoupled_weight_decay",
     )
+    _implementation = ("foreach", "capturable", "differentiable", "fused")
 
     def __init__(
         self,
@@ -433,7 +614,11 @@ class Adam(_FlatOptimizer):
         weight_decay: float = 0.0,
         amsgrad: bool = False,
         *,
+        foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         **gradient_options: Unpack[GradientOptions],
     ) -> None:
@@ -444,17 +629,19 @@ class Adam(_FlatOptimizer):
             "weight_decay": weight_decay,
             "amsgrad": amsgrad,
             "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(
-            params,
-            defaults,
-            **gradient_options,
-        )
+        super().__init__(params, defaults, gradient_options)
 
 
 class AdamW(Adam):
     """``torch.optim.AdamW``: :class:`Adam` with decoupled weight decay, default 1e-2."""
+
+    _fixed: ClassVar[dict[str, Any]] = {"decoupled_weight_decay": True}
 
     def __init__(
         self,
@@ -466,6 +653,10 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         **gradient_options: Unpack[GradientOptions],
     ) -> None:
         super().__init__(
@@ -475,8 +666,11 @@ class AdamW(Adam):
             eps,
             weight_decay,
             amsgrad,
+            foreach=foreach,
             maximize=maximize,
-            decoupled_weight_decay=True,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
             **gradient_options,
         )
 
@@ -489,6 +683,7 @@ class SGD(_FlatOptimizer):
 
     _rule = fastopt.SGD
     _hyperparameters = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    _implementation = ("foreach", "differentiable", "fused")
     _step_in_state = False
 
     def __init__(
@@ -501,6 +696,9 @@ class SGD(_FlatOptimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
         **gradient_options: Unpack[GradientOptions],
     ) -> None:
         defaults = {
@@ -510,12 +708,11 @@ class SGD(_FlatOptimizer):
             "weight_decay": weight_decay,
             "nesterov": nesterov,
             "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
         }
-        super().__init__(
-            params,
-            defaults,
-            **gradient_options,
-        )
+        super().__init__(params, defaults, gradient_options)
 
 
 class Adagrad(_FlatOptimizer):
@@ -534,6 +731,7 @@ class Adagrad(_FlatOptimizer):
         "eps",
         "maximize",
     )
+    _implementation = ("foreach", "differentiable", "fused")
     _state_at_init = True
 
     def __init__(
@@ -544,8 +742,11 @@ class Adagrad(_FlatOptimizer):
         weight_decay: float = 0.0,
         initial_accumulator_value: float = 0.0,
         eps: float = 1e-10,
+        foreach: bool | None = None,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         **gradient_options: Unpack[GradientOptions],
     ) -> None:
         defaults = {
@@ -554,13 +755,12 @@ class Adagrad(_FlatOptimizer):
             "weight_decay": weight_decay,
             "initial_accumulator_value": initial_accumulator_value,
             "eps": eps,
+            "foreach": foreach,
             "maximize": maximize,
+            "differentiable": differentiable,
+            "fused": fused,
         }
-        super().__init__(
-            params,
-            defaults,
-            **gradient_options,
-        )
+        super().__init__(params, defaults, gradient_options)
 
 
 class RMSprop(_FlatOptimizer):
@@ -571,6 +771,7 @@ class RMSprop(_FlatOptimizer):
 
     _rule = fastopt.RMSprop
     _hyperparameters = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
+    _implementation = ("capturable", "foreach", "differentiable")
 
     def __init__(
         self,
@@ -581,8 +782,10 @@ class RMSprop(_FlatOptimizer):
         weight_decay: float = 0.0,
         momentum: float = 0.0,
         centered: bool = False,
-        *,
+        capturable: bool = False,
+        foreach: bool | None = None,
         maximize: bool = False,
+        differentiable: bool = False,
         **gradient_options: Unpack[GradientOptions],
     ) -> None:
         defaults = {
@@ -592,10 +795,9 @@ class RMSprop(_FlatOptimizer):
             "weight_decay": weight_decay,
             "momentum": momentum,
             "centered": centered,
+            "capturable": capturable,
+            "foreach": foreach,
             "maximize": maximize,
+            "differentiable": differentiable,
         }
-        super().__init__(
-            params,
-            defaults,
-            **gradient_options,
-        )
+        super().__init__(params, defaults, gradient_options)

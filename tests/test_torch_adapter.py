@@ -180,12 +180,17 @@ def test_parameters_and_gradients_are_views_of_one_buffer():
     ):
         assert start <= param.data_ptr() < end and param.data_ptr() == view.ctypes.data
         assert torch.equal(param.detach(), old)  # values kept
-        assert param.grad.data_ptr() == grad.ctypes.data and not param.grad.any()
-    grads = [p.grad for p in model.parameters()]
+        assert param.grad is None  # as in torch: no gradient before a backward pass
     x, y = data(torch.float64)
     torch.nn.functional.mse_loss(model(x), y).backward()
-    assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
-    assert np.abs(flat.grad_buffer).sum() > 0  # autograd accumulated into the flat buffer
+    for param, grad in zip(model.parameters(), flat.grads, strict=True):
+        assert param.grad.data_ptr() == grad.ctypes.data  # autograd wrote into the flat buffer
+    grads = [p.grad for p in model.parameters()]
+    expected = [g.clone() for g in grads]
+    torch.nn.functional.mse_loss(model(x), y).backward()  # accumulates in place
+    for param, grad, first in zip(model.parameters(), grads, expected, strict=True):
+        assert param.grad is grad
+        torch.testing.assert_close(grad, 2 * first, rtol=1e-12, atol=0)
     opt.step()
     for param, view in zip(model.parameters(), flat.params, strict=True):
         assert torch.equal(param.detach(), torch.from_numpy(view))  # updated in place
