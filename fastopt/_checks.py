@@ -6,12 +6,18 @@ layout) naming the argument, what was expected and what was given. Kernels do no
 
 Arrays are NumPy arrays or CUDA device arrays; a parameter, its gradient and its state must
 live in the same place (the checks of device arrays are in :mod:`fastopt.cuda._arrays`).
+
+Options are checked the same way everywhere: a flag must be a ``bool`` (:func:`check_bool`),
+a named choice a ``str`` among the allowed ones (:func:`check_choice`), and a keyword a
+constructor forwards must be one the receiver takes (:func:`check_keywords`). The wording
+helpers :func:`plural` and :func:`with_article` keep messages grammatical.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import reprlib
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,15 +26,21 @@ from fastopt._backend import HOST, backend_of, location_of
 __all__ = [
     "FLOAT_DTYPES",
     "check_beta",
+    "check_bool",
+    "check_choice",
     "check_disjoint",
-    "check_flag",
     "check_fraction",
     "check_grad",
+    "check_keywords",
     "check_nonnegative",
     "check_param",
+    "check_real",
     "check_state",
     "check_step",
+    "describe",
+    "plural",
     "shares_memory",
+    "with_article",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -126,10 +138,16 @@ def shares_memory(first: object, second: object) -> bool:
     return start < other_end and other_start < end
 
 
-def _finite_real(name: str, value: object) -> float:
+def check_real(name: str, value: object) -> float:
+    """A real number (``int``, ``float`` or a NumPy scalar of those kinds; not a ``bool``), as a
+    float; it may be infinite or NaN."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    return float(value)
+
+
+def _finite_real(name: str, value: object) -> float:
+    value = check_real(name, value)
     if not math.isfinite(value):
         raise ValueError(f"Invalid {name}: {value} (must be finite)")
     return value
@@ -159,11 +177,87 @@ def check_fraction(name: str, value: object) -> float:
     return value
 
 
-def check_flag(name: str, value: object) -> bool:
-    """A bool (numpy bools too)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
+def check_bool(name: str, value: object) -> bool:
+    """A flag: a ``bool`` or a NumPy bool scalar (``numpy.True_``), returned as a ``bool``.
+
+    Anything else raises ``TypeError``, values that merely have a truth value included: ``1``,
+    ``"yes"``, ``None`` and NumPy arrays (``numpy.array(True)`` too).
+    """
+    if value is True or value is False:
+        return value  # type: ignore[return-value]
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {describe(value)}")
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """One of the strings ``choices``, returned as a plain ``str``.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a ``str``.
+    ValueError
+        If it is none of ``choices`` (the message lists them).
+    """
+    allowed = _listing(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {allowed}; got {describe(value)}")
+    if value not in choices:
+        raise ValueError(f"Invalid {name}: {value!r} (must be one of {allowed})")
+    return str(value)
+
+
+def check_keywords(function: str, keywords: Mapping[str, object], allowed: Collection[str]) -> None:
+    """Refuse a keyword argument outside ``allowed``, as Python refuses one a function lacks.
+
+    A constructor that passes its extra keywords (``**gradient_options``) on to another calls
+    this first, with its own name as ``function`` (``"Adam.__init__"``): the message then names
+    the callable the user called, not the one the keywords were forwarded to.
+    """
+    for keyword in keywords:
+        if keyword not in allowed:
+            raise TypeError(f"{function}() got an unexpected keyword argument {keyword!r}")
+
+
+def describe(value: object) -> str:
+    """A value for an error message: its type and a ``repr`` cut to a readable length."""
+    return f"{type(value).__name__} {_short_repr.repr(value)}"
+
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = _short_repr.maxother = 60
+
+
+def _listing(choices: Iterable[str]) -> str:
+    return ", ".join(map(repr, choices))
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``count`` and ``noun``, plural unless ``count`` is 1: ``"1 entry"``, ``"2 entries"``.
+
+    The plural is ``noun + "s"`` unless ``plural_form`` gives it.
+    """
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {plural_form if plural_form is not None else noun + 's'}"
+
+
+# Capital letters read by name with a leading vowel sound ("an SGD", "an RMSprop").
+_VOWEL_SOUND_LETTERS = frozenset("AEFHILMNORSX")
+
+
+def with_article(word: str) -> str:
+    """``word`` after "a" or "an", for class names: "an Adam", "a FlatParams", "an SGD".
+
+    An acronym (two leading capitals) is read letter by letter; any other word takes "an"
+    before a vowel letter.
+    """
+    if word[:2].isupper():
+        vowel_sound = word[0] in _VOWEL_SOUND_LETTERS
+    else:
+        vowel_sound = word[:1].lower() in ("a", "e", "i", "o", "u")
+    return f"{'an' if vowel_sound else 'a'} {word}"
 
 
 def check_step(value: object) -> int:

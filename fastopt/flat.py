@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fastopt._checks import FLOAT_DTYPES
+from fastopt._checks import FLOAT_DTYPES, plural
 
 __all__ = ["ALIGNMENT_BYTES", "FlatParams"]
 
@@ -247,7 +247,7 @@ class FlatParams:
             return self.names.index(key)
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             if not -len(self) <= key < len(self):
-                raise IndexError(f"array index {key} out of range for {len(self)} arrays")
+                raise IndexError(f"array index {key} out of range for {plural(len(self), 'array')}")
             return int(key) % len(self)
         raise TypeError(f"key must be an int or a name, got {type(key).__name__}")
 
@@ -334,7 +334,9 @@ class FlatParams:
                 f"got {type(grads).__name__}"
             )
         if len(grads) != len(self):
-            raise ValueError(f"grads has {len(grads)} entries, expected {len(self)}")
+            raise ValueError(
+                f"grads has {plural(len(grads), 'entry', 'entries')}, expected {len(self)}"
+            )
         for index, (grad, shape) in enumerate(zip(grads, self.shapes, strict=True)):
             if grad is None:
                 continue
@@ -355,7 +357,5 @@ class FlatParams:
         return 1.0 / self.micro_batches if self.micro_batches else 1.0
 
     def __repr__(self) -> str:
-        return (
-            f"FlatParams({len(self)} arrays, {self.size} {self.dtype} elements, "
-            f"{self.buffer.nbytes} bytes)"
-        )
+        arrays, elements = plural(len(self), "array"), plural(self.size, f"{self.dtype} element")
+        return f"FlatParams({arrays}, {elements}, {plural(self.buffer.nbytes, 'byte')})"

@@ -71,6 +71,7 @@ from typing import Literal, TypeAlias, TypedDict
 
 import numpy as np
 
+from fastopt._checks import check_choice, check_real
 from fastopt._reduce import (
     BLOCK,
     block_count,
@@ -82,6 +83,7 @@ from fastopt._reduce import (
 )
 
 __all__ = [
+    "GRADIENT_OPTIONS",
     "NONFINITE_POLICIES",
     "PLAIN_STEP",
     "FlatGradients",
@@ -115,6 +117,12 @@ class GradientOptions(TypedDict, total=False):
     max_norm: float | None
     norm_type: float
     clip_value: float | None
+
+
+#: The names of the gradient options, the keywords :class:`GradientOptions` describes.
+GRADIENT_OPTIONS: frozenset[str] = (
+    GradientOptions.__required_keys__ | GradientOptions.__optional_keys__
+)
 
 
 @dataclass(frozen=True)
@@ -209,18 +217,16 @@ class FlatGradients:
 PLAIN_STEP = Prestep(1.0, math.inf, StepStats(None, 1.0, None, True))
 
 
-def _real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
-
-
 def _check_norm_type(norm_type: object) -> float:
-    if norm_type == "inf":
-        return math.inf
-    value = _real("norm_type", norm_type)
+    if isinstance(norm_type, str):
+        if norm_type == "inf":
+            return math.inf
+        raise TypeError(
+            f"norm_type must be a real number (2.0 or math.inf) or the str 'inf', got {norm_type!r}"
+        )
+    value = check_real("norm_type", norm_type)
     if value not in (2.0, math.inf):
-        raise ValueError(f"Invalid norm_type: {norm_type!r} (supported: 2.0 and inf)")
+        raise ValueError(f"Invalid norm_type: {norm_type!r} (must be 2.0, math.inf or 'inf')")
     return value
 
 
@@ -238,14 +244,11 @@ def check_gradient_options(
         (``math.inf`` is allowed: it reports the norm without clipping), or ``norm_type`` is
         neither 2 nor inf.
     """
-    if not isinstance(nonfinite, str):
-        raise TypeError(f"nonfinite must be a str, got {type(nonfinite).__name__}")
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"Invalid nonfinite: {nonfinite!r} (expected one of {NONFINITE_POLICIES})")
+    nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
     checked = []
     for name, value in (("max_norm", max_norm), ("clip_value", clip_value)):
         if value is not None:
-            value = _real(name, value)
+            value = check_real(name, value)
             if not value >= 0.0:
                 raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
         checked.append(value)
@@ -254,7 +257,7 @@ def check_gradient_options(
 
 def check_loss_scale(loss_scale: object) -> float:
     """A finite loss scale ``> 0``."""
-    value = _real("loss_scale", loss_scale)
+    value = check_real("loss_scale", loss_scale)
     if not (math.isfinite(value) and value > 0.0):
         raise ValueError(f"Invalid loss_scale: {value} (must be finite and > 0)")
     return value

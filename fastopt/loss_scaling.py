@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from fastopt._checks import check_bool
 from fastopt.optimizer import GradsT, Optimizer
 
 __all__ = ["LossScaler"]
@@ -77,8 +78,7 @@ class LossScaler:
         *,
         enabled: bool = True,
     ) -> None:
-        if not isinstance(enabled, bool):
-            raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+        enabled = check_bool("enabled", enabled)
         self._check(init_scale, growth_factor, backoff_factor, growth_interval)
         self._enabled = enabled
         self._scale = _to_float32(init_scale) if enabled else 1.0

@@ -23,11 +23,12 @@ from typing import Any, ClassVar, TypeAlias
 import numpy as np
 
 from fastopt._backend import HOST, ArrayBackend, backend_of, is_device_array, location_of
-from fastopt._checks import check_grad, check_param
+from fastopt._checks import check_grad, check_keywords, check_param, plural
 from fastopt._flatstep import FlatStep
 from fastopt._launch import launch, single_segment
 from fastopt.flat import FlatParams
 from fastopt.gradients import (
+    GRADIENT_OPTIONS,
     PLAIN_STEP,
     FlatGradients,
     NonfiniteGradientError,
@@ -54,6 +55,26 @@ def _evaluate(spec: Any, step: int) -> Any:
     if isinstance(spec, tuple):
         return tuple(float(v(step)) if callable(v) else v for v in spec)
     return float(spec(step))
+
+
+# Stands in a group's checked hyperparameters for a value that can change in place (a list):
+# no value is this object, so such a value is checked again at every step.
+_MUTABLE = object()
+
+
+def _is_fixed(value: object) -> bool:
+    """Whether ``value`` cannot change in place (a number, a string, a tuple of those...)."""
+    if value is None or type(value) in (bool, int, float, str) or isinstance(value, np.generic):
+        return True
+    return type(value) is tuple and all(map(_is_fixed, value))
+
+
+def _checked_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What a group's hyperparameters are compared with at each step, once checked: the
+    values themselves, compared by identity (an equal value of another type, ``1`` where
+    ``True`` was checked, is checked again), with :data:`_MUTABLE` for values that can
+    change in place."""
+    return tuple(value if _is_fixed(value) else _MUTABLE for value in values)
 
 
 def _is_one_array(obj: object) -> bool:
@@ -141,7 +162,9 @@ class Optimizer:
     ----------
     param_groups : list of dict
         The groups with their current hyperparameters; edit them between steps to change the
-        settings (no recompilation). ``group["schedules"]`` holds the scheduled ones.
+        settings (no recompilation). The next step checks an edited value as the constructor
+        checks its arguments, before it writes anything. ``group["schedules"]`` holds the
+        scheduled ones.
     state : dict of int to dict
         Per-parameter state, keyed by the parameter's position in the flat parameter list.
     step_count : int
@@ -174,7 +197,10 @@ class Optimizer:
         # Every step compares each group's hyperparameters with the checked ones (users may
         # edit them between steps); a C-level getter keeps that off the per-step cost.
         keys = tuple(self.defaults)
-        self._hyper_values = operator.itemgetter(*keys) if keys else lambda group: ()
+        if len(keys) > 1:
+            self._hyper_values = operator.itemgetter(*keys)
+        else:  # itemgetter of one key returns the value, not a tuple
+            self._hyper_values = lambda group: tuple(group[key] for key in keys)
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
         self.step_count = 0
@@ -183,7 +209,7 @@ class Optimizer:
         self._views: dict[int, dict[str, np.ndarray]] = {}
         self._plans: dict[int, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
         self._row_layout = struct.Struct(f"={self._hyper_width}d")
-        self._checked: list[tuple[Any, ...] | None] = []
+        self._checked: list[tuple[Any, ...]] = []
         self._attached: dict[str, Any] = {}
         self._arrays: ArrayBackend = HOST
         self._written_spans: tuple[list[int], list[int], list[str]] | None = None
@@ -198,6 +224,15 @@ class Optimizer:
             self.add_param_group(group)
 
     # ------------------------------------------------------------------ rule interface
+    def _check_gradient_keywords(self, keywords: Mapping[str, Any]) -> None:
+        """Refuse keywords other than the gradient options, naming the class called.
+
+        A rule's constructor calls this before passing its ``**gradient_options`` on, so that
+        ``Adam(w, learning_rate=0.1)`` raises ``Adam.__init__() got an unexpected keyword
+        argument 'learning_rate'``, as Python would for a keyword Adam itself lacks.
+        """
+        check_keywords(f"{type(self).__qualname__}.__init__", keywords, GRADIENT_OPTIONS)
+
     def _check_group(self, group: Mapping[str, Any]) -> None:
         """Raise ``TypeError``/``ValueError`` if a hyperparameter of ``group`` is invalid."""
         raise NotImplementedError
@@ -281,7 +316,7 @@ class Optimizer:
         group["params"] = params
         self._check_group(group)
         self.param_groups.append(group)
-        self._checked.append(self._hyper_values(group))
+        self._checked.append(_checked_values(self._hyper_values(group)))
         self._grad_names.extend(
             f"grads[{i}]" for i in range(len(self._params), len(self._params) + len(params))
         )
@@ -323,14 +358,19 @@ class Optimizer:
             pass  # the usual case, without the slower checks below
         elif _is_one_array(grads):
             if count != 1:
-                raise TypeError(f"grads must be a list of {count} arrays (one per parameter)")
+                raise TypeError(
+                    f"grads must be a list of {plural(count, 'array')} (one per parameter)"
+                )
             grads = [grads]
         elif not isinstance(grads, Sequence) or isinstance(grads, (str, bytes)):
             raise TypeError(f"grads must be an ndarray or a list of them, got {type(grads)}")
         else:
             grads = list(grads)  # read once: what is checked is what the update reads
         if len(grads) != count:
-            raise ValueError(f"grads has {len(grads)} entries, expected {count} (one per param)")
+            raise ValueError(
+                f"grads has {plural(len(grads), 'entry', 'entries')}, expected {count} "
+                "(one per parameter)"
+            )
         if self._written_spans is None:
             self._index_written_arrays()
         written_owners = self._written_owners
@@ -402,10 +442,12 @@ class Optimizer:
             if schedules:
                 for key, spec in schedules.items():
                     group[key] = _evaluate(spec, self.step_count)
-            key = hyper_values(group)
-            if key != checked[number]:
+            values = hyper_values(group)
+            # By identity: the common case (nothing edited) stays a C-level loop, and any
+            # replaced value is checked again, even one equal to the checked one.
+            if not all(map(operator.is_, values, checked[number])):
                 self._check_group(group)
-                self._checked[number] = key
+                checked[number] = _checked_values(values)
 
     def _prepare_state(self, index: int, param: np.ndarray, group: Mapping[str, Any]) -> bool:
         state = self.state.get(index)
@@ -511,8 +553,10 @@ class Optimizer:
             nonfinite is None
             and type(loss_scale) is float
             and loss_scale == 1.0
+            and type(self.nonfinite) is str
             and self.nonfinite == "propagate"
             and self.max_norm is None
+            and type(self.norm_type) is float
             and self.norm_type == 2.0
             and self.clip_value is None
         ):
@@ -672,15 +716,16 @@ class Optimizer:
             raise ValueError("state_dict state and attached must be dicts")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
-                f"state_dict has {len(saved_groups)} parameter groups, "
+                f"state_dict has {plural(len(saved_groups), 'parameter group')}, "
                 f"the optimizer has {len(self.param_groups)}"
             )
         merged_groups = []
         for number, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=False)):
             if len(saved.get("params", ())) != len(group["params"]):
                 raise ValueError(
-                    f"state_dict param_groups[{number}] has {len(saved.get('params', ()))} "
-                    f"parameters, the optimizer's has {len(group['params'])}"
+                    f"state_dict param_groups[{number}] has "
+                    f"{plural(len(saved.get('params', ())), 'parameter')}, the optimizer's has "
+                    f"{len(group['params'])}"
                 )
             merged = dict(group)
             merged.update({k: v for k, v in saved.items() if k in self.defaults})
@@ -709,7 +754,7 @@ class Optimizer:
             self.param_groups[number].update(
                 {k: v for k, v in merged.items() if k in self.defaults}
             )
-            self._checked[number] = self._hyper_values(self.param_groups[number])
+            self._checked[number] = _checked_values(self._hyper_values(self.param_groups[number]))
         self.state = new_state
         self._state_version += 1
         self._views.clear()

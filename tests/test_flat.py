@@ -170,7 +170,7 @@ def test_accumulate_adds_counts_and_zero_grad_resets():
     [
         ([np.ones((2, 2)), np.ones(4)], ValueError, r"grads\[1\] must have shape \(3,\)"),
         ([np.ones((2, 2)), np.ones(3, np.float32)], TypeError, r"grads\[1\] must have dtype"),
-        ([np.ones((2, 2))], ValueError, "1 entries, expected 2"),
+        ([np.ones((2, 2))], ValueError, "1 entry, expected 2"),
         ([np.ones((2, 2)), [1.0, 2.0, 3.0]], TypeError, r"grads\[1\] must be a numpy"),
         (np.ones(7), ValueError, "shape"),
         ("grads", TypeError, "list of arrays"),

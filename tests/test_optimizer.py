@@ -57,7 +57,7 @@ def test_load_state_dict_rejects_mismatches_and_changes_nothing():
     cases = [
         ({k: v for k, v in good.items() if k != "state"}, "no 'state'"),
         (altered(param_groups=[]), "0 parameter groups"),
-        (altered(param_groups=[{**good["param_groups"][0], "params": [0]}]), "1 parameters"),
+        (altered(param_groups=[{**good["param_groups"][0], "params": [0]}]), "has 1 parameter,"),
         (altered(param_groups=[{**good["param_groups"][0], "lr": -1.0}]), "Invalid lr"),
         (altered(state={**state, 0: {**state[0], "exp_avg": np.zeros(4)}}), "shape"),
         (altered(state={**state, 0: {**state[0], "exp_avg": np.zeros(5, np.float32)}}), "dtype"),

@@ -35,7 +35,7 @@ def test_plot_rejects_bad_arguments(tmp_path):
         fs.plot([fs.constant(1.0), 1.0], 10, path)
     with pytest.raises(ValueError, match="steps"):
         fs.plot(fs.constant(1.0), 0, path)
-    with pytest.raises(ValueError, match="2 labels for 1 schedules"):
+    with pytest.raises(ValueError, match=r"2 labels for 1 schedule$"):
         fs.plot(fs.constant(1.0), 10, path, labels=["a", "b"])
     assert not path.exists()
 

@@ -10,8 +10,8 @@ import numpy as np
 from numba import prange
 
 from fastopt._checks import (
+    check_bool,
     check_disjoint,
-    check_flag,
     check_grad,
     check_nonnegative,
     check_param,
@@ -188,7 +188,7 @@ def adagrad_step(
         lr_decay=lr_decay,
         weight_decay=weight_decay,
         eps=eps,
-        maximize=check_flag("maximize", maximize),
+        maximize=check_bool("maximize", maximize),
         step=check_step(step),
         grad_scale=grad_scale,
         clip_value=kernel_clip,
@@ -256,16 +256,13 @@ class Adagrad(Optimizer):
             "eps": eps,
             "maximize": maximize,
         }
-        super().__init__(
-            params,
-            defaults,
-            **gradient_options,
-        )
+        self._check_gradient_keywords(gradient_options)
+        super().__init__(params, defaults, **gradient_options)
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         _check_hyperparameters(group["lr"], group["lr_decay"], group["weight_decay"], group["eps"])
         check_nonnegative("initial_accumulator_value", group["initial_accumulator_value"])
-        check_flag("maximize", group["maximize"])
+        check_bool("maximize", group["maximize"])
 
     def _state_names(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         return ("sum",)

@@ -11,8 +11,8 @@ from numba import prange
 
 from fastopt._checks import (
     check_beta,
+    check_bool,
     check_disjoint,
-    check_flag,
     check_grad,
     check_nonnegative,
     check_param,
@@ -260,8 +260,8 @@ def adam_step(
         beta2=beta2,
         eps=eps,
         weight_decay=weight_decay,
-        maximize=check_flag("maximize", maximize),
-        decoupled_weight_decay=check_flag("decoupled_weight_decay", decoupled_weight_decay),
+        maximize=check_bool("maximize", maximize),
+        decoupled_weight_decay=check_bool("decoupled_weight_decay", decoupled_weight_decay),
         step=check_step(step),
         grad_scale=grad_scale,
         clip_value=kernel_clip,
@@ -338,11 +338,8 @@ class Adam(Optimizer):
             "maximize": maximize,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(
-            params,
-            defaults,
-            **gradient_options,
-        )
+        self._check_gradient_keywords(gradient_options)
+        super().__init__(params, defaults, **gradient_options)
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         betas = group["betas"]
@@ -350,7 +347,7 @@ class Adam(Optimizer):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         _check_hyperparameters(group["lr"], betas[0], betas[1], group["eps"], group["weight_decay"])
         for flag in ("amsgrad", "maximize", "decoupled_weight_decay"):
-            check_flag(flag, group[flag])
+            check_bool(flag, group[flag])
 
     def _state_names(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         if group["amsgrad"]:
@@ -408,6 +405,8 @@ class AdamW(Adam):
         maximize: bool = False,
         **gradient_options: Unpack[GradientOptions],
     ) -> None:
+        # Checked here: Adam would take decoupled_weight_decay, which AdamW does not.
+        self._check_gradient_keywords(gradient_options)
         super().__init__(
             params,
             lr,

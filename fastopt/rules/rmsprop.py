@@ -10,8 +10,8 @@ import numpy as np
 from numba import prange
 
 from fastopt._checks import (
+    check_bool,
     check_disjoint,
-    check_flag,
     check_grad,
     check_nonnegative,
     check_param,
@@ -242,7 +242,7 @@ def rmsprop_step(
         eps=eps,
         weight_decay=weight_decay,
         momentum=momentum,
-        maximize=check_flag("maximize", maximize),
+        maximize=check_bool("maximize", maximize),
         grad_scale=grad_scale,
         clip_value=kernel_clip,
     )
@@ -283,6 +283,9 @@ class RMSprop(Optimizer):
 
     Notes
     -----
+    The positional order is that of ``torch.optim.RMSprop`` without ``capturable`` and
+    ``foreach``, which fastopt does not take: ``maximize`` follows ``centered``.
+
     Conventions: torch's default ``alpha`` is 0.99, Keras' ``rho`` 0.9 and the original
     lecture's 0.9; optax's ``rmsprop`` puts eps inside the square root. Keras adds eps inside
     too.
@@ -309,7 +312,6 @@ class RMSprop(Optimizer):
         weight_decay: float = 0.0,
         momentum: ScheduleLike = 0.0,
         centered: bool = False,
-        *,
         maximize: bool = False,
         **gradient_options: Unpack[GradientOptions],
     ) -> None:
@@ -322,18 +324,15 @@ class RMSprop(Optimizer):
             "centered": centered,
             "maximize": maximize,
         }
-        super().__init__(
-            params,
-            defaults,
-            **gradient_options,
-        )
+        self._check_gradient_keywords(gradient_options)
+        super().__init__(params, defaults, **gradient_options)
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         _check_hyperparameters(
             group["lr"], group["alpha"], group["eps"], group["weight_decay"], group["momentum"]
         )
-        check_flag("centered", group["centered"])
-        check_flag("maximize", group["maximize"])
+        check_bool("centered", group["centered"])
+        check_bool("maximize", group["maximize"])
 
     def _state_names(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         names = ("square_avg",)

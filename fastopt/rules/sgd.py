@@ -10,8 +10,8 @@ import numpy as np
 from numba import prange
 
 from fastopt._checks import (
+    check_bool,
     check_disjoint,
-    check_flag,
     check_grad,
     check_nonnegative,
     check_param,
@@ -150,7 +150,7 @@ def _check_hyperparameters(
     check_nonnegative("momentum", momentum)
     check_nonnegative("dampening", dampening)
     check_nonnegative("weight_decay", weight_decay)
-    if check_flag("nesterov", nesterov) and (momentum <= 0 or dampening != 0):
+    if check_bool("nesterov", nesterov) and (momentum <= 0 or dampening != 0):
         raise ValueError(
             f"nesterov=True requires momentum > 0 and dampening = 0, "
             f"got momentum={momentum}, dampening={dampening}"
@@ -222,8 +222,8 @@ def sgd_step(
         dampening=dampening,
         nesterov=nesterov,
         weight_decay=weight_decay,
-        maximize=check_flag("maximize", maximize),
-        initialize_buffer=check_flag("initialize_buffer", initialize_buffer),
+        maximize=check_bool("maximize", maximize),
+        initialize_buffer=check_bool("initialize_buffer", initialize_buffer),
         grad_scale=grad_scale,
         clip_value=kernel_clip,
     )
@@ -294,11 +294,8 @@ class SGD(Optimizer):
             "nesterov": nesterov,
             "maximize": maximize,
         }
-        super().__init__(
-            params,
-            defaults,
-            **gradient_options,
-        )
+        self._check_gradient_keywords(gradient_options)
+        super().__init__(params, defaults, **gradient_options)
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         _check_hyperparameters(
@@ -308,7 +305,7 @@ class SGD(Optimizer):
             group["nesterov"],
             group["weight_decay"],
         )
-        check_flag("maximize", group["maximize"])
+        check_bool("maximize", group["maximize"])
 
     def _state_names(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()

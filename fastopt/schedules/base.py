@@ -1,4 +1,8 @@
-"""The :class:`Schedule` base class and the argument checks shared by all schedules."""
+"""The :class:`Schedule` base class and the argument checks shared by all schedules.
+
+Flags and named choices are checked by :func:`fastopt._checks.check_bool` and
+:func:`fastopt._checks.check_choice`, as everywhere in fastopt.
+"""
 
 from __future__ import annotations
 
@@ -144,10 +148,3 @@ def increasing_steps(name: str, values: Sequence[int]) -> tuple[int, ...]:
         if steps[i] <= steps[i - 1]:
             raise ValueError(f"{name} must be strictly increasing, got {list(steps)}")
     return steps
-
-
-def choice(name: str, value: object, options: tuple[str, ...]) -> str:
-    """Return ``value`` after checking it is one of ``options``."""
-    if value not in options:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
-    return value

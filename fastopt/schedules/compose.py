@@ -6,6 +6,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 
+from fastopt._checks import plural
 from fastopt.schedules.base import Schedule, finite, frozen_schedule, increasing_steps, integer
 from fastopt.schedules.decay import constant
 
@@ -57,8 +58,9 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     boundaries = increasing_steps("boundaries", boundaries)
     if len(boundaries) != len(schedules) - 1:
         raise ValueError(
-            f"boundaries must have one entry fewer than schedules: got {len(boundaries)} "
-            f"boundaries for {len(schedules)} schedules"
+            "boundaries must have one entry fewer than schedules: got "
+            f"{plural(len(boundaries), 'boundary', 'boundaries')} for "
+            f"{plural(len(schedules), 'schedule')}"
         )
     return _Join(schedules, boundaries)
 

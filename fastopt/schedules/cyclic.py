@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from fastopt._checks import check_bool, check_choice
 from fastopt.schedules.base import (
     Schedule,
-    choice,
     finite,
     frozen_schedule,
     in_interval,
@@ -52,9 +52,8 @@ def _check_one_cycle_shape(
     pct_start = finite("pct_start", pct_start)
     if not 0.0 < pct_start < 1.0:
         raise ValueError(f"pct_start must be in (0, 1), got {pct_start!r}")
-    anneal_strategy = choice("anneal_strategy", anneal_strategy, _ANNEAL_STRATEGIES)
-    if not isinstance(three_phase, bool):
-        raise TypeError(f"three_phase must be a bool, got {three_phase!r}")
+    anneal_strategy = check_choice("anneal_strategy", anneal_strategy, _ANNEAL_STRATEGIES)
+    three_phase = check_bool("three_phase", three_phase)
     ends = _one_cycle_phase_ends(total_steps, pct_start, three_phase)
     starts = (0.0, *ends[:-1])
     if any(end <= start for start, end in zip(starts, ends, strict=True)):
@@ -230,7 +229,7 @@ def _check_cycle_shape(
     if step_size_down is None:
         step_size_down = step_size_up
     step_size_down = integer("step_size_down", step_size_down, minimum=1)
-    mode = choice("mode", mode, _CYCLIC_MODES)
+    mode = check_choice("mode", mode, _CYCLIC_MODES)
     gamma = in_interval("gamma", gamma, 0.0, 1.0, open_low=True)
     return step_size_up, step_size_down, mode, gamma
 

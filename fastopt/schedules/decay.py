@@ -5,6 +5,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 
+from fastopt._checks import check_bool
 from fastopt.schedules.base import (
     Schedule,
     finite,
@@ -287,13 +288,11 @@ def inverse_time_decay(
     staircase : bool
         Whether to decay in discrete jumps every ``decay_steps`` steps.
     """
-    if not isinstance(staircase, bool):
-        raise TypeError(f"staircase must be a bool, got {staircase!r}")
     return _InverseTimeDecay(
         finite("base_lr", base_lr),
         non_negative("decay_rate", decay_rate),
         integer("decay_steps", decay_steps, minimum=1),
-        staircase,
+        check_bool("staircase", staircase),
     )
 
 

@@ -6,7 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from fastopt.schedules.base import Schedule, choice, finite, integer, is_real, non_negative
+from fastopt._checks import check_choice, plural
+from fastopt.schedules.base import Schedule, finite, integer, is_real, non_negative
 
 _STATE_KEYS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch")
 
@@ -60,6 +61,9 @@ class ReduceLROnPlateau:
 
     Raises
     ------
+    TypeError
+        When a parameter has the wrong type (``mode`` or ``threshold_mode`` not a ``str``, a
+        number that is not a real number).
     ValueError
         On an invalid parameter, or when a group's lr is missing, not a finite float, or
         driven by a schedule.
@@ -88,13 +92,13 @@ class ReduceLROnPlateau:
                 raise ValueError(f"param_groups[{i}] has no 'lr' entry")
             finite(f"param_groups[{i}]['lr']", group["lr"])
         self.optimizer = optimizer
-        self.mode = choice("mode", mode, ("min", "max"))
+        self.mode = check_choice("mode", mode, ("min", "max"))
         self.factor = finite("factor", factor)
         if not 0.0 < self.factor < 1.0:
             raise ValueError(f"factor must be in (0, 1), got {self.factor!r}")
         self.patience = integer("patience", patience, minimum=0)
         self.threshold = non_negative("threshold", threshold)
-        self.threshold_mode = choice("threshold_mode", threshold_mode, ("rel", "abs"))
+        self.threshold_mode = check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
         self.cooldown = integer("cooldown", cooldown, minimum=0)
         self.min_lrs = self._per_group_min_lr(min_lr, len(groups))
         self.eps = non_negative("eps", eps)
@@ -158,8 +162,8 @@ class ReduceLROnPlateau:
         groups = self.optimizer.param_groups
         if len(groups) != len(self.min_lrs):
             raise ValueError(
-                f"the optimizer has {len(groups)} param groups but ReduceLROnPlateau was "
-                f"built for {len(self.min_lrs)}"
+                f"the optimizer has {plural(len(groups), 'param group')} but "
+                f"ReduceLROnPlateau was built for {len(self.min_lrs)}"
             )
         for group, min_lr in zip(groups, self.min_lrs, strict=True):
             old_lr = float(group["lr"])

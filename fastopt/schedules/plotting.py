@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from fastopt._checks import plural
 from fastopt.schedules.base import Schedule, integer
 
 
@@ -66,7 +67,9 @@ def plot(
     if labels is None:
         labels = [repr(schedule) for schedule in schedules]
     if len(labels) != len(schedules):
-        raise ValueError(f"got {len(labels)} labels for {len(schedules)} schedules")
+        raise ValueError(
+            f"got {plural(len(labels), 'label')} for {plural(len(schedules), 'schedule')}"
+        )
 
     # A bare Figure on the Agg canvas leaves pyplot's global state and backend untouched.
     figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
