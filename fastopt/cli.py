@@ -12,6 +12,7 @@ import argparse
 import datetime
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -90,7 +91,9 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="threads for fastopt and torch (default: all numba allows)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar (none is drawn off a terminal)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -163,6 +166,17 @@ def _config(args: argparse.Namespace):
     return replace(base, **overrides)
 
 
+def _torch_skipped(args: argparse.Namespace) -> str:
+    """Why torch was not timed, when no torch implementation was requested."""
+    from fastopt.bench.torch_child import MISSING_NOTE, torch_installed
+
+    if args.no_torch:
+        return "--no-torch was given"
+    if not torch_installed():
+        return MISSING_NOTE
+    return "no torch implementation in --implementations"
+
+
 def _collect(args: argparse.Namespace, compile_times: bool):
     """Run the benchmarks the arguments ask for; return them as Results."""
     from fastopt.bench.compiletime import measure_compile_times
@@ -176,6 +190,8 @@ def _collect(args: argparse.Namespace, compile_times: bool):
     progress = Progress(enabled=not args.quiet)
     with numba_threads(config.threads):
         rows, torch_info = run_suite(config, progress)
+        if not torch_info["requested"]:
+            torch_info["note"] = _torch_skipped(args)
         data: dict[str, Any] = {
             "schema": SCHEMA,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -200,30 +216,58 @@ def _note(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _print_tables(results) -> None:
+def _print_table(table) -> None:
+    """A table with its title above it and its notes (the noise marks' counts) below."""
     from fastopt.bench.document import markdown_table
-    from fastopt.bench.report import many_tensors_table, overhead_table, rule_table
+
+    print(f"\n{table.title}\n")
+    print(markdown_table(table.headers, table.rows))
+    for note in table.notes:
+        print(note)
+
+
+def _print_legend() -> None:
+    from fastopt.bench.report import legend
+
+    print("\nHow to read the tables:")
+    for line in legend():
+        print(textwrap.fill(line, width=100, initial_indent="  ", subsequent_indent="    "))
+
+
+def _print_tables(results) -> None:
+    from fastopt.bench.report import (
+        format_spread,
+        many_tensors_table,
+        overhead_table,
+        rule_table,
+    )
+    from fastopt.bench.torch_child import MISSING_NOTE, install_hint
 
     machine = results.data["machine"]
     torch = results.data.get("torch") or {}
-    torch_text = (
-        f"torch {torch['version']} in a separate process"
-        if torch.get("available")
-        else "torch not measured"
-    )
+    if torch.get("available"):
+        torch_text = f"torch {torch['version']} in a separate process"
+    elif torch.get("note") == MISSING_NOTE:
+        torch_text = "torch not installed"
+    else:
+        torch_text = f"torch not measured ({torch.get('note') or 'not requested'})"
     print(
         f"{machine['cpu']}, {results.data['config']['threads']} threads "
         f"({machine['threading_layer']}), numba {machine['versions']['numba']}, {torch_text}",
     )
+    if torch.get("note") == MISSING_NOTE:
+        print(f"To add the torch.optim comparison: {install_hint()}")
     tables = [rule_table(results, dtype) for dtype in results.dtypes()]
     tables += [many_tensors_table(results), overhead_table(results)]
     for table in tables:
         if table is not None:
-            print(f"\n{table.title}\n")
-            print(markdown_table(table.headers, table.rows))
+            _print_table(table)
     bandwidth = results.data.get("bandwidth")
     if bandwidth:
-        print(f"\nMeasured bandwidth: {bandwidth['gb_per_s']:.1f} GB/s")
+        spread = bandwidth.get("spread")
+        spread_text = "" if spread is None else f" (spread {format_spread(spread)})"
+        print(f"\nMeasured bandwidth: {bandwidth['gb_per_s']:.1f} GB/s{spread_text}")
+    _print_legend()
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -255,6 +299,9 @@ def _report(args: argparse.Namespace) -> int:
     if summary is not None:
         print(f"{summary.title}\n")
         print(markdown_table(summary.headers, summary.rows))
+        for note in summary.notes:
+            print(note)
+        _print_legend()
     print()
     for name, path in written.items():
         print(f"{name}: {path}")

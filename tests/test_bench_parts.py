@@ -3,9 +3,11 @@
 import io
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 import fastopt
 import fastopt._launch as launch_module
@@ -20,14 +22,32 @@ from fastopt.bench.ceiling import MAX_STATE, stream_step
 from fastopt.bench.document import Document, markdown_table
 from fastopt.bench.progress import Progress
 from fastopt.bench.report import (
+    CEILING_MARK,
+    NOISY_MARK,
+    TIMES,
     format_number,
     format_percent,
     format_ratio,
+    format_spread,
     format_time,
+    legend,
+    many_tensors_table,
+    rule_table,
+    summary_table,
     targets_table,
+    times_table,
+    with_spread,
 )
-from fastopt.bench.results import SCHEMA, Results, load, save
-from fastopt.bench.runner import TimingPolicy, per_call_times, time_call
+from fastopt.bench.results import (
+    NOISY_SPREAD,
+    SCHEMA,
+    Results,
+    combined_spread,
+    load,
+    save,
+    spread,
+)
+from fastopt.bench.runner import TimingPolicy, per_call_times, summarize, time_call
 from fastopt.bench.seed import seed_runs
 from fastopt.bench.suite import make_step, many_tensors_step
 
@@ -140,7 +160,8 @@ def test_time_call_warms_up_and_reports_per_call_times():
     timing = time_call(lambda: next(calls), policy)
     assert timing.samples == 4
     assert timing.calls_per_sample >= 1
-    assert 0 < timing.min_ns <= timing.median_ns
+    assert 0 < timing.min_ns <= timing.q1_ns <= timing.median_ns <= timing.q3_ns <= timing.max_ns
+    assert set(timing.as_dict()) >= {"q1_ns", "q3_ns", "max_ns"}  # saved with each row
     # warm-up, calibration (itself a sample when a batch is one call), then the samples
     batches = timing.samples - (timing.calls_per_sample == 1)
     assert next(calls) == 3 + 1 + batches * timing.calls_per_sample
@@ -159,30 +180,175 @@ def test_per_call_times():
     assert len(times) == 50 and all(t >= 0 for t in times)
 
 
-def test_progress_without_tqdm_writes_one_line_per_case(monkeypatch):
-    import builtins
+def test_summarize_computes_the_spread_from_known_timings():
+    samples = [14.0, 10.0, 12.0, 11.0, 13.0, 30.0, 9.0]
+    timing = summarize(samples, calls_per_sample=8)
+    assert (timing.min_ns, timing.median_ns, timing.max_ns) == (9.0, 12.0, 30.0)
+    # quartiles by linear interpolation, as NumPy's default percentile
+    assert (timing.q1_ns, timing.q3_ns) == (10.5, 13.5)
+    np.testing.assert_allclose([timing.q1_ns, timing.q3_ns], np.percentile(samples, [25, 75]))
+    assert timing.spread == pytest.approx(3.0 / 12.0)  # one outlier (30) does not move it
+    assert (timing.samples, timing.calls_per_sample) == (7, 8)
+    assert summarize([5.0, 5.0, 5.0], 1).spread == 0.0
+    single = summarize([7.0], 1)
+    assert single.q1_ns == single.q3_ns == 7.0 and single.spread is None
+    # the saved row gives the same spread
+    row = {"status": "ok", **timing.as_dict()}
+    assert spread(row) == pytest.approx(0.25)
+    assert spread({**row, "status": "unavailable"}) is None
+    old = {k: v for k, v in row.items() if k not in ("q1_ns", "q3_ns", "max_ns")}
+    assert spread(old) is None  # a run saved before the quartiles were recorded
 
-    real_import = builtins.__import__
 
-    def no_tqdm(name, *args, **kwargs):
-        if name == "tqdm":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
+def test_a_ratio_combines_the_spreads_of_its_two_times():
+    assert combined_spread(0.03, 0.04) == pytest.approx(0.05)
+    assert combined_spread(0.03, None) is None
+    n = 1 << 20
+    unknown = _row("adam", n, "numpy", 500.0)
+    del unknown["q1_ns"], unknown["q3_ns"]
+    results = _results(
+        [
+            _row("adam", n, "fastopt", 100.0, spread=0.03),
+            _row("adam", n, "ceiling", 90.0, spread=0.04),
+            unknown,
+        ]
+    )
+    assert results.time_spread("single", "adam", "float32", n, "fastopt") == pytest.approx(0.03)
+    assert results.ceiling_spread("adam", "float32", n) == pytest.approx(0.05)
+    assert results.speedup_spread("single", "adam", "float32", n, "numpy") is None
+    assert results.speedup_spread("single", "adam", "float32", n, "fastopt") == 0.0
+    assert results.speedup_spread("single", "adam", "float32", n, "torch-fused") is None
 
-    monkeypatch.setattr(builtins, "__import__", no_tqdm)
-    stream = io.StringIO()
+
+def test_format_spread_and_with_spread():
+    assert format_spread(0.0) == "0%"
+    assert format_spread(0.0004) == "<0.1%"
+    assert format_spread(0.021) == "2.1%"
+    assert format_spread(0.0996) == "10%"
+    assert format_spread(1.5) == "150%"
+    assert with_spread("12.3 µs", 0.021) == "12.3 µs (2.1%)"
+    assert with_spread("12.3 µs", NOISY_SPREAD) == "12.3 µs (10%)"  # at the threshold: kept
+    assert with_spread("12.3 µs", 0.11) == f"{NOISY_MARK}12.3 µs (11%)"
+    assert with_spread("104%", 0.2, above_ceiling=True) == f"{CEILING_MARK}{NOISY_MARK}104% (20%)"
+    assert with_spread("n/a", 0.5) == "n/a"
+    assert with_spread(f"1.00{TIMES}", None) == f"1.00{TIMES}"
+
+
+def test_noisy_figures_are_marked_and_counted_under_the_table():
+    n = 1 << 20
+    rows = [
+        _row("adam", n, "fastopt", 100.0, spread=0.02),
+        _row("adam", n, "ceiling", 97.0, spread=0.02),
+        _row("adam", n, "numpy", 500.0, spread=0.30),
+    ]
+    table = rule_table(_results(rows), "float32")
+    (row,) = table.rows
+    cells = dict(zip(table.headers, row, strict=True))
+    assert cells["time/step"] == "100 ns (2.0%)"
+    assert cells["% of ceiling"] == "97.0% (2.8%)"
+    assert cells[f"{TIMES} NumPy"] == f"{NOISY_MARK}5.00{TIMES} (30%)"
+    assert cells["Melt/s"] == "10500000"  # no spread of its own: it shares time/step's
+    (note,) = table.notes
+    assert note.startswith(f"`{NOISY_MARK}` 1 of 3 figures: spread above 10%")
+    assert "too noisy" in note
+    # the mark keeps the figure a number: right-aligned in Markdown, class "num" in HTML
+    assert markdown_table(table.headers, table.rows).splitlines()[1].endswith("-: |")
+    times = times_table(_results(rows), "float32")
+    assert times.rows[0][-1] == f"{NOISY_MARK}500 ns (30%)"
+    assert times.notes[0].startswith(f"`{NOISY_MARK}` 1 of 3 figures")
+
+
+def test_above_the_ceiling_is_marked_as_noise():
+    n = 1 << 24
+    rows = [
+        _row("sgd", n, "fastopt", 100.0, spread=0.01),
+        _row("sgd", n, "ceiling", 104.0, spread=0.01),
+        _row("adam", n, "fastopt", 100.0, spread=0.01),
+        _row("adam", n, "ceiling", 100.04, spread=0.01),  # shown as 100%: not above
+    ]
+    results = _results(rows)
+    table = rule_table(results, "float32")
+    ceiling = [dict(zip(table.headers, r, strict=True))["% of ceiling"] for r in table.rows]
+    assert ceiling == [f"{CEILING_MARK}104% (1.4%)", "100% (1.4%)"]
+    (note,) = table.notes
+    assert note.startswith(f"`{CEILING_MARK}` 1 above 100% of the ceiling")
+    assert "noise" in note
+    summary = summary_table(results)
+    assert summary.rows[0][4] == f"{CEILING_MARK}104% (1.4%)" and summary.notes == table.notes
+    targets = targets_table(results)
+    measured = {(target, case): m for target, case, m, _ in targets.rows}
+    assert measured[("≥ 95% of the same-bytes ceiling", "SGD, n = 2^24")].startswith("!104%")
+
+
+def test_runs_saved_without_quartiles_show_figures_without_spreads():
+    rows = [_row("adam", 1 << 20, impl, ns) for impl, ns in (("fastopt", 100.0), ("ceiling", 50.0))]
+    for row in rows:
+        del row["q1_ns"], row["q3_ns"]
+    table = rule_table(_results(rows), "float32")
+    assert table.rows[0][2:6] == ("100 ns", "10500000", "294000", "50.0%")
+    assert table.notes == ()
+
+
+def test_legend_explains_units_spread_and_marks_once():
+    lines = legend()
+    text = "\n".join(lines)
+    for term in ("Melt/s", "GB/s", "% of ceiling", "(n%)", "interquartile range"):
+        assert text.count(f"{term}") >= 1, term
+    assert sum(line.startswith("Melt/s:") for line in lines) == 1
+    assert sum(line.startswith("% of ceiling:") for line in lines) == 1
+    assert f"`{NOISY_MARK}`" in text and f"`{CEILING_MARK}`" in text
+
+
+def test_many_tensors_table_gives_spreads():
+    size = 1 << 20
+    rows = [
+        _row("adam", size, "fastopt", 200.0, case="many_tensors", spread=0.02),
+        _row("adam", size, "torch-fused", 400.0, case="many_tensors", spread=0.2),
+    ]
+    table = many_tensors_table(_results(rows))
+    cells = {row[0]: row for row in table.rows}
+    assert cells["fastopt"][2] == "200 ns (2.0%)"
+    assert cells["fastopt"][4] == f"{NOISY_MARK}2.00{TIMES} (20%)"
+    assert cells["torch fused"][4] == f"1.00{TIMES} (0%)"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_draws_a_tqdm_bar_with_the_time_left_on_a_terminal():
+    stream = _Terminal()
     progress = Progress(stream=stream)
+    progress.reset(3)
+    assert isinstance(progress._bar, tqdm)
+    progress.advance("adam float32 n=4096")
+    assert progress._bar.n == 0  # a case counts once it has finished
+    progress.advance("sgd float32 n=4096", 2)
+    assert progress._bar.n == 1 and progress.done == 1
+    text = stream.getvalue()
+    assert "adam float32 n=4096" in text and "sgd float32 n=4096" in text
+    assert "1/3" in text and "case" in text
+    assert re.search(r"\[\d\d:\d\d<(\d\d:\d\d|\?)", text)  # elapsed<remaining
+    progress.close()
+    assert progress.done == 3 and progress._bar is None
+
+
+def test_progress_is_silent_off_a_terminal_and_when_disabled():
+    piped = io.StringIO()  # a file or a pipe: isatty() is False
+    progress = Progress(stream=piped)
     progress.reset(2)
+    assert progress._bar is not None and progress._bar.disable
     progress.advance("first")
     progress.advance("second")
     progress.close()
-    assert stream.getvalue().splitlines() == ["[1/2] first", "[2/2] second"]
-    silent = io.StringIO()
+    assert piped.getvalue() == "" and progress.done == 2
+    silent = _Terminal()
     quiet = Progress(enabled=False, stream=silent)
     quiet.reset(1)
     quiet.advance("x")
     quiet.close()
-    assert silent.getvalue() == ""
+    assert silent.getvalue() == "" and quiet._bar is None
 
 
 def test_torch_missing_gives_unavailable_rows(monkeypatch):
@@ -286,7 +452,8 @@ def _results(rows, **extra):
     return Results(data)
 
 
-def _row(rule, size, implementation, ns, case="single"):
+def _row(rule, size, implementation, ns, case="single", spread=0.0):
+    """A measured row whose samples' interquartile range is ``spread`` times ``ns``."""
     return {
         "case": case,
         "rule": rule,
@@ -297,7 +464,11 @@ def _row(rule, size, implementation, ns, case="single"):
         "status": "ok",
         "note": "",
         "median_ns": ns,
-        "min_ns": ns,
+        "min_ns": ns * (1 - spread),
+        "q1_ns": ns * (1 - spread / 2),
+        "q3_ns": ns * (1 + spread / 2),
+        "max_ns": ns * (1 + spread),
+        "samples": 5,
         "bytes_per_element": RULES[rule].bytes_per_element("float32"),
     }
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numba
 import pytest
 
-from fastopt.bench.report import TIMES
+from fastopt.bench.report import TIMES, legend
 from fastopt.bench.results import load
-from fastopt.bench.torch_child import torch_installed
+from fastopt.bench.torch_child import INSTALL_COMMANDS, install_hint, torch_installed
 from fastopt.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,10 +41,23 @@ def _tables(text: str) -> dict[str, list[dict[str, str]]]:
     return tables
 
 
+_FIGURE = re.compile(
+    r"(?P<marks>[~!]*)(?P<value>[\d.]+)\s*(?:ns|µs|ms|s|%|\N{MULTIPLICATION SIGN})?"
+    r"(?: \((?P<spread><?[\d.]+)%\))?"
+)
+
+
 def _number(cell: str) -> float:
-    match = re.fullmatch(r"([\d.]+)\s*(ns|µs|ms|s|%|\N{MULTIPLICATION SIGN})?", cell)
+    match = _FIGURE.fullmatch(cell)
     assert match, f"not a number: {cell!r}"
-    return float(match.group(1))
+    return float(match.group("value"))
+
+
+def _spread(cell: str) -> str | None:
+    """The spread in parentheses after a figure (``"2.1"``), or None."""
+    match = _FIGURE.fullmatch(cell)
+    assert match, f"not a number: {cell!r}"
+    return match.group("spread")
 
 
 def test_bench_quick_prints_parsable_tables_and_saves_json(tmp_path, capsys):
@@ -86,8 +99,18 @@ def test_bench_quick_prints_parsable_tables_and_saves_json(tmp_path, capsys):
     for row in rules:
         for column in ("time/step", "Melt/s", "GB/s", "% of ceiling", f"{TIMES} NumPy"):
             assert _number(row[column]) > 0, column
+        # every timed figure carries its spread over the repeats; the throughputs share time's
+        for column in ("time/step", "% of ceiling", f"{TIMES} NumPy"):
+            assert _spread(row[column]) is not None, column
+        assert _spread(row["Melt/s"]) is None and _spread(row["GB/s"]) is None
         if torch_installed():
             assert _number(row[f"{TIMES} torch fused"]) > 0
+    # the units and marks are explained once, after the tables
+    assert out.count("How to read the tables:") == 1
+    assert out.count("Melt/s: million elements updated per second") == 1
+    assert out.index("How to read the tables:") > out.index("Per-call time")
+    for line in legend():
+        assert line.split(":")[0] in out
     many = {
         r["implementation"]: r for r in tables["Adam on 200 arrays, 2^20 elements in all, float32"]
     }
@@ -147,6 +170,9 @@ def test_report_quick_writes_markdown_html_and_plots(tmp_path, capsys):
     markdown = (out_dir / "report.md").read_text()
     tables = _tables(markdown)
     assert "Speed targets" in markdown and "Machine" in markdown
+    assert markdown.count("### Reading the tables") == 1
+    assert all(f"- {line}" in markdown for line in legend())
+    assert all(_spread(row["time/step"]) for row in tables["fastopt, float32"])
     assert [r["rule"] for r in tables["fastopt, float32"]] == ["RMSprop"] * 2 + ["Adam"] * 2
     assert "![throughput per rule against size, with the roofline](throughput_float32.png)" in (
         markdown
@@ -155,6 +181,49 @@ def test_report_quick_writes_markdown_html_and_plots(tmp_path, capsys):
     page = (out_dir / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3
     assert "<table>" in page
+
+
+def test_bench_without_torch_says_how_to_add_it(monkeypatch, capsys):
+    # A None entry makes `import torch` fail and find_spec report no torch.
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert not torch_installed()
+    status = main(
+        [
+            "bench",
+            "--quick",
+            "--quiet",
+            "--rules",
+            "sgd",
+            "--sizes",
+            "64",
+            "--no-many-tensors",
+            "--threads",
+            "1",
+        ]
+    )
+    assert status == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(", torch not installed")
+    assert lines[1] == f"To add the torch.optim comparison: {install_hint()}"
+    assert all(command in lines[1] for command in INSTALL_COMMANDS)
+    assert not any("torch fused" in line for line in lines if line.startswith("|"))
+
+
+def test_bench_with_no_torch_gives_no_install_hint(capsys):
+    args = ["bench", "--quick", "--quiet", "--rules", "sgd", "--sizes", "64"]
+    assert main([*args, "--no-many-tensors", "--threads", "1", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith("torch not measured (--no-torch was given)")
+    assert "To add the torch.optim comparison" not in out
+
+
+def test_install_hint_names_an_extra_that_exists():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert INSTALL_COMMANDS[0] == 'pip install "fastopt[torch]"'
+    assert any(r.startswith("torch") for r in project["optional-dependencies"]["torch"])
+    # the Quick start (`pip install . && fastopt bench --quick`) draws tqdm's progress bar
+    assert any(r.startswith("tqdm") for r in project["dependencies"])
 
 
 @pytest.mark.slow

@@ -17,7 +17,10 @@ from pathlib import Path
 __all__ = ["Document", "markdown_table"]
 
 _INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*")
-_NUMERIC = re.compile("^[-+\\d.,]+\\s*(?:%|\N{MULTIPLICATION SIGN}|ns|µs|ms|s|GB/s)?$")
+# A number with its unit, optionally after noise marks and before its spread: "~12.3 µs (14%)".
+_NUMERIC = re.compile(
+    "^[~!]*[-+\\d.,]+\\s*(?:%|\N{MULTIPLICATION SIGN}|ns|µs|ms|s|GB/s)?(?: \\(<?[\\d.]+%\\))?$"
+)
 
 
 def _is_numeric(cell: str) -> bool:

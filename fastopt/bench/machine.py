@@ -168,7 +168,8 @@ def measure_bandwidth(
     """Memory bandwidth of an in-place stream: read 4 arrays, write 3 (Adam's traffic).
 
     Use a size well beyond the last-level cache (the default, 2^24 float32 elements per
-    array, is 64 MiB each) for the DRAM bandwidth.
+    array, is 64 MiB each) for the DRAM bandwidth. ``spread`` is the samples' interquartile
+    range over their median (None with a single sample).
     """
     policy = policy or TimingPolicy(repeats=10, min_repeats=5, max_seconds=2.0)
     rng = np.random.default_rng(0)
@@ -183,5 +184,6 @@ def measure_bandwidth(
         "median_ns": timing.median_ns,
         "gb_per_s": moved / timing.median_ns,
         "best_gb_per_s": moved / timing.min_ns,
+        "spread": timing.spread,
         "threads": numba.get_num_threads(),
     }

@@ -1,15 +1,20 @@
-"""A progress bar on stderr: tqdm's when it is installed, a one-line counter otherwise."""
+"""The benchmark's progress bar on stderr: tqdm's, with the case now running and time left."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import TextIO
+
+from tqdm import tqdm
 
 __all__ = ["Progress"]
 
 
 class Progress:
-    """Counts finished cases and shows the one now running.
+    """Counts finished cases, names the one now running and estimates the time left.
+
+    The bar is drawn only on a terminal (tqdm's ``disable=None``): with stderr redirected to
+    a file or a pipe nothing is written, so logs stay clean.
 
     Parameters
     ----------
@@ -26,47 +31,40 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.total = total
         self.done = 0
-        self._bar: Any = None
-        self._width = 0
+        self._running = 0
+        self._bar: tqdm | None = None
 
     def reset(self, total: int) -> None:
         """Start again with ``total`` cases."""
         self.close()
-        self.total, self.done = total, 0
-        if not self.enabled:
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return
-        self._bar = tqdm(
-            total=total, file=self.stream, unit="case", leave=False, dynamic_ncols=True
-        )
+        self.total, self.done, self._running = total, 0, 0
+        if self.enabled:
+            self._bar = tqdm(
+                total=total,
+                file=self.stream,
+                unit="case",
+                leave=False,
+                dynamic_ncols=True,
+                disable=None,
+            )
 
     def advance(self, label: str, count: int = 1) -> None:
-        """Count ``count`` more cases as started; ``label`` names the one now running."""
-        if not self.enabled:
-            return
+        """Start ``count`` more cases, named ``label``; the ones started before are done."""
+        self._finish_running()
+        self._running = count
         if self._bar is not None:
             self._bar.set_description_str(label, refresh=False)
-            self._bar.update(count)
-            return
-        self.done += count
-        line = f"[{min(self.done, self.total)}/{self.total}] {label}"
-        if self.stream.isatty():
-            padding = " " * max(0, self._width - len(line))
-            self.stream.write(f"\r{line}{padding}")
-            self._width = len(line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self._bar.refresh()
+
+    def _finish_running(self) -> None:
+        self.done = min(self.done + self._running, self.total)
+        if self._bar is not None and self._running:
+            self._bar.update(self._running)
+        self._running = 0
 
     def close(self) -> None:
-        """Remove the bar (the counter ends its line)."""
+        """Count the running cases as done and remove the bar."""
+        self._finish_running()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif self.enabled and self._width:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._width = 0

@@ -4,11 +4,17 @@ Every table is built from a :class:`~fastopt.bench.results.Results` by a functio
 ``fastopt bench`` (which prints them) and ``fastopt report`` (which writes them) show the
 same numbers. Speed targets are checked against the measurements and a missed target says
 by how much.
+
+Each timed figure carries its spread over the repeats in parentheses (``12.3 µs (2.1%)``, see
+:func:`~fastopt.bench.results.spread`); a figure too noisy to mean much starts with
+:data:`NOISY_MARK`, a fraction of the ceiling above 100% with :data:`CEILING_MARK`, and the
+table's notes count them. :func:`legend` explains the units and the marks, once per output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,32 +27,54 @@ from fastopt.bench.plots import (
     speedup_plot,
     throughput_plot,
 )
-from fastopt.bench.results import Results, save, throughput
+from fastopt.bench.results import (
+    CEILING_LIMIT,
+    NOISY_SPREAD,
+    Results,
+    is_noisy,
+    save,
+    spread,
+    throughput,
+)
 from fastopt.bench.seed import seed_runs
+from fastopt.bench.torch_child import MISSING_NOTE, install_hint
 
 __all__ = [
+    "CEILING_MARK",
+    "NOISY_MARK",
     "Table",
     "compile_table",
+    "format_spread",
+    "legend",
     "many_tensors_table",
+    "noise_notes",
     "overhead_table",
     "rule_table",
     "summary_table",
     "targets_table",
     "times_table",
+    "with_spread",
     "write_report",
 ]
 
 NA = "n/a"
 TIMES = "\N{MULTIPLICATION SIGN}"
+#: Starts a figure whose spread is above :data:`~fastopt.bench.results.NOISY_SPREAD`.
+NOISY_MARK = "~"
+#: Starts a fraction of the ceiling above 100% (which only the machine's drift produces).
+CEILING_MARK = "!"
+
+_WITH_SPREAD = re.compile(r" \(<?[\d.]+%\)$")
 
 
 @dataclass(frozen=True)
 class Table:
-    """A titled table of strings."""
+    """A titled table of strings, with lines to print under it (the noise marks' counts)."""
 
     title: str
     headers: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...] = ()
 
 
 def format_time(ns: float | None) -> str:
@@ -82,6 +110,116 @@ def format_ratio(value: float | None) -> str:
 
 def format_percent(fraction: float | None) -> str:
     return NA if fraction is None else f"{format_number(100 * fraction)}%"
+
+
+def format_spread(value: float) -> str:
+    """A relative spread as a percentage: ``0%``, ``<0.1%``, ``2.5%``, ``14%``."""
+    percent = 100 * value
+    if percent == 0:
+        return "0%"
+    if percent < 0.05:
+        return "<0.1%"
+    if percent < 9.95:
+        return f"{percent:.1f}%"
+    return f"{percent:.0f}%"
+
+
+def with_spread(text: str, spread: float | None, above_ceiling: bool = False) -> str:
+    """A formatted figure with its spread in parentheses and its noise marks in front.
+
+    Examples
+    --------
+    >>> from fastopt.bench.report import with_spread
+    >>> with_spread("12.3 µs", 0.021)
+    '12.3 µs (2.1%)'
+    >>> with_spread("1.05×", 0.14)
+    '~1.05× (14%)'
+    >>> with_spread("104%", 0.03, above_ceiling=True)
+    '!104% (3.0%)'
+    >>> with_spread("98.0%", None)
+    '98.0%'
+    """
+    if text == NA:
+        return text
+    marks = (CEILING_MARK if above_ceiling else "") + (NOISY_MARK if is_noisy(spread) else "")
+    tail = "" if spread is None else f" ({format_spread(spread)})"
+    return f"{marks}{text}{tail}"
+
+
+def _time_cell(results: Results, case: str, rule: str, dtype: str, size: int, impl: str) -> str:
+    return with_spread(
+        format_time(results.time_ns(case, rule, dtype, size, impl)),
+        results.time_spread(case, rule, dtype, size, impl),
+    )
+
+
+def _ratio_cell(
+    results: Results,
+    case: str,
+    rule: str,
+    dtype: str,
+    size: int,
+    baseline: str,
+    impl: str = "fastopt",
+) -> str:
+    return with_spread(
+        format_ratio(results.speedup(case, rule, dtype, size, baseline, impl)),
+        results.speedup_spread(case, rule, dtype, size, baseline, impl),
+    )
+
+
+def _ceiling_cell(results: Results, rule: str, dtype: str, size: int) -> str:
+    fraction = results.fraction_of_ceiling(rule, dtype, size)
+    # Marked by the number shown: 100.04% prints as 100%, which is not above the ceiling.
+    above = fraction is not None and _three_significant(fraction) > CEILING_LIMIT
+    return with_spread(
+        format_percent(fraction), results.ceiling_spread(rule, dtype, size), above_ceiling=above
+    )
+
+
+def noise_notes(rows: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """Lines saying how many figures of ``rows`` are marked as noise, and why (or none)."""
+    cells = [cell for row in rows for cell in row]
+    measured = sum(bool(_WITH_SPREAD.search(cell)) for cell in cells)
+    marks = [cell[: len(cell) - len(cell.lstrip(NOISY_MARK + CEILING_MARK))] for cell in cells]
+    noisy = sum(NOISY_MARK in mark for mark in marks)
+    above = sum(CEILING_MARK in mark for mark in marks)
+    notes = []
+    if noisy:
+        notes.append(
+            f"`{NOISY_MARK}` {noisy} of {measured} figures: spread above "
+            f"{NOISY_SPREAD:.0%}, the machine was too noisy for them to mean much "
+            "(rerun when it is quieter)."
+        )
+    if above:
+        notes.append(
+            f"`{CEILING_MARK}` {above} above 100% of the ceiling: a kernel moving the same "
+            "bytes cannot beat it, so the machine changed speed between the samples (other "
+            "programs, clock, bandwidth); read these as noise."
+        )
+    return tuple(notes)
+
+
+def legend() -> tuple[str, ...]:
+    """What the tables' units, spreads and marks mean: one line each."""
+    return (
+        "time/step: median time of one update over the repeats (fastopt: `opt.step(grad)`).",
+        "Melt/s: million elements updated per second; GB/s: gigabytes read and written per "
+        "second (B/elem: bytes read and written per element).",
+        "% of ceiling: the time of a streaming kernel that reads and writes the same bytes, "
+        "over fastopt's time; 100% is the memory-bandwidth roofline, so above 100% is noise.",
+        f"{TIMES} X: X's time over fastopt's (above 1{TIMES}: fastopt is faster).",
+        "(n%): the spread over the repeats, their interquartile range as a percentage of "
+        "the median; for a % or a ratio, the spreads of its two times combined (root of the "
+        "sum of squares); Melt/s and GB/s share the spread of time/step.",
+        f"`{NOISY_MARK}`: spread above {NOISY_SPREAD:.0%}, too noisy to mean much; "
+        f"`{CEILING_MARK}`: above 100% of the ceiling, noise.",
+    )
+
+
+def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    rows = tuple(tuple(row) for row in rows)
+    return Table(title, tuple(headers), rows, noise_notes(rows))
 
 
 _IMPL_NAMES = {
@@ -121,17 +259,14 @@ def rule_table(results: Results, dtype: str) -> Table:
                 (
                     RULES[rule].label,
                     size_label(size),
-                    format_time(results.time_ns("single", rule, dtype, size, "fastopt")),
+                    _time_cell(results, "single", rule, dtype, size, "fastopt"),
                     format_number(measured[0]) if measured else NA,
                     format_number(measured[1]) if measured else NA,
-                    format_percent(results.fraction_of_ceiling(rule, dtype, size)),
-                    *(
-                        format_ratio(results.speedup("single", rule, dtype, size, b))
-                        for b in baselines
-                    ),
+                    _ceiling_cell(results, rule, dtype, size),
+                    *(_ratio_cell(results, "single", rule, dtype, size, b) for b in baselines),
                 )
             )
-    return Table(f"fastopt, {dtype}", headers, tuple(rows))
+    return _table(f"fastopt, {dtype}", headers, rows)
 
 
 def times_table(results: Results, dtype: str) -> Table:
@@ -142,11 +277,10 @@ def times_table(results: Results, dtype: str) -> Table:
     for rule in results.rules(dtype):
         for size in results.sizes(dtype):
             cells = [
-                format_time(results.time_ns("single", rule, dtype, size, impl))
-                for impl in implementations
+                _time_cell(results, "single", rule, dtype, size, impl) for impl in implementations
             ]
             rows.append((RULES[rule].label, size_label(size), *cells))
-    return Table(f"Time per step, every implementation, {dtype}", headers, tuple(rows))
+    return _table(f"Time per step, every implementation, {dtype}", headers, rows)
 
 
 def many_tensors_table(results: Results) -> Table | None:
@@ -160,21 +294,18 @@ def many_tensors_table(results: Results) -> Table | None:
     for row in rows:
         impl = row["implementation"]
         measured = throughput(row)
-        time = results.time_ns("many_tensors", "adam", dtype, size, impl)
         if row["status"] != "ok":
             cells = (f"{row['status']}: {row['note']}"[:80], NA, NA)
         else:
             cells = (
-                format_time(time),
+                _time_cell(results, "many_tensors", "adam", dtype, size, impl),
                 format_number(measured[1]) if measured else NA,
-                format_ratio(
-                    results.speedup("many_tensors", "adam", dtype, size, "torch-fused", impl)
-                ),
+                _ratio_cell(results, "many_tensors", "adam", dtype, size, "torch-fused", impl),
             )
         launches = "1" if impl in ("ceiling", "fastopt-flat") else str(row["arrays"])
         table_rows.append((_IMPL_NAMES.get(impl, impl), launches, *cells))
     title = f"Adam on {MANY_TENSORS_COUNT} arrays, {size_label(size)} elements in all, {dtype}"
-    return Table(title, headers, tuple(table_rows))
+    return _table(title, headers, table_rows)
 
 
 def summary_table(results: Results) -> Table | None:
@@ -193,14 +324,14 @@ def summary_table(results: Results) -> Table | None:
             (
                 RULES[rule].label,
                 str(RULES[rule].bytes_per_element(dtype)),
-                format_time(results.time_ns("single", rule, dtype, size, "fastopt")),
+                _time_cell(results, "single", rule, dtype, size, "fastopt"),
                 format_number(measured[1]) if measured else NA,
-                format_percent(results.fraction_of_ceiling(rule, dtype, size)),
-                *(format_ratio(results.speedup("single", rule, dtype, size, b)) for b in baselines),
+                _ceiling_cell(results, rule, dtype, size),
+                *(_ratio_cell(results, "single", rule, dtype, size, b) for b in baselines),
             )
         )
     title = f"{size_label(size)} {dtype} elements, {results.data['config']['threads']} threads"
-    return Table(title, headers, tuple(rows))
+    return _table(title, headers, rows)
 
 
 def _check(measured: float | None, goal: float, higher_is_better: bool = True) -> str:
@@ -229,18 +360,24 @@ def targets_table(results: Results) -> Table:
             (
                 "≥ 95% of the same-bytes ceiling",
                 where,
-                format_percent(fraction),
+                _ceiling_cell(results, rule, dtype, size),
                 _check(fraction, 0.95),
             )
         )
-        versus = results.speedup("single", rule, dtype, size, "torch-fused")
-        baseline = "torch fused"
+        implementation, baseline = "torch-fused", "torch fused"
+        versus = results.speedup("single", rule, dtype, size, implementation)
         if versus is None and results.time_ns("single", rule, dtype, size, "torch-foreach"):
-            versus, baseline = (
-                results.speedup("single", rule, dtype, size, "torch-foreach"),
-                ("torch foreach (torch has no fused kernel here)"),
+            implementation = "torch-foreach"
+            baseline = "torch foreach (torch has no fused kernel here)"
+            versus = results.speedup("single", rule, dtype, size, implementation)
+        rows.append(
+            (
+                f"≥ parity with {baseline}",
+                where,
+                _ratio_cell(results, "single", rule, dtype, size, implementation),
+                _check(versus, 1.0),
             )
-        rows.append((f"≥ parity with {baseline}", where, format_ratio(versus), _check(versus, 1.0)))
+        )
     for size, goal in ((1 << 16, 3.0), (1 << 20, 1.5)):
         if size in sizes and "adam" in results.rules(dtype):
             versus = results.speedup("single", "adam", dtype, size, "torch-fused")
@@ -248,7 +385,7 @@ def targets_table(results: Results) -> Table:
                 (
                     f"≥ {goal:g}{TIMES} torch fused",
                     f"Adam, n = {size_label(size)}",
-                    format_ratio(versus),
+                    _ratio_cell(results, "single", "adam", dtype, size, "torch-fused"),
                     _check(versus, goal),
                 )
             )
@@ -260,15 +397,13 @@ def targets_table(results: Results) -> Table:
             note = flat["note"] if flat else "not measured"
             rows.append((f"≥ 8{TIMES} torch fused (per-tensor list)", where, NA, note))
         else:
-            versus = results.speedup(
-                "many_tensors", "adam", "float32", many[0]["size"], "torch-fused", "fastopt-flat"
-            )
+            case = ("many_tensors", "adam", "float32", many[0]["size"], "torch-fused")
             rows.append(
                 (
                     f"≥ 8{TIMES} torch fused (per-tensor list)",
                     where,
-                    format_ratio(versus),
-                    _check(versus, 8.0),
+                    _ratio_cell(results, *case, "fastopt-flat"),
+                    _check(results.speedup(*case, "fastopt-flat"), 8.0),
                 )
             )
     overhead = results.data.get("overhead")
@@ -291,7 +426,7 @@ def targets_table(results: Results) -> Table:
                 (
                     f"≥ 8{TIMES} the NumPy reference",
                     f"{RULES[rule].label}, n = 2^24",
-                    format_ratio(versus),
+                    _ratio_cell(results, "single", rule, dtype, 1 << 24, "numpy"),
                     _check(versus, 8.0),
                 )
             )
@@ -307,7 +442,7 @@ def targets_table(results: Results) -> Table:
                     _check(warm, compile_times["warm_target_s"], higher_is_better=False),
                 )
             )
-    return Table("Speed targets (float32)", ("target", "case", "measured", "status"), tuple(rows))
+    return _table("Speed targets (float32)", ("target", "case", "measured", "status"), rows)
 
 
 def overhead_table(results: Results) -> Table | None:
@@ -398,9 +533,11 @@ def _machine_lines(results: Results) -> list[str]:
     ]
     bandwidth = results.data.get("bandwidth")
     if bandwidth:
+        drift = bandwidth.get("spread")
+        spread_text = "" if drift is None else f", spread {format_spread(drift)}"
         lines.append(
             f"Measured bandwidth: {bandwidth['gb_per_s']:.1f} GB/s (median; best "
-            f"{bandwidth['best_gb_per_s']:.1f}) streaming 4 arrays in and 3 out of "
+            f"{bandwidth['best_gb_per_s']:.1f}{spread_text}) streaming 4 arrays in and 3 out of "
             f"{size_label(bandwidth['size'])} {bandwidth['dtype']} elements each"
         )
     return lines
@@ -415,6 +552,10 @@ def _method(results: Results) -> str:
             f"with {torch.get('threads')} threads, so its OpenMP threads and numba's "
             "never compete"
         )
+    elif torch.get("note") == MISSING_NOTE:
+        torch_text = (
+            f"torch was not measured ({MISSING_NOTE}; to add it: {install_hint(markdown=True)})"
+        )
     else:
         torch_text = f"torch was not measured ({torch.get('note', 'not requested')})"
     return (
@@ -422,7 +563,8 @@ def _method(results: Results) -> str:
         f"then batches of calls lasting at least {policy['sample_seconds'] * 1e3:g} ms each, "
         f"{policy['min_repeats']} to {policy['repeats']} batches within "
         f"{policy['max_seconds']:g} s; the tables show the median time per call "
-        "(`time.perf_counter_ns`; minima are in `results.json`). fastopt is timed through "
+        "(`time.perf_counter_ns`) and, in parentheses, the spread of the batches "
+        "(quartiles, minima and maxima are in `results.json`). fastopt is timed through "
         "`opt.step(grad)`, the NumPy reference through its functional step, torch through "
         f"`opt.step()` with `.grad` set; {torch_text}. The same-bytes ceiling is a streaming "
         "kernel that reads and writes exactly the arrays the rule reads and writes, through "
@@ -435,6 +577,8 @@ def _add(document: Document, table: Table | None, level: int = 2) -> None:
     if table is not None:
         document.heading(table.title, level)
         document.table(table.headers, table.rows)
+        if table.notes:
+            document.bullets(table.notes)
 
 
 def write_report(
@@ -453,6 +597,13 @@ def write_report(
     created = results.data.get("created", "")
     document.paragraph(f"Measured {created} by `fastopt report`; raw data in `results.json`.")
     _add(document, summary_table(results))
+    document.heading("Reading the tables", 3)
+    document.bullets(legend())
+    if not any(spread(row) is not None for row in results.rows):
+        document.paragraph(
+            "This run was saved without the quartiles of its samples: its figures have no "
+            f"spread and no `{NOISY_MARK}` marks."
+        )
     plots = matplotlib_available()
     bandwidth = (results.data.get("bandwidth") or {}).get("gb_per_s")
     if plots:
@@ -469,6 +620,8 @@ def write_report(
     document.heading("Speed targets")
     targets = targets_table(results)
     document.table(targets.headers, targets.rows)
+    if targets.notes:
+        document.bullets(targets.notes)
     document.heading("Machine")
     document.bullets(_machine_lines(results))
     document.heading("Method")

@@ -1,4 +1,4 @@
-"""Timing: warm-up outside the clock, calibrated batches, medians and minima.
+"""Timing: warm-up outside the clock, calibrated batches, medians, quartiles and extremes.
 
 This module is plain Python (no numba, no torch) so the process that times torch uses the
 same code as the one that times fastopt.
@@ -9,10 +9,17 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-__all__ = ["Timing", "TimingPolicy", "per_call_times", "time_call", "time_interleaved"]
+__all__ = [
+    "Timing",
+    "TimingPolicy",
+    "per_call_times",
+    "summarize",
+    "time_call",
+    "time_interleaved",
+]
 
 
 @dataclass(frozen=True)
@@ -44,12 +51,35 @@ class TimingPolicy:
 
 @dataclass(frozen=True)
 class Timing:
-    """Per-call times of one case in nanoseconds (each sample divided by its batch size)."""
+    """Per-call times of one case in nanoseconds (each sample divided by its batch size).
+
+    Attributes
+    ----------
+    median_ns, min_ns, max_ns
+        Median, fastest and slowest sample.
+    q1_ns, q3_ns
+        First and third quartiles of the samples (linear interpolation between the sorted
+        samples, NumPy's default): the middle half of the samples lies between them.
+    samples
+        Number of samples.
+    calls_per_sample
+        Calls in each timed batch.
+    """
 
     median_ns: float
     min_ns: float
     samples: int
     calls_per_sample: int
+    q1_ns: float
+    q3_ns: float
+    max_ns: float
+
+    @property
+    def spread(self) -> float | None:
+        """Interquartile range over the median (None with fewer than two samples)."""
+        if self.samples < 2 or self.median_ns <= 0:
+            return None
+        return (self.q3_ns - self.q1_ns) / self.median_ns
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -76,12 +106,31 @@ def _sample(step: Callable[[], object], calls: int) -> tuple[float, int]:
     return (end - start) / calls, end
 
 
-def _timing(samples: list[float], calls: int) -> Timing:
+def summarize(samples: Sequence[float], calls_per_sample: int) -> Timing:
+    """The :class:`Timing` of per-call ``samples`` (ns), each a batch of ``calls_per_sample``.
+
+    Examples
+    --------
+    >>> from fastopt.bench.runner import summarize
+    >>> timing = summarize([14.0, 10.0, 12.0, 11.0, 13.0], calls_per_sample=1)
+    >>> timing.median_ns, timing.q1_ns, timing.q3_ns, timing.min_ns, timing.max_ns
+    (12.0, 11.0, 13.0, 10.0, 14.0)
+    >>> round(timing.spread, 4)
+    0.1667
+    """
+    ordered = sorted(samples)
+    if len(ordered) > 1:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
     return Timing(
-        median_ns=statistics.median(samples),
-        min_ns=min(samples),
-        samples=len(samples),
-        calls_per_sample=calls,
+        median_ns=statistics.median(ordered),
+        min_ns=ordered[0],
+        samples=len(ordered),
+        calls_per_sample=calls_per_sample,
+        q1_ns=q1,
+        q3_ns=q3,
+        max_ns=ordered[-1],
     )
 
 
@@ -111,7 +160,7 @@ def time_interleaved(
             samples[name].append(per_call)
         if len(samples[name]) >= policy.min_repeats and end > budget_end:
             break
-    return {name: _timing(samples[name], calls[name]) for name in steps}
+    return {name: summarize(samples[name], calls[name]) for name in steps}
 
 
 def per_call_times(step: Callable[[], object], calls: int, warmup: int = 100) -> list[int]:

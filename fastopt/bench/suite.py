@@ -298,9 +298,9 @@ def run_suite(
     Every row has ``case`` (``"single"`` or ``"many_tensors"``), ``rule``, ``dtype``,
     ``size`` (elements in all), ``arrays``, ``implementation``, ``bytes_per_element``,
     ``status`` (``"ok"``, ``"unavailable"`` or ``"error"``), ``note`` and,
-    when ``status`` is ``"ok"``, ``median_ns``, ``min_ns``, ``samples`` and
-    ``calls_per_sample`` (per-call times of ``optimizer.step``, or of the reference or
-    ceiling call).
+    when ``status`` is ``"ok"``, ``median_ns``, ``min_ns``, ``q1_ns``, ``q3_ns``,
+    ``max_ns``, ``samples`` and ``calls_per_sample`` (per-call times of ``optimizer.step``,
+    or of the reference or ceiling call; see :class:`~fastopt.bench.runner.Timing`).
     """
     torch_requests = _torch_requests(config)
     in_process = sum(name in IN_PROCESS for name in config.implementations)

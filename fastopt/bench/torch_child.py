@@ -24,9 +24,39 @@ from fastopt.bench.cases import RULES, many_tensor_sizes
 from fastopt.bench.progress import Progress
 from fastopt.bench.runner import TimingPolicy, time_call
 
-__all__ = ["ISOLATION", "make_torch_step", "run", "torch_installed"]
+__all__ = [
+    "INSTALL_COMMANDS",
+    "ISOLATION",
+    "MISSING_NOTE",
+    "install_hint",
+    "make_torch_step",
+    "run",
+    "torch_installed",
+]
 
 ISOLATION = "separate process (torch and numba never share one)"
+#: The torch description's note when torch cannot be imported.
+MISSING_NOTE = "torch is not installed"
+#: How to add torch: the package's ``torch`` extra, and the CPU-only build of the torch
+#: version the project is tested with (a plain install from the package index is a CUDA
+#: build of several GB on Linux).
+INSTALL_COMMANDS: tuple[str, str] = (
+    'pip install "fastopt[torch]"',
+    "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu",
+)
+
+
+def install_hint(markdown: bool = False) -> str:
+    """The commands that install torch, as a phrase (in backticks for Markdown).
+
+    Examples
+    --------
+    >>> from fastopt.bench.torch_child import install_hint
+    >>> install_hint().startswith('pip install "fastopt[torch]" or, for the CPU-only build, ')
+    True
+    """
+    extra, cpu = (f"`{c}`" if markdown else c for c in INSTALL_COMMANDS)
+    return f"{extra} or, for the CPU-only build, {cpu}"
 
 
 def torch_installed() -> bool:
@@ -54,7 +84,7 @@ def run(
     info: dict[str, Any] = {"requested": True, "isolation": ISOLATION, "threads": threads}
     if not torch_installed():
         progress.advance("torch not installed", len(requests))
-        info.update(available=False, note="torch is not installed")
+        info.update(available=False, note=MISSING_NOTE)
         return _unavailable(requests, "torch not installed"), info
     message = json.dumps(
         {"requests": list(requests), "threads": threads, "policy": asdict(policy), "seed": seed}
