@@ -83,6 +83,7 @@ from torch.autograd import Variable
 from torch.optim.optimizer import ParamsT
 
 import fastopt
+from fastopt._checks import plural
 from fastopt.flat import FlatParams
 from fastopt.gradients import (
     GradientOptions,
@@ -117,6 +118,15 @@ def _plain(value: Any, name: str) -> Any:
     if isinstance(value, (tuple, list)):
         return tuple(_plain(item, name) for item in value)
     return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of the same types (a tuple's items too): ``1`` is not ``True``."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 def _scalar_dtype() -> np.dtype:
@@ -465,7 +475,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for group, inner_group in zip(self.param_groups, inner.param_groups, strict=True):
             for key in self._hyperparameters:
                 if key in group:
-                    inner_group[key] = _plain(group[key], key)
+                    value = _plain(group[key], key)
+                    # The same value keeps the checked object: the rule re-checks a new one.
+                    if not _same(value, inner_group[key]):
+                        inner_group[key] = value
         inner._refresh_hyperparameters()
         active = self._active()
         if inner._step_flat(active):
@@ -506,7 +519,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         saved_groups = copy.deepcopy(list(state_dict["param_groups"]))
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
-                f"state_dict has {len(saved_groups)} parameter groups, "
+                f"state_dict has {plural(len(saved_groups), 'parameter group')}, "
                 f"the optimizer has {len(self.param_groups)}"
             )
         defaults = self._group_defaults()
@@ -556,7 +569,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             ids = list(saved.get("params", ()))
             if len(ids) != len(group["params"]):
                 raise ValueError(
-                    f"state_dict param_groups[{number}] has {len(ids)} parameters, "
+                    f"state_dict param_groups[{number}] has {plural(len(ids), 'parameter')}, "
                     f"the optimizer's has {len(group['params'])}"
                 )
             index_of.update((saved_id, start + j) for j, saved_id in enumerate(ids))

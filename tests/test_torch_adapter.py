@@ -471,7 +471,7 @@ def test_bad_checkpoint_changes_nothing():
         ours.load_state_dict(bad)
     missing = copy.deepcopy(reference.state_dict())
     missing["param_groups"] = missing["param_groups"][:1]
-    with pytest.raises(ValueError, match="parameter groups"):
+    with pytest.raises(ValueError, match="parameter group"):
         ours.load_state_dict(missing)
     now = ours.state_dict()
     for index, entry in kept["state"].items():
