@@ -1,38 +1,55 @@
-"""Checkpoints that cannot run code and cannot be half-written.
+"""Checkpoints that cannot run code, cannot be half-written and are safe to load from anywhere.
 
-A checkpoint is one zip archive (uncompressed, as ``numpy.savez`` writes) holding
-``metadata.json`` and one ``.npy`` member per array:
+A checkpoint is one zip archive holding ``metadata.json`` and one ``.npy`` member per array
+(``arrays/0.npy``, ``arrays/1.npy``, ...), every member stored uncompressed:
 
-- **No pickle.** Arrays are read with ``allow_pickle=False`` and everything else is JSON, so
-  loading a checkpoint from an untrusted source cannot execute code. Values JSON lacks are
-  tagged objects (``{"$tuple": [...]}``, ``{"$float": "nan"}``, ``{"$items": [[key, value],
-  ...]}`` for dicts with non-string keys, ``{"$array": i}`` for array ``i``).
+- **No pickle.** Everything but the arrays is JSON, and an array member whose ``.npy`` header
+  asks for Python objects is refused, so loading a checkpoint cannot execute code. Values JSON
+  lacks are tagged objects (``{"$tuple": [...]}``, ``{"$float": "nan"}``, ``{"$items": [[key,
+  value], ...]}`` for dicts with non-string keys, ``{"$array": i}`` for array ``i``).
 - **Atomic.** The archive is written to a temporary file beside the target, flushed and
   ``fsync``-ed, renamed over the target (``os.replace``, atomic on POSIX and Windows) and the
   directory is ``fsync``-ed. A crash or ``SIGKILL`` at any point leaves either the previous
   checkpoint or the new one, never a mix; at worst a ``.<name>.<random>.tmp`` file remains.
 - **Checked before use.** The metadata carries a format name and version and, per array, its
-  dtype, shape and SHA-256; :func:`load` verifies all of them (and the zip CRCs) and raises
-  :class:`CheckpointError` on any mismatch. :meth:`Checkpoint.restore` then checks the rule,
-  the parameter shapes and dtypes and the whole state before it changes anything.
+  dtype, shape and SHA-256; :func:`load` verifies all of them (and the zip CRCs), and
+  :meth:`Checkpoint.restore` then checks the rule, the parameter shapes and dtypes and the
+  whole state before it changes anything.
+- **Safe to load from anywhere.** Whatever bytes the file holds, :func:`load` either returns
+  a :class:`Checkpoint` that passed every check listed here or raises :class:`CheckpointError`
+  (:class:`OSError` only when the file cannot be opened), in memory proportional to the
+  file's size and time little more. Before it reads any member it checks the zip directory:
+  every member is stored (never compressed or encrypted), its two sizes agree, and members
+  do not overlap and end within the file. ``metadata.json`` must then be at most 64 MiB, and
+  the archive must hold it and exactly the arrays its metadata lists, each once. Before it
+  reads an array's data it checks the member's ``.npy`` header: a version 1.0 or 2.0 header
+  with the dtype, shape and C order of the array's metadata entry, after which the member
+  holds exactly the bytes this dtype and shape take. Only then is the array allocated and
+  those bytes read into it, so nothing is ever inflated and the arrays allocated add up to at
+  most the file's size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
+import re
 import secrets
+import struct
 import zipfile
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from fastopt._backend import backend_of
+from fastopt._checks import check_bool
 from fastopt.optimizer import Optimizer
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError", "load", "save"]
@@ -45,6 +62,40 @@ FORMAT_VERSION = 1
 _METADATA = "metadata.json"
 # A fixed member timestamp: the same state always gives the same bytes.
 _EPOCH = (1980, 1, 1, 0, 0, 0)
+
+# The largest metadata.json that save writes and load reads (64 MiB). It holds hyperparameters
+# and a table entry per array, a few hundred bytes per parameter; the bound keeps a hostile
+# file from making the JSON parser build gigabytes of objects.
+_METADATA_LIMIT = 64 * 2**20
+# How much of an array member is read to parse its .npy header: NumPy refuses headers longer
+# than 10,000 characters, so a valid one always ends within this prefix.
+_NPY_PREFIX = 2**16
+# Array data is read (and hashed) into the array allocated for it in pieces of 1 MiB: few
+# enough that the loop costs nothing, small enough to add little to the peak memory.
+_CHUNK = 2**20
+# A local file header is 30 bytes before the member's name and data.
+_LOCAL_HEADER = 30
+# Flag bits a checkpoint member may carry: "sizes in a data descriptor" (written when the
+# target is not seekable) and "UTF-8 name". Encryption and the rest are refused.
+_ALLOWED_FLAGS = 0x08 | 0x800
+# The dtypes save writes, as ``dtype.str`` spells them: booleans and numbers, any byte order.
+_DTYPE = re.compile(r"[<>|][biufc][0-9]{1,2}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# NumPy's limit on the number of dimensions (NPY_MAXDIMS since NumPy 2.0).
+_MAX_DIMS = 64
+# The .npy versions NumPy writes for numeric arrays, each with the size of its header length.
+_NPY_VERSIONS = {(1, 0): 2, (2, 0): 4}
+# The header NumPy writes for a numeric array, "{'descr': '<f4', 'fortran_order': False,
+# 'shape': (2, 3), }" and padding, spelt loosely (any keys and spacing): a dict literal of
+# booleans, tuples of integers and numeric type codes ('|O' too, to be refused by name). Other
+# codes could make np.dtype parse comma strings or warn. What else NumPy requires, it checks.
+_WS = r"[ \t\n]*"
+_INT = r"(?:0|[1-9][0-9]{0,19})"
+_TUPLE = rf"\({_WS}(?:{_INT}{_WS},{_WS})*(?:{_INT}{_WS})?\)"
+_VALUE = rf"(?:'[<>|]?[biufcO][0-9]{{0,2}}'|True|False|{_TUPLE})"
+_ENTRY = rf"'[a-z_]+'{_WS}:{_WS}{_VALUE}{_WS}"
+# After the brace, spaces and one newline: an indented line would be a Python syntax error.
+_NPY_HEADER = re.compile(rf"\{{{_WS}(?:{_ENTRY},{_WS})*(?:{_ENTRY})?\}}[ \t]*\n?")
 
 
 class CheckpointError(ValueError):
@@ -81,15 +132,18 @@ class Checkpoint:
             Built like the one that was saved: same class, parameter shapes and dtypes,
             groups and schedules. Saved hyperparameter values replace the current ones.
         params
-            Also copy the saved parameter values into the optimizer's parameters.
+            Also copy the saved parameter values into the optimizer's parameters (a ``bool``).
 
         Raises
         ------
+        TypeError
+            If ``optimizer`` is not a fastopt optimizer or ``params`` is not a ``bool``.
         CheckpointError
             If the checkpoint does not fit ``optimizer``; nothing has changed then.
         """
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a fastopt Optimizer, got {type(optimizer)}")
+        params = check_bool("params", params)
         if type(optimizer).__name__ != self.rule:
             raise CheckpointError(
                 f"the checkpoint holds a {self.rule} optimizer, not a {type(optimizer).__name__}"
@@ -140,7 +194,9 @@ def _encode(value: Any, where: str, arrays: list[np.ndarray]) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biufc":
             raise TypeError(f"{where} has dtype {value.dtype}; a checkpoint stores numbers only")
-        arrays.append(np.ascontiguousarray(value))
+        # A plain ndarray in C order; ascontiguousarray alone would make a 0-d array 1-d.
+        value = np.asarray(value)
+        arrays.append(value if value.flags.c_contiguous else np.ascontiguousarray(value))
         return {"$array": len(arrays) - 1}
     if isinstance(value, tuple):
         return {"$tuple": [_encode(v, f"{where}[{i}]", arrays) for i, v in enumerate(value)]}
@@ -181,7 +237,10 @@ def _decode(value: Any, arrays: list[np.ndarray]) -> Any:
     if tag == "$items" and isinstance(content, list):
         if not all(isinstance(pair, list) and len(pair) == 2 for pair in content):
             raise CheckpointError("malformed metadata: $items must hold [key, value] pairs")
-        return {_decode(k, arrays): _decode(v, arrays) for k, v in content}
+        try:
+            return {_decode(k, arrays): _decode(v, arrays) for k, v in content}
+        except TypeError as error:  # a key that cannot be hashed: a list, a dict, an array
+            raise CheckpointError(f"malformed metadata: $items key: {error}") from None
     raise CheckpointError(f"malformed metadata: unknown or invalid {tag!r} entry")
 
 
@@ -207,15 +266,20 @@ def save(
         Its :meth:`~fastopt.Optimizer.state_dict` is saved: state arrays, hyperparameters,
         step counts and attached objects (a :class:`~fastopt.LossScaler`, say).
     params
-        Also save the parameter values, so that :meth:`Checkpoint.restore` resumes exactly.
+        Also save the parameter values, so that :meth:`Checkpoint.restore` resumes exactly
+        (a ``bool``).
     extra
         Anything else to keep (epoch, data order, ...): JSON values, tuples, numeric arrays
-        and dicts of them.
+        and dicts of them. Large data belongs in arrays: the JSON part of a checkpoint
+        (``metadata.json``) is limited to 64 MiB.
 
     Raises
     ------
     TypeError
-        If something to save is neither a JSON value nor a numeric array; nothing is written.
+        If ``path``, ``optimizer`` or ``params`` is of the wrong type, or something to save is
+        neither a JSON value nor a numeric array; nothing is written.
+    ValueError
+        If the JSON part would exceed 64 MiB; nothing is written.
 
     Examples
     --------
@@ -229,8 +293,10 @@ def save(
     >>> w, opt2.step_count, ckpt.extra
     (array([-0.1, -0.1, -0.1]), 1, {'epoch': 1})
     """
+    path = _path(path)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastopt Optimizer, got {type(optimizer).__name__}")
+    params = check_bool("params", params)
     arrays: list[np.ndarray] = []
     metadata = {
         "format": FORMAT,
@@ -243,8 +309,21 @@ def save(
     metadata["arrays"] = [
         {"dtype": a.dtype.str, "shape": list(a.shape), "sha256": _sha256(a)} for a in arrays
     ]
-    text = json.dumps(metadata, allow_nan=False, indent=1)
-    _write_atomically(os.fspath(path), text, arrays)
+    text = json.dumps(metadata, allow_nan=False, indent=1)  # ASCII: one byte per character
+    if len(text) > _METADATA_LIMIT:
+        raise ValueError(
+            f"the checkpoint's metadata would be {len(text)} bytes, over the {_METADATA_LIMIT} "
+            "that load accepts; keep large values in extra as numeric arrays"
+        )
+    _write_atomically(path, text, arrays)
+
+
+def _path(path: str | os.PathLike[str]) -> str:
+    # os.fspath accepts bytes too, which the file names built beside the target cannot mix with.
+    name = os.fspath(path)
+    if not isinstance(name, str):
+        raise TypeError(f"path must be a str or an os.PathLike of str, got {type(path).__name__}")
+    return name
 
 
 def _host_copies(params: list[Any]) -> list[np.ndarray]:
@@ -295,43 +374,154 @@ def _fsync_directory(directory: str) -> None:
 
 
 # ---------------------------------------------------------------------- reading
+class _ArraySpec(NamedTuple):
+    """One entry of the metadata's array table, checked."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    nbytes: int
+    sha256: str
+
+
 def load(path: str | os.PathLike[str]) -> Checkpoint:
     """Read and verify a checkpoint written by :func:`save`.
+
+    Whatever the file holds, this either returns a verified checkpoint or raises
+    :class:`CheckpointError`, in memory proportional to the file's size: every member is
+    checked against the zip directory and the metadata before any of its data is read, and
+    nothing is decompressed or unpickled (see the module notes).
+
+    Parameters
+    ----------
+    path
+        The checkpoint file.
+
+    Returns
+    -------
+    Checkpoint
+        The saved state, parameter values and ``extra``, to :meth:`~Checkpoint.restore`.
 
     Raises
     ------
     CheckpointError
         If the file is not a fastopt checkpoint, is truncated or corrupted (zip CRC or
-        SHA-256 mismatch), has another format version, or its metadata is malformed.
+        SHA-256 mismatch), has another format version, its metadata is malformed, or a member
+        is compressed, encrypted, duplicated, unexpected, or disagrees with the metadata.
+    TypeError
+        If ``path`` is neither a ``str`` nor an ``os.PathLike`` of ``str``.
     OSError
         If the file cannot be opened.
     """
-    path = os.fspath(path)
+    path = _path(path)
     with open(path, "rb") as file:  # a missing or unreadable file is an OSError, as usual
         try:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(0)
             with zipfile.ZipFile(file) as archive:
-                metadata = _read_metadata(archive, path)
+                members = _members(archive, min(size, archive.start_dir), path)
+                metadata, specs = _read_metadata(archive, members.get(_METADATA), path)
+                _check_member_names(members, len(specs), path)
                 arrays = [
-                    _read_array(archive, f"arrays/{number}.npy", entry)
-                    for number, entry in enumerate(metadata["arrays"])
+                    _read_array(archive, members[f"arrays/{number}.npy"], spec)
+                    for number, spec in enumerate(specs)
                 ]
-        # What zipfile raises on damaged structures: bad CRCs and magic numbers, offsets past
-        # the end (EOFError, OSError), flipped "compression method" or "encrypted" fields.
-        except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as error:
+        except CheckpointError:
+            raise
+        # What zipfile raises on damaged structures: bad CRCs, magic numbers and names
+        # (BadZipFile), data past the end (EOFError, OSError), offsets too large to seek to
+        # (OverflowError), names that are not UTF-8 (ValueError), a "version needed to
+        # extract" beyond its own (NotImplementedError), short fields (struct.error).
+        except (
+            zipfile.BadZipFile,
+            EOFError,
+            OSError,
+            OverflowError,
+            ValueError,
+            NotImplementedError,
+            struct.error,
+        ) as error:
             raise CheckpointError(
                 f"{path} is not a fastopt checkpoint, or is truncated or corrupted: {error!r}"
             ) from error
     return _checkpoint(metadata, arrays)
 
 
-def _read_metadata(archive: zipfile.ZipFile, path: str) -> dict[str, Any]:
-    try:
-        raw = archive.read(_METADATA)
-    except KeyError:
-        raise CheckpointError(f"{path} has no {_METADATA}: not a fastopt checkpoint") from None
+def _members(archive: zipfile.ZipFile, end: int, path: str) -> dict[str, zipfile.ZipInfo]:
+    """The archive's members by name, each checked against the zip directory alone.
+
+    ``end`` is where the members' data must stop: the start of the central directory, which
+    lies within the file. Members must not overlap: a member's data is at least its local
+    header, name and stored size long, so disjoint members add up to at most ``end`` bytes,
+    which bounds everything :func:`load` reads and allocates (overlapping members would let a
+    small file name the same bytes any number of times).
+    """
+    infos = archive.infolist()
+    members = {info.filename: info for info in infos}
+    if len(members) != len(infos):
+        twice = sorted(
+            name for name, count in Counter(i.filename for i in infos).items() if count > 1
+        )
+        raise CheckpointError(f"{path} holds {twice[:5]} more than once: it was tampered with")
+    reached = 0
+    for info in sorted(infos, key=lambda i: i.header_offset):
+        name = info.filename
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{path}: {name} is compressed (method {info.compress_type}); a checkpoint "
+                "stores its members uncompressed and never inflates one"
+            )
+        if info.flag_bits & ~_ALLOWED_FLAGS:
+            raise CheckpointError(
+                f"{path}: {name} is encrypted or uses zip features a checkpoint never does "
+                f"(flags {info.flag_bits:#06x})"
+            )
+        if info.compress_size != info.file_size:
+            raise CheckpointError(
+                f"{path}: the zip directory gives {name} two sizes ({info.compress_size} stored, "
+                f"{info.file_size} uncompressed): the checkpoint is corrupted"
+            )
+        if info.header_offset < reached:
+            raise CheckpointError(f"{path}: {name} overlaps another member: it was tampered with")
+        # A lower bound on where the member's data ends: the local header's name may take more
+        # bytes than characters, and its extra field is not counted.
+        reached = info.header_offset + _LOCAL_HEADER + len(info.orig_filename) + info.file_size
+    if reached > end:
+        raise CheckpointError(
+            f"{path}: its members claim {reached} bytes, more than the file holds: it is "
+            "truncated or corrupted"
+        )
+    return members
+
+
+def _check_member_names(members: Mapping[str, zipfile.ZipInfo], count: int, path: str) -> None:
+    expected = [_METADATA, *(f"arrays/{number}.npy" for number in range(count))]
+    missing = [name for name in expected if name not in members]
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {missing[0]}: it is incomplete")
+    if len(members) != len(expected):
+        unexpected = sorted(set(members) - set(expected))
+        raise CheckpointError(
+            f"{path} holds members its metadata does not list ({unexpected[:5]}): it is not a "
+            "checkpoint as save writes it"
+        )
+
+
+def _read_metadata(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo | None, path: str
+) -> tuple[dict[str, Any], list[_ArraySpec]]:
+    if info is None:
+        raise CheckpointError(f"{path} has no {_METADATA}: not a fastopt checkpoint")
+    if info.file_size > _METADATA_LIMIT:
+        raise CheckpointError(
+            f"{path}: {_METADATA} is {info.file_size} bytes, over the {_METADATA_LIMIT} a "
+            "checkpoint's metadata may take"
+        )
+    raw = archive.read(info)  # stored and bounded: exactly file_size bytes
     try:
         metadata = json.loads(raw, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    # Not UTF-8, not JSON, a NaN constant, an integer of more than 4300 digits (ValueError),
+    # or nesting deeper than the parser's recursion limit.
+    except (ValueError, RecursionError) as error:
         raise CheckpointError(f"{path}: {_METADATA} is not valid JSON: {error}") from error
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastopt checkpoint (no format {FORMAT!r})")
@@ -350,39 +540,122 @@ def _read_metadata(archive: zipfile.ZipFile, path: str) -> dict[str, Any]:
     for key in ("rule", "optimizer"):
         if key not in metadata:
             raise CheckpointError(f"{path}: malformed metadata (no {key!r})")
-    return metadata
+    return metadata, [_array_spec(entry, number, path) for number, entry in enumerate(entries)]
+
+
+def _array_spec(entry: Mapping[str, Any], number: int, path: str) -> _ArraySpec:
+    text, shape, digest = entry["dtype"], entry["shape"], entry["sha256"]
+    where = f"{path}: malformed metadata (array {number}"
+    # Only the spellings save writes: np.dtype would also build strings, objects, structures.
+    if not isinstance(text, str) or not _DTYPE.fullmatch(text):
+        raise CheckpointError(f"{where} has dtype {text!r}, not a numeric one)")
+    try:
+        dtype = np.dtype(text)
+    except TypeError:
+        raise CheckpointError(f"{where} has dtype {text!r}, which NumPy lacks)") from None
+    if dtype.str != text:
+        raise CheckpointError(f"{where} has dtype {text!r}, which NumPy spells {dtype.str!r})")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > _MAX_DIMS
+        or not all(type(n) is int and n >= 0 for n in shape)
+    ):
+        raise CheckpointError(f"{where} has shape {shape!r})")
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise CheckpointError(f"{where} has no SHA-256 in hex)")
+    return _ArraySpec(dtype, tuple(shape), dtype.itemsize * math.prod(shape), digest)
 
 
 def _reject_constant(name: str) -> None:
     raise CheckpointError(f"malformed metadata: {name} is not JSON")
 
 
-def _read_array(archive: zipfile.ZipFile, name: str, entry: Mapping[str, Any]) -> np.ndarray:
-    try:
-        with archive.open(name) as member:
-            array = np.lib.format.read_array(member, allow_pickle=False)
-    except KeyError:
-        raise CheckpointError(f"the checkpoint lacks {name}: it is incomplete") from None
-    except ValueError as error:  # bad .npy header, object dtype, short data
-        raise CheckpointError(f"{name} is not a valid array: {error}") from error
-    if array.dtype.str != entry["dtype"] or list(array.shape) != entry["shape"]:
-        raise CheckpointError(
-            f"{name} is {array.dtype.str} {list(array.shape)}, its metadata says "
-            f"{entry['dtype']} {entry['shape']}"
-        )
-    if _sha256(array) != entry["sha256"]:
+def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, spec: _ArraySpec) -> np.ndarray:
+    name = info.filename
+    with archive.open(info) as member:
+        prefix = member.read(min(info.file_size, _NPY_PREFIX))
+        dtype, shape, fortran_order, header_size = _npy_header(prefix, name)
+        if dtype.hasobject:
+            raise CheckpointError(
+                f"{name} holds Python objects, which only pickle could read (allow_pickle); "
+                "a checkpoint never unpickles"
+            )
+        if dtype != spec.dtype or dtype.str != spec.dtype.str or shape != spec.shape:
+            raise CheckpointError(
+                f"{name} is {dtype.str} {list(shape)}, its metadata says "
+                f"{spec.dtype.str} {list(spec.shape)}"
+            )
+        if fortran_order:
+            raise CheckpointError(f"{name} is in Fortran order; save writes C order only")
+        if info.file_size - header_size != spec.nbytes:
+            raise CheckpointError(
+                f"{name} holds {info.file_size - header_size} bytes after its header, its "
+                f"metadata says {spec.dtype.str} {list(spec.shape)} ({spec.nbytes} bytes): the "
+                "checkpoint is corrupted"
+            )
+        # Only now, with the size known to be within the file, is the array allocated.
+        try:
+            array = np.empty(spec.shape, spec.dtype)
+        except ValueError as error:  # a zero-size shape with a dimension beyond NumPy's range
+            raise CheckpointError(f"{name} has a shape NumPy cannot hold: {error}") from None
+        data = array.reshape(-1).view(np.uint8)
+        digest = hashlib.sha256()
+        filled = _fill(data, 0, prefix[header_size:], digest)
+        while filled < spec.nbytes:
+            chunk = member.read(min(_CHUNK, spec.nbytes - filled))
+            if not chunk:
+                raise EOFError(f"{name} ends after {filled} of {spec.nbytes} bytes of data")
+            filled = _fill(data, filled, chunk, digest)
+        # Reading the member's last byte made zipfile check its CRC.
+    if digest.hexdigest() != spec.sha256:
         raise CheckpointError(f"{name} fails its SHA-256 check: the checkpoint is corrupted")
     return array
 
 
+def _fill(data: np.ndarray, start: int, chunk: bytes, digest: Any) -> int:
+    data[start : start + len(chunk)] = np.frombuffer(chunk, np.uint8)
+    digest.update(chunk)
+    return start + len(chunk)
+
+
+def _npy_header(prefix: bytes, name: str) -> tuple[np.dtype[Any], tuple[int, ...], bool, int]:
+    """Parse the ``.npy`` header at the start of ``prefix``; also say where it ends."""
+    stream = io.BytesIO(prefix)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in _NPY_VERSIONS:  # 3.0 is for non-Latin-1 field names: never numeric
+            raise CheckpointError(f"{name} is a .npy file of version {version}, not 1.0 or 2.0")
+        start = stream.tell() + _NPY_VERSIONS[version]
+        length = int.from_bytes(prefix[stream.tell() : start], "little")
+        text = prefix[start : start + length].decode("latin-1")
+        # CPython's parser fails on some short texts with MemoryError or RecursionError (a few
+        # thousand "-" or "a.b"), and NumPy retries text it cannot parse as Python 2 output,
+        # with a warning. Only the literal NumPy writes for a numeric array reaches its parser.
+        if not _NPY_HEADER.fullmatch(text):
+            raise CheckpointError(f"{name} has a malformed .npy header: {text[:200]!r}")
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+    except CheckpointError:
+        raise
+    except ValueError as error:  # NumPy's word for a short, misspelt or unknown header
+        raise CheckpointError(f"{name} is not a valid array: {error}") from error
+    return dtype, shape, fortran_order, stream.tell()
+
+
 def _checkpoint(metadata: Mapping[str, Any], arrays: list[np.ndarray]) -> Checkpoint:
     rule = metadata["rule"]
-    state_dict = _decode(metadata["optimizer"], arrays)
-    params = _decode(metadata.get("params"), arrays)
+    try:
+        state_dict = _decode(metadata["optimizer"], arrays)
+        params = _decode(metadata.get("params"), arrays)
+        extra = _decode(metadata.get("extra"), arrays)
+    except RecursionError:
+        raise CheckpointError("malformed metadata: nested too deeply") from None
     if not isinstance(rule, str) or not isinstance(state_dict, dict):
         raise CheckpointError("malformed metadata: 'rule' or 'optimizer'")
     if params is not None and not (
         isinstance(params, list) and all(isinstance(p, np.ndarray) for p in params)
     ):
         raise CheckpointError("malformed metadata: 'params' must be a list of arrays")
-    return Checkpoint(rule, state_dict, params, _decode(metadata.get("extra"), arrays))
+    return Checkpoint(rule, state_dict, params, extra)

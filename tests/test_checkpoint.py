@@ -291,6 +291,50 @@ def test_same_state_gives_the_same_bytes_and_values_json_lacks_round_trip(tmp_pa
     assert np.isnan(loaded["nan"]) and loaded["inf"] == -np.inf
 
 
+NOT_BOOLS = {
+    "array": np.ones(3),
+    "0-d-array": np.array(True),
+    "list": [np.zeros(3)],
+    "text": "yes",
+    "int": 1,
+    "none": None,
+}
+
+
+@pytest.mark.parametrize("flag", list(NOT_BOOLS))
+def test_params_must_be_a_bool_for_save_and_restore(saved, flag):
+    path, opt = saved
+    original = path.read_bytes()
+    with pytest.raises(TypeError, match="params must be a bool"):
+        fastopt.save(path, opt, params=NOT_BOOLS[flag])
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    target, _ = build(AMSGRAD)
+    before = snapshot(target)
+    with pytest.raises(TypeError, match="params must be a bool"):
+        fastopt.load(path).restore(target, params=NOT_BOOLS[flag])
+    assert snapshot(target) == before
+
+
+def test_numpy_bools_are_flags_too(saved, tmp_path):
+    path, opt = saved
+    fastopt.save(tmp_path / "no-params.ckpt", opt, params=np.False_)
+    assert fastopt.load(tmp_path / "no-params.ckpt").params is None
+    restored, _ = build(AMSGRAD)
+    fastopt.load(path).restore(restored, params=np.True_)
+    assert snapshot(restored) == snapshot(opt)
+
+
+def test_paths_must_be_text(saved):
+    path, opt = saved
+    with pytest.raises(TypeError, match="path must be a str"):
+        fastopt.save(os.fsencode(path), opt)
+    with pytest.raises(TypeError, match="path must be a str"):
+        fastopt.load(os.fsencode(path))
+    with pytest.raises(TypeError):
+        fastopt.load(None)
+
+
 def test_missing_file_is_an_os_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         fastopt.load(tmp_path / "absent.ckpt")
