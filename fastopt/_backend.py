@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fastopt._words import with_article
+
 __all__ = ["HOST", "ArrayBackend", "HostArrays", "backend_of", "is_device_array", "location_of"]
 
 
@@ -111,4 +113,4 @@ def backend_of(obj: object) -> ArrayBackend | None:
 def location_of(obj: object) -> str:
     """Where ``obj`` lives, for error messages."""
     backend = backend_of(obj)
-    return f"a {type(obj).__name__}" + (f" in {backend.location}" if backend else "")
+    return with_article(type(obj).__name__) + (f" in {backend.location}" if backend else "")

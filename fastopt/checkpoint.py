@@ -50,6 +50,7 @@ import numpy as np
 
 from fastopt._backend import backend_of
 from fastopt._checks import check_bool
+from fastopt._words import plural, with_article
 from fastopt.optimizer import Optimizer
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError", "load", "save"]
@@ -146,7 +147,8 @@ class Checkpoint:
         params = check_bool("params", params)
         if type(optimizer).__name__ != self.rule:
             raise CheckpointError(
-                f"the checkpoint holds a {self.rule} optimizer, not a {type(optimizer).__name__}"
+                f"the checkpoint holds {with_article(self.rule)} optimizer, not "
+                f"{with_article(type(optimizer).__name__)}"
             )
         live = optimizer.params
         if params:
@@ -167,7 +169,8 @@ class Checkpoint:
             raise CheckpointError("the checkpoint holds no parameter values; pass params=False")
         if len(self.params) != len(live):
             raise CheckpointError(
-                f"the checkpoint holds {len(self.params)} parameters, the optimizer has {len(live)}"
+                f"the checkpoint holds {plural(len(self.params), 'parameter')}, "
+                f"the optimizer has {len(live)}"
             )
         for index, (target, saved) in enumerate(zip(live, self.params, strict=True)):
             dtype, shape = backend_of(target).dtype_shape(target)
@@ -212,8 +215,8 @@ def _encode(value: Any, where: str, arrays: list[np.ndarray]) -> Any:
             ]
         }
     raise TypeError(
-        f"{where} is a {type(value).__name__}, which a checkpoint cannot store (JSON values "
-        "and numeric arrays only: no pickle)"
+        f"{where} is {with_article(type(value).__name__)}, which a checkpoint cannot store "
+        "(JSON values and numeric arrays only: no pickle)"
     )
 
 

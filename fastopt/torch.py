@@ -83,7 +83,7 @@ from torch.autograd import Variable
 from torch.optim.optimizer import ParamsT
 
 import fastopt
-from fastopt._checks import plural
+from fastopt._words import plural
 from fastopt.flat import FlatParams
 from fastopt.gradients import (
     GradientOptions,

@@ -175,9 +175,7 @@ def test_parameters_and_gradients_are_views_of_one_buffer():
     opt = ft.Adam(model.parameters(), lr=0.1)
     flat = opt._flat
     start, end = flat.buffer.ctypes.data, flat.buffer.ctypes.data + flat.buffer.nbytes
-    for param, old, view, grad in zip(
-        model.parameters(), before, flat.params, flat.grads, strict=True
-    ):
+    for param, old, view in zip(model.parameters(), before, flat.params, strict=True):
         assert start <= param.data_ptr() < end and param.data_ptr() == view.ctypes.data
         assert torch.equal(param.detach(), old)  # values kept
         assert param.grad is None  # as in torch: no gradient before a backward pass

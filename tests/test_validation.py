@@ -8,7 +8,7 @@ import pytest
 
 import fastopt
 from fastopt import schedules as fs
-from fastopt._checks import plural, with_article
+from fastopt._words import plural, with_article
 
 CLASSES = [fastopt.SGD, fastopt.Adagrad, fastopt.RMSprop, fastopt.Adam, fastopt.AdamW]
 
