@@ -1,12 +1,13 @@
 """fastopt: fused, in-place, compiled optimizer updates for large flat arrays.
 
 Each rule is a class with torch.optim's names, defaults and formulas (``SGD``, ``Adagrad``,
-``RMSprop``, ``Adam``, ``AdamW``) and a functional step (``adam_step`` and so on) for code
-that manages its own state. The updates are numba kernels: one multithreaded, vectorized,
-in-place pass over parameter, gradient and state. ``fastopt.reference`` holds the plain NumPy
-implementation of every rule. ``FlatParams`` packs many arrays into one buffer so that one
-launch updates all of them (every parameter group with its own settings); ``fastopt.torch``
-(imported on its own, torch optional) steps PyTorch models with the same kernels.
+``RMSprop``, ``Adam``, ``AdamW``, ``Adamax``, ``NAdam``) and a functional step (``adam_step``
+and so on) for code that manages its own state. The updates are numba kernels: one
+multithreaded, vectorized, in-place pass over parameter, gradient and state.
+``fastopt.reference`` holds the plain NumPy implementation of every rule. ``FlatParams`` packs
+many arrays into one buffer so that one launch updates all of them (every parameter group
+with its own settings); ``fastopt.torch`` (imported on its own, torch optional) steps PyTorch
+models with the same kernels.
 
 Around the step: non-finite gradient policies, loss unscaling and gradient clipping fused into
 one read pass plus the update (:mod:`fastopt.gradients`), dynamic loss scaling
@@ -21,6 +22,8 @@ from fastopt.loss_scaling import LossScaler
 from fastopt.optimizer import Optimizer
 from fastopt.rules.adagrad import Adagrad, adagrad_step
 from fastopt.rules.adam import Adam, AdamW, adam_step
+from fastopt.rules.adamax import Adamax, adamax_step
+from fastopt.rules.nadam import NAdam, nadam_step
 from fastopt.rules.rmsprop import RMSprop, rmsprop_step
 from fastopt.rules.sgd import SGD, sgd_step
 
@@ -31,10 +34,12 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
     "Checkpoint",
     "CheckpointError",
     "FlatParams",
     "LossScaler",
+    "NAdam",
     "NonfiniteGradientError",
     "Optimizer",
     "RMSprop",
@@ -42,8 +47,10 @@ __all__ = [
     "__version__",
     "adagrad_step",
     "adam_step",
+    "adamax_step",
     "global_norm",
     "load",
+    "nadam_step",
     "rmsprop_step",
     "save",
     "sgd_step",

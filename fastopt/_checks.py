@@ -27,6 +27,7 @@ from fastopt._words import plural, with_article
 __all__ = [
     "FLOAT_DTYPES",
     "check_beta",
+    "check_betas",
     "check_bool",
     "check_choice",
     "check_disjoint",
@@ -168,6 +169,14 @@ def check_beta(name: str, value: object) -> float:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"Invalid {name}: {value} (must be in [0, 1))")
     return value
+
+
+def check_betas(name: str, value: object, count: int = 2) -> tuple[float, ...]:
+    """``count`` betas, each a finite real number in ``[0, 1)``: ``(beta1, beta2, ...)``."""
+    if not isinstance(value, (tuple, list)) or len(value) != count:
+        names = ", ".join(f"beta{k + 1}" for k in range(count))
+        raise ValueError(f"{name} must be a tuple ({names}), got {value!r}")
+    return tuple(check_beta(f"beta{k + 1} ({name}[{k}])", beta) for k, beta in enumerate(value))
 
 
 def check_fraction(name: str, value: object) -> float:

@@ -8,8 +8,10 @@ with AMSGrad passes ``max_exp_avg_sq`` and one without passes ``None`` (a differ
 variant), so each maximal run of consecutive segments sharing a state layout is one launch.
 
 The padding between segments is launched with the run around it under a *neutral* row
-(``lr = 0``, ``weight_decay = 0``, ``eps = 1``, ``grad_scale = 0``, step 1): zero parameters,
-gradients and state stay exactly zero under every rule, even when the group's ``eps`` is 0.
+(``lr = 0``, ``weight_decay = 0``, ``eps = 1``, ``grad_scale = 0``, step 1): zero parameters
+and gradients stay exactly zero under every rule, even when the group's ``eps`` is 0, and so
+does the state wherever a zero gradient keeps a zero state (Adamax's infinity norm becomes
+``eps``: finite, and never seen).
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ class FlatStep:
         created = np.zeros(len(self.entries), dtype=bool)
         for index in todo.tolist():
             number = self.group_of_param[index]
-            entry = optimizer.state.setdefault(index, {"step": 0})
+            entry = optimizer.state.setdefault(index, optimizer._new_entry())
             missing = [name for name in self.group_names[number] if name not in entry]
             for name in missing:
                 view = self._views_of(name)[self.segment_of_param[index]]
@@ -219,7 +221,11 @@ class FlatStep:
             optimizer._row(dict(group, lr=0.0, eps=1.0, weight_decay=0.0), 1, False, 0.0, math.inf)
             for group in groups
         ]
-        if created is None and active is None and self.uniform:
+        if optimizer._scalar_names:
+            self._rows_with_scalars(params, entries, created, scale, clip_value)
+            padding = self.padding[self.padded]
+            self.hyper[padding] = np.array(neutral)[self.padding_group[self.padded]]
+        elif created is None and active is None and self.uniform:
             # The usual step: every parameter at the same step, one row per group.
             step = int(self.steps[0])
             rows = [optimizer._row(group, step, False, scale, clip_value) for group in groups]
@@ -232,6 +238,33 @@ class FlatStep:
         for arrays in self._plan(active, params):
             launch(optimizer._kernels, *arrays)
         return created is not None
+
+    def _rows_with_scalars(
+        self,
+        params: np.ndarray,
+        entries: list[dict[str, Any]],
+        created: np.ndarray | None,
+        scale: float,
+        clip_value: float,
+    ) -> None:
+        """The rows of ``params`` for a rule with host scalars: each parameter's scalars move
+        to its new step, and one row is made per distinct (group, step, created, scalars)."""
+        optimizer = self.optimizer
+        groups = optimizer.param_groups
+        rows: dict[tuple[Any, ...], tuple[float, ...]] = {}
+        table = []
+        for index, entry in zip(params.tolist(), entries, strict=True):
+            number = int(self.group_of_param[index])
+            was_created = bool(created is not None and created[index])
+            scalars = optimizer._advance(entry, groups[number])
+            key = (number, entry["step"], was_created, scalars)
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = optimizer._row(
+                    groups[number], entry["step"], was_created, scale, clip_value, scalars
+                )
+            table.append(row)
+        self.hyper[self.launch_of_param[params]] = np.array(table, dtype=np.float64)
 
     def _rows_by_key(
         self,

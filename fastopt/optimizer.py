@@ -248,6 +248,21 @@ class Optimizer:
     #: The rule's (serial, parallel) CPU drivers, see :mod:`fastopt._launch`.
     _kernels: ClassVar[tuple[Callable[..., None], Callable[..., None]]]
 
+    def _new_entry(self) -> dict[str, Any]:
+        """A parameter's state before its first update: its update count (and the rule's
+        per-parameter host scalars, if it has any)."""
+        return {"step": 0}
+
+    #: Names of the rule's per-parameter host scalars (see :class:`fastopt.rule.Scalar`).
+    _scalar_names: ClassVar[tuple[str, ...]] = ()
+    #: The type those scalars are computed in: float32, as torch keeps them by default.
+    _scalar_dtype: np.dtype = np.dtype(np.float32)
+
+    def _advance(self, entry: dict[str, Any], group: Mapping[str, Any]) -> tuple[float, ...]:
+        """Move a parameter's host scalars to update ``entry["step"]`` (just counted) and
+        return them, in :attr:`_scalar_names` order (the row depends on them)."""
+        return ()
+
     def _row(
         self,
         group: Mapping[str, Any],
@@ -255,11 +270,13 @@ class Optimizer:
         created: bool,
         grad_scale: float,
         clip_value: float,
+        scalars: tuple[float, ...] = (),
     ) -> tuple[float, ...]:
         """The kernel's hyperparameter row for update number ``step`` of a parameter.
 
         ``created`` tells whether its state arrays were made for this step (torch's first-step
-        rules). Entries 0 and 1 of every rule's row are ``grad_scale``, which multiplies the
+        rules) and ``scalars`` are its host scalars from :meth:`_advance`. Entries 0 and 1 of
+        every rule's row are ``grad_scale``, which multiplies the
         gradient inside the kernel (1 for none), and ``clip_value``, to which the scaled
         gradient is then clamped (``inf`` for none).
         """
@@ -452,7 +469,7 @@ class Optimizer:
     def _prepare_state(self, index: int, param: np.ndarray, group: Mapping[str, Any]) -> bool:
         state = self.state.get(index)
         if state is None:
-            state = self.state[index] = {"step": 0}
+            state = self.state[index] = self._new_entry()
         missing = [name for name in self._state_names(group) if name not in state]
         for name in missing:
             state[name] = self._arrays.full_like(param, self._initial_value(name, group))
@@ -530,7 +547,7 @@ class Optimizer:
         for group in self.param_groups:
             # The parameters of a group usually share their update count: their row (bias
             # corrections and all) is computed once per step, not once per array.
-            rows: dict[tuple[int, bool], tuple[float, ...]] = {}
+            rows: dict[tuple[Any, ...], tuple[float, ...]] = {}
             for param in group["params"]:
                 grad = paired[index]
                 if grad is not None:
@@ -618,7 +635,7 @@ class Optimizer:
         grad: np.ndarray,
         group: Mapping[str, Any],
         outcome: Prestep,
-        rows: dict[tuple[int, bool], tuple[float, ...]],
+        rows: dict[tuple[Any, ...], tuple[float, ...]],
     ) -> None:
         """Advance parameter ``index`` by one update (everything already validated).
 
@@ -627,12 +644,13 @@ class Optimizer:
         created, (hyper, bounds, flat, state_arrays) = self._launch_plan(index, param, group)
         state = self.state[index]
         state["step"] += 1
-        key = (state["step"], created)
+        scalars = self._advance(state, group)
+        key = (state["step"], created, scalars)
         row = rows.get(key)
         if row is None:
-            row = rows[key] = self._row(
-                group, key[0], created, outcome.grad_scale, outcome.clip_value
-            )
+            terms = (group, key[0], created, outcome.grad_scale, outcome.clip_value)
+            # Only rules with host scalars take them (the others' rows have no such field).
+            row = rows[key] = self._row(*terms, scalars) if scalars else self._row(*terms)
         # struct writes the float64 row straight into the (C-contiguous, native-endian)
         # buffer: about half the cost of NumPy converting a tuple, on every step.
         self._row_layout.pack_into(hyper, 0, *row)
@@ -794,6 +812,9 @@ class Optimizer:
                     raise ValueError(f"{where} must be a whole number >= 0, got {step}")
                 checked[name] = int(step)
                 continue
+            if name in self._scalar_names:
+                checked[name] = self._checked_scalar(where, value)
+                continue
             if name not in allowed:
                 raise ValueError(f"{where} is not a state of {type(self).__name__}")
             value_backend = backend_of(value)
@@ -808,11 +829,21 @@ class Optimizer:
                     f"got {value.dtype} {value.shape}"
                 )
             checked[name] = self._arrays.from_host(value, like=param)
-        missing = set(self._state_names(group)) - set(checked)
+        missing = (set(self._state_names(group)) | set(self._scalar_names)) - set(checked)
         if missing and checked.get("step", 0) > 0:
             raise ValueError(f"state_dict state[{index}] lacks {sorted(missing)}")
-        checked.setdefault("step", 0)
+        for key, value in self._new_entry().items():
+            checked.setdefault(key, value)
         return checked
+
+    @staticmethod
+    def _checked_scalar(where: str, value: object) -> float:
+        """A host scalar from a checkpoint: a real number (or a one-element array of one)."""
+        if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "fiu":
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{where} must be a number, got {type(value).__name__}")
+        return float(value)
 
     def _all_state_names(self) -> frozenset[str]:
         """Every state array name this rule may use, whatever the options."""

@@ -13,7 +13,15 @@ import math
 
 import numpy as np
 
-__all__ = ["adagrad_step", "adam_step", "clip_gradients", "rmsprop_step", "sgd_step"]
+__all__ = [
+    "adagrad_step",
+    "adam_step",
+    "adamax_step",
+    "clip_gradients",
+    "nadam_step",
+    "rmsprop_step",
+    "sgd_step",
+]
 
 
 def sgd_step(
@@ -130,6 +138,66 @@ def adam_step(
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = math.sqrt(1 - beta2**step)
     param -= step_size * (exp_avg / (np.sqrt(second_moment) / bias_correction2_sqrt + eps))
+
+
+def adamax_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_inf: np.ndarray,
+    *,
+    lr: float = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    step: int,
+) -> None:
+    """Adamax, the infinity-norm Adam (see ``fastopt.adamax_step``)."""
+    beta1, beta2 = betas
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    np.maximum(beta2 * exp_inf, np.abs(g) + eps, out=exp_inf)
+    param -= lr / (1 - beta1**step) * exp_avg / exp_inf
+
+
+def nadam_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    lr: float = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    mu_product: float,
+    step: int,
+) -> dict[str, float]:
+    """NAdam with momentum decay (see ``fastopt.nadam_step``); returns the new
+    ``mu_product``, the product of the momentum coefficients so far (kept in float32)."""
+    beta1, beta2 = betas
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            param *= 1 - lr * weight_decay
+        else:
+            g = g + weight_decay * param
+    mu = beta1 * (1 - 0.5 * 0.96 ** (step * momentum_decay))
+    mu_next = beta1 * (1 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    mu_product = float(np.float32(mu_product) * np.float32(mu))
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+    denom = np.sqrt(exp_avg_sq / (1 - beta2**step)) + eps
+    param -= lr * (1 - mu) / (1 - mu_product) * g / denom
+    param -= lr * mu_next / (1 - mu_product * mu_next) * exp_avg / denom
+    return {"mu_product": mu_product}
 
 
 def clip_gradients(

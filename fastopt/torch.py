@@ -1,8 +1,9 @@
 """PyTorch adapter: ``torch.optim`` optimizers whose step is one fastopt launch.
 
 ``fastopt.torch.Adam(model.parameters(), lr=1e-3)`` (and ``AdamW``, ``SGD``, ``Adagrad``,
-``RMSprop``) is a :class:`torch.optim.Optimizer` with torch's signature, parameter groups,
-``zero_grad``, ``state_dict`` format, hooks and learning-rate scheduler support. On
+``RMSprop``, ``Adamax``, ``NAdam``) is a :class:`torch.optim.Optimizer` with torch's signature,
+parameter groups, ``zero_grad``, ``state_dict`` format, hooks and learning-rate scheduler
+support. On
 construction it copies the parameters into one :class:`~fastopt.FlatParams` and rebinds each
 ``p.data`` to its view (zero copy, through :func:`torch.from_numpy`). ``step()`` is then one
 fused kernel launch over every parameter and group instead of one per tensor.
@@ -94,7 +95,7 @@ from fastopt.gradients import (
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop"]
 
 _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 _GRADIENT_OPTIONS = frozenset(GradientOptions.__annotations__)
@@ -293,6 +294,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             groups.append({"params": list(flat.params[start:end]), **settings})
             start = end
         inner = self._rule(groups, **self._gradient_options)
+        inner._scalar_dtype = _scalar_dtype()  # host scalars in torch's default dtype
         if self._inner is not None:
             saved = self._inner.state_dict()
             moved = inner.state_dict()
@@ -384,25 +386,35 @@ class _FlatOptimizer(torch.optim.Optimizer):
         """
         inner = self._inner
         previous = getattr(self, "state", {})
-        self._steps = np.zeros(len(self._params), dtype=_scalar_dtype())
+        managed = self._managed_state()
+        count = len(self._params)
+        # The step counts and host scalars, as 0-d tensors viewing these mirrors.
+        self._steps = np.zeros(count, dtype=_scalar_dtype())
+        self._scalars = {name: np.ones(count, inner._scalar_dtype) for name in inner._scalar_names}
         state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
         for index, param in enumerate(self._params):
             exposed = {
-                key: value
-                for key, value in previous.get(param, {}).items()
-                if key != "step" and key not in inner._all_state_names()
+                key: value for key, value in previous.get(param, {}).items() if key not in managed
             }
             entry = inner.state.get(index)
             if entry:
                 if self._step_in_state:
                     self._steps[index] = entry["step"]
                     exposed["step"] = torch.from_numpy(self._steps[index : index + 1].reshape(()))
+                for name, mirror in self._scalars.items():
+                    mirror[index] = entry[name]
+                    exposed[name] = torch.from_numpy(mirror[index : index + 1].reshape(()))
                 for name, value in entry.items():
                     if isinstance(value, np.ndarray):
                         exposed[name] = torch.from_numpy(value)
             if exposed:
                 state[param] = exposed
         self.state = state
+
+    def _managed_state(self) -> frozenset[str]:
+        """The state keys fastopt keeps: the step, the rule's arrays and host scalars."""
+        inner = self._inner
+        return inner._all_state_names() | {"step", *inner._scalar_names}
 
     # ------------------------------------------------------------------ step
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -483,8 +495,12 @@ class _FlatOptimizer(torch.optim.Optimizer):
         active = self._active()
         if inner._step_flat(active):
             self._expose_state()
-        elif self._step_in_state and inner.last_step.applied:
-            self._steps += active
+        elif inner.last_step.applied:
+            if self._step_in_state:
+                self._steps += active
+            for name, mirror in self._scalars.items():
+                for index in np.flatnonzero(active).tolist():
+                    mirror[index] = inner.state[index][name]
         return loss
 
     # ------------------------------------------------------------------ checkpoints
@@ -532,6 +548,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
             saved.update({key: group[key] for key in self._implementation})
             saved.update(self._fixed)
         self._inner.load_state_dict(self._to_fastopt(state_dict["state"], saved_groups))
+        if self._inner._scalar_names and state_dict["state"]:
+            # torch casts loaded state to the parameters' dtype, host scalars included.
+            self._inner._scalar_dtype = np.dtype(_NUMPY_DTYPE[self._params[0].dtype])
 
         # Checked and loaded: torch's side.
         for saved, group in zip(saved_groups, self.param_groups, strict=True):
@@ -547,7 +566,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             for index, saved_id in enumerate(i for g in saved_groups for i in g.get("params", ()))
         }
         self.state = defaultdict(dict)
-        managed = self._inner._all_state_names() | {"step"}
+        managed = self._managed_state()
         for saved_id, entry in dict(state_dict["state"]).items():
             extra = {k: copy.deepcopy(v) for k, v in dict(entry).items() if k not in managed}
             if extra:
@@ -577,7 +596,8 @@ class _FlatOptimizer(torch.optim.Optimizer):
             groups.append({"params": list(range(start, start + len(ids))), **settings})
             start += len(ids)
         state = {}
-        managed = self._inner._all_state_names() | {"step"}
+        managed = self._managed_state()
+        scalars = {"step", *self._inner._scalar_names}
         for saved_id, entry in dict(saved_state).items():
             if saved_id not in index_of:
                 raise ValueError(
@@ -589,7 +609,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             for name, value in dict(entry).items():
                 if name not in managed:
                     continue  # kept in self.state, as torch keeps it
-                if name == "step":
+                if name in scalars:
                     converted[name] = _plain(value, name)
                 elif isinstance(value, torch.Tensor):
                     converted[name] = value.detach().to(device="cpu", dtype=dtype).numpy()
@@ -814,3 +834,52 @@ class RMSprop(_FlatOptimizer):
             "differentiable": differentiable,
         }
         super().__init__(params, defaults, gradient_options)
+
+
+def _declared_adapter(rule_class: type[fastopt.Optimizer]) -> type[_FlatOptimizer]:
+    """The ``torch.optim`` class of a declared rule: torch's signature where torch has the
+    rule (implementation switches included), the NumPy class's otherwise."""
+    rule = rule_class._rule
+    torch_class = getattr(torch.optim, rule.name, None)
+    source = inspect.signature(torch_class if torch_class is not None else rule_class)
+    parameters = [
+        parameter
+        for parameter in source.parameters.values()
+        if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    options = inspect.Parameter("gradient_options", inspect.Parameter.VAR_KEYWORD)
+    signature = inspect.Signature([*parameters, options])
+
+    def __init__(self, params, *args, **kwargs):
+        try:
+            bound = signature.bind(params, *args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{type(self).__qualname__}.__init__() {error}") from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        gradient_options = arguments.pop("gradient_options")
+        del arguments["params"]
+        _FlatOptimizer.__init__(self, params, arguments, gradient_options)
+
+    self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    __init__.__signature__ = signature.replace(
+        parameters=[self_parameter, *signature.parameters.values()]
+    )
+    __init__.__qualname__ = f"{rule.name}.__init__"
+    namespace = {
+        "__init__": __init__,
+        "__doc__": (
+            f"``torch.optim.{rule.name}`` (same arguments, results and checkpoints), one fused "
+            f"launch per step.\n\nThe update is written out in :class:`fastopt.{rule.name}`."
+        ),
+        "__module__": __name__,
+        "__qualname__": rule.name,
+        "_rule": rule_class,
+        "_hyperparameters": tuple(h.name for h in rule.hyperparameters),
+        "_implementation": tuple(key for key in _IMPLEMENTATION if key in source.parameters),
+    }
+    return type(rule.name, (_FlatOptimizer,), namespace)
+
+
+Adamax = _declared_adapter(fastopt.Adamax)
+NAdam = _declared_adapter(fastopt.NAdam)

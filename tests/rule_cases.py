@@ -13,6 +13,7 @@ import numpy as np
 
 import fastopt
 from fastopt import reference
+from fastopt._declared import DeclaredOptimizer
 
 # (rule id, class, constructor keyword arguments)
 CASES: list[tuple[str, type[fastopt.Optimizer], dict[str, Any]]] = [
@@ -38,6 +39,13 @@ CASES: list[tuple[str, type[fastopt.Optimizer], dict[str, Any]]] = [
     ("adam", fastopt.Adam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
     ("adam", fastopt.AdamW, {"lr": 0.01}),
     ("adam", fastopt.AdamW, {"lr": 0.01, "amsgrad": True, "weight_decay": 0.5}),
+    ("adamax", fastopt.Adamax, {"lr": 0.01}),
+    ("adamax", fastopt.Adamax, {"lr": 0.01, "betas": (0.3, 0.9), "weight_decay": 0.1}),
+    ("adamax", fastopt.Adamax, {"lr": 0.01, "eps": 1e-3, "maximize": True}),
+    ("nadam", fastopt.NAdam, {"lr": 0.01}),
+    ("nadam", fastopt.NAdam, {"lr": 0.01, "weight_decay": 0.1, "momentum_decay": 0.01}),
+    ("nadam", fastopt.NAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("nadam", fastopt.NAdam, {"lr": 0.01, "betas": (0.6, 0.99), "maximize": True}),
 ]
 
 
@@ -62,10 +70,12 @@ def _defaults(cls: type[fastopt.Optimizer], kwargs: dict[str, Any]) -> dict[str,
 
 def run_reference(
     rule: str, cls: type[fastopt.Optimizer], kwargs: dict[str, Any], param: np.ndarray, grads
-) -> dict[str, np.ndarray]:
-    """Apply the reference rule to ``param`` in place; return its state arrays by name."""
+) -> ReferenceState:
+    """Apply the reference rule to ``param`` in place; return its state arrays by name (and
+    its host scalars as ``.scalars``)."""
     hp = _defaults(cls, kwargs)
     state: dict[str, np.ndarray] = {}
+    scalars: dict[str, float] = {}
     zeros = np.zeros_like
     for step, grad in enumerate(grads, start=1):
         if rule == "sgd":
@@ -136,9 +146,35 @@ def run_reference(
                 decoupled_weight_decay=hp["decoupled_weight_decay"],
                 step=step,
             )
+        elif issubclass(cls, DeclaredOptimizer):
+            _declared_reference(cls._rule, hp, param, grad, state, scalars, step)
         else:
             raise ValueError(rule)
-    return state
+    return ReferenceState(state, scalars)
+
+
+class ReferenceState(dict):
+    """The reference's state arrays by name; ``scalars``: its host scalars by name."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], scalars: dict[str, float]) -> None:
+        super().__init__(arrays)
+        self.scalars = scalars
+
+
+def _declared_reference(rule, hp, param, grad, state, scalars, step) -> None:
+    """One update of a declared rule by its reference, ``reference.<rule>_step``: the state
+    arrays and host scalars come from the declaration."""
+    for declared in rule.state:
+        if declared.present(hp) and declared.name not in state:
+            state[declared.name] = np.full_like(param, declared.initial(hp))
+    for declared in rule.scalars:
+        scalars.setdefault(declared.name, declared.initial)
+    arrays = [state.get(declared.name) for declared in rule.state]
+    options = {h.name: hp[h.name] for h in rule.hyperparameters}
+    returned = getattr(reference, f"{rule.snake_name}_step")(
+        param, grad, *arrays, **options, **scalars, step=step
+    )
+    scalars.update(returned or {})
 
 
 def assert_close(actual: np.ndarray, desired: np.ndarray, err_msg: str = "") -> None:

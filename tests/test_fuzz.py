@@ -325,6 +325,8 @@ def test_optimizer_construction_and_step(data):
         assert_matches(param, expected, f"param {index}")
         for name, value in state.items():
             assert_matches(opt.state[index][name], value, f"{name} of param {index}")
+        for name, value in state.scalars.items():
+            assert opt.state[index][name] == value, f"{name} of param {index}"
 
 
 # ---------------------------------------------------------------------- load_state_dict

@@ -32,6 +32,8 @@ def test_matches_reference(case, size, dtype):
     for name, value in arrays.items():
         assert value.dtype == dtype and value.shape == param.shape
         assert_close(value, expected_state[name], err_msg=name)
+    for name, value in expected_state.scalars.items():
+        assert state[name] == value, name
     if size:
         assert not np.array_equal(param, problem(size, dtype, 0)[0]), "nothing moved"
 

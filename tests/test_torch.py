@@ -20,9 +20,14 @@ def run_torch(cls_name, kwargs, param, grads, **impl):
     state = {
         k: v.detach().numpy()
         for k, v in opt.state[tensor].items()
-        if k != "step" and isinstance(v, torch.Tensor)
+        if k != "step" and isinstance(v, torch.Tensor) and v.ndim
     }
-    return tensor.detach().numpy(), state
+    scalars = {
+        k: v.item()
+        for k, v in opt.state[tensor].items()
+        if k != "step" and isinstance(v, torch.Tensor) and not v.ndim
+    }
+    return tensor.detach().numpy(), state, scalars
 
 
 @pytest.mark.parametrize("impl", ["single_tensor", "fused"])
@@ -35,7 +40,9 @@ def test_matches_torch(case, size, dtype, impl):
         pytest.skip(f"torch has no fused CPU {cls.__name__}")
     param, grads = problem(size, dtype, STEPS, seed=1)
     options = {"foreach": False} if impl == "single_tensor" else {"fused": True}
-    expected, expected_state = run_torch(cls.__name__, kwargs, param, grads, **options)
+    expected, expected_state, expected_scalars = run_torch(
+        cls.__name__, kwargs, param, grads, **options
+    )
 
     opt = cls(param, **kwargs)
     for grad in grads:
@@ -46,3 +53,5 @@ def test_matches_torch(case, size, dtype, impl):
     assert sorted(arrays) == sorted(expected_state)
     for name, value in arrays.items():
         assert_close(value, expected_state[name], err_msg=name)
+    scalars = {k: v for k, v in opt.state[0].items() if k != "step" and k not in arrays}
+    assert scalars == expected_scalars  # host numbers (NAdam's mu_product), bit for bit

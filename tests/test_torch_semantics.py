@@ -10,13 +10,15 @@ torch = pytest.importorskip("torch")
 
 import fastopt.torch as ft  # noqa: E402
 
-NAMES = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop"]
+NAMES = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adamax", "NAdam"]
 SETTINGS = {
     "Adam": {"lr": 0.01, "weight_decay": 0.1},
     "AdamW": {"lr": 0.01},
     "SGD": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.1},
     "Adagrad": {"lr": 0.1, "weight_decay": 0.1},
     "RMSprop": {"lr": 0.01, "momentum": 0.5, "weight_decay": 0.1},
+    "Adamax": {"lr": 0.01, "weight_decay": 0.1},
+    "NAdam": {"lr": 0.01, "weight_decay": 0.1},
 }
 
 
@@ -233,6 +235,8 @@ IMPLEMENTATION_KEYS = {
     "SGD": ("foreach", "differentiable", "fused"),
     "Adagrad": ("foreach", "differentiable", "fused"),
     "RMSprop": ("foreach", "capturable", "differentiable"),
+    "Adamax": ("foreach", "differentiable", "capturable"),
+    "NAdam": ("foreach", "capturable", "differentiable"),
 }
 ACCEPTED = {
     "foreach": (None, False),
@@ -310,7 +314,7 @@ def test_an_older_checkpoint_without_newer_group_keys_takes_the_defaults(name):
     assert_same(reference, ours)
 
 
-@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop"])
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "NAdam"])
 def test_a_pre_hook_may_rewrite_the_checkpoint(name):
     reference, ours, x = trained_pair(name)
     checkpoint = reference.state_dict()
@@ -334,7 +338,7 @@ def test_a_pre_hook_may_rewrite_the_checkpoint(name):
     assert_same(reference, ours)
 
 
-@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop"])
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "NAdam"])
 def test_what_a_post_hook_writes_to_the_state_survives(name):
     reference, ours, x = trained_pair(name)
     checkpoint = reference.state_dict()

@@ -1,0 +1,278 @@
+"""The NumPy optimizer class and the functional step of a declared rule.
+
+:func:`optimizer_class` makes the :class:`~fastopt.Optimizer` subclass a rule's users see
+(torch's signature from the declaration's hyperparameters, then the gradient options), and
+:func:`functional_step` the ``<rule>_step(param, grad, *state, *, ..., step)`` function. Both
+validate everything before the first write and launch the rule's generated kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from inspect import Parameter, Signature
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fastopt._checks import check_disjoint, check_grad, check_param, check_state, check_step
+from fastopt._launch import RuleKernels, launch, single_segment
+from fastopt.gradients import kernel_gradient_terms
+from fastopt.optimizer import Optimizer
+from fastopt.rule import Rule
+
+__all__ = [
+    "PREAMBLE_WIDTH",
+    "DeclaredOptimizer",
+    "advance_scalars",
+    "check_hyperparameters",
+    "functional_step",
+    "optimizer_class",
+    "row_of",
+]
+
+#: Row entries before the rule's own fields: the gradient's scale, its clip value and the
+#: maximize flag (the generated kernels' gradient preamble).
+PREAMBLE_WIDTH = 3
+
+
+def check_hyperparameters(rule: Rule, group: Mapping[str, Any]) -> None:
+    """Each hyperparameter's own check, then the rule's checks across them."""
+    for hyperparameter in rule.hyperparameters:
+        hyperparameter.check(hyperparameter.name, group[hyperparameter.name])
+    if rule.check is not None:
+        rule.check(group)
+
+
+def row_of(
+    rule: Rule,
+    group: Mapping[str, Any],
+    step: int,
+    created: bool,
+    grad_scale: float = 1.0,
+    clip_value: float = math.inf,
+    scalars: Mapping[str, float] | None = None,
+) -> tuple[float, ...]:
+    """The kernel's float64 row: the gradient preamble, then the rule's fields."""
+    maximize = bool(group[rule.maximize]) if rule.maximize is not None else False
+    fields = rule.row(group, step, created, scalars or {})
+    return (grad_scale, clip_value, float(maximize), *fields)
+
+
+def advance_scalars(
+    rule: Rule, group: Mapping[str, Any], step: int, values: Mapping[str, float], dtype: np.dtype
+) -> dict[str, float]:
+    """The rule's host scalars for update ``step`` from their previous ``values``."""
+    return {
+        scalar.name: float(scalar.advance(group, step, values[scalar.name], dtype))
+        for scalar in rule.scalars
+    }
+
+
+class DeclaredOptimizer(Optimizer):
+    """An :class:`~fastopt.Optimizer` whose rule interface is read from a declaration."""
+
+    _rule: ClassVar[Rule]
+    _kernels: ClassVar[RuleKernels]
+
+    def _new_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"step": 0}
+        entry.update((scalar.name, float(scalar.initial)) for scalar in self._rule.scalars)
+        return entry
+
+    def _advance(self, entry: dict[str, Any], group: Mapping[str, Any]) -> tuple[float, ...]:
+        if not self._rule.scalars:
+            return ()
+        values = advance_scalars(self._rule, group, entry["step"], entry, self._scalar_dtype)
+        entry.update(values)
+        return tuple(values.values())
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        check_hyperparameters(self._rule, group)
+
+    def _state_names(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(state.name for state in self._rule.state if state.present(group))
+
+    def _all_state_names(self) -> frozenset[str]:
+        return frozenset(self._rule.state_names)
+
+    def _initial_value(self, name: str, group: Mapping[str, Any]) -> float:
+        (state,) = (state for state in self._rule.state if state.name == name)
+        return float(state.initial(group))
+
+    def _row(self, group, step, created, grad_scale, clip_value, scalars=()) -> tuple[float, ...]:
+        rule = self._rule
+        if rule.scalars and not scalars:  # a parameter fresh at this step (padding's row)
+            initial = {scalar.name: scalar.initial for scalar in rule.scalars}
+            named = advance_scalars(rule, group, step, initial, self._scalar_dtype)
+        else:
+            named = dict(zip(rule.scalar_names, scalars, strict=True))
+        return row_of(rule, group, step, created, grad_scale, clip_value, named)
+
+    def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:
+        return tuple(
+            views[state.name] if state.present(group) else None for state in self._rule.state
+        )
+
+
+def _class_signature(rule: Rule) -> Signature:
+    parameters = [
+        Parameter("self", Parameter.POSITIONAL_OR_KEYWORD),
+        Parameter("params", Parameter.POSITIONAL_OR_KEYWORD, annotation="ParamsT"),
+    ]
+    for hyperparameter in rule.hyperparameters:
+        kind = (
+            Parameter.KEYWORD_ONLY
+            if hyperparameter.keyword_only
+            else Parameter.POSITIONAL_OR_KEYWORD
+        )
+        annotation = hyperparameter.annotation
+        if hyperparameter.scheduled:
+            annotation = annotation.replace("float", "ScheduleLike")
+        parameters.append(
+            Parameter(
+                hyperparameter.name, kind, default=hyperparameter.default, annotation=annotation
+            )
+        )
+    parameters.append(
+        Parameter("gradient_options", Parameter.VAR_KEYWORD, annotation="Unpack[GradientOptions]")
+    )
+    return Signature(parameters, return_annotation="None")
+
+
+def optimizer_class(rule: Rule, kernels: RuleKernels) -> type[DeclaredOptimizer]:
+    """The NumPy optimizer class of ``rule`` (named after it, in the rule's module)."""
+    signature = _class_signature(rule)
+    names = [hyperparameter.name for hyperparameter in rule.hyperparameters]
+
+    def __init__(self, params, *args, **kwargs):
+        try:
+            bound = signature.bind(self, params, *args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{type(self).__qualname__}.__init__() {error}") from None
+        bound.apply_defaults()
+        gradient_options = bound.arguments["gradient_options"]
+        self._check_gradient_keywords(gradient_options)
+        defaults = {name: bound.arguments[name] for name in names}
+        Optimizer.__init__(self, params, defaults, **gradient_options)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__qualname__ = f"{rule.name}.__init__"
+    namespace = {
+        "__init__": __init__,
+        "__doc__": rule.doc,
+        "__module__": rule.update.__module__,
+        "__qualname__": rule.name,
+        "hyperparameters": tuple(names),
+        "_rule": rule,
+        "_kernels": kernels,
+        "_hyper_width": PREAMBLE_WIDTH + len(rule.fields),
+        "_scalar_names": rule.scalar_names,
+    }
+    return type(rule.name, (DeclaredOptimizer,), namespace)
+
+
+def _step_signature(rule: Rule) -> Signature:
+    parameters = [
+        Parameter("param", Parameter.POSITIONAL_OR_KEYWORD, annotation="np.ndarray"),
+        Parameter("grad", Parameter.POSITIONAL_OR_KEYWORD, annotation="np.ndarray"),
+    ]
+    for state in rule.state:
+        required = not state.optional
+        parameters.append(
+            Parameter(
+                state.name,
+                Parameter.POSITIONAL_OR_KEYWORD,
+                default=Parameter.empty if required else None,
+                annotation="np.ndarray" if required else "np.ndarray | None",
+            )
+        )
+    for hyperparameter in rule.hyperparameters:
+        parameters.append(
+            Parameter(
+                hyperparameter.name,
+                Parameter.KEYWORD_ONLY,
+                default=hyperparameter.default,
+                annotation=hyperparameter.annotation,
+            )
+        )
+    parameters += [
+        Parameter(scalar.name, Parameter.KEYWORD_ONLY, annotation="float")
+        for scalar in rule.scalars
+    ]
+    parameters += [
+        Parameter("step", Parameter.KEYWORD_ONLY, annotation="int"),
+        Parameter("loss_scale", Parameter.KEYWORD_ONLY, default=1.0, annotation="float"),
+        Parameter("clip_value", Parameter.KEYWORD_ONLY, default=None, annotation="float | None"),
+    ]
+    returns = "dict[str, float]" if rule.scalars else "None"
+    return Signature(parameters, return_annotation=returns)
+
+
+def functional_step(rule: Rule, kernels: RuleKernels) -> Callable[..., dict[str, float] | None]:
+    """``<rule>_step``: one fused, in-place update of arrays whose state the caller keeps."""
+    signature = _step_signature(rule)
+    name = f"{rule.snake_name}_step"
+
+    def step_function(*args: Any, **kwargs: Any) -> dict[str, float] | None:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{name}() {error}") from None
+        bound.apply_defaults()
+        arguments = bound.arguments
+        param = check_param("param", arguments["param"])
+        arrays = [("param", param), ("grad", check_grad("grad", arguments["grad"], param))]
+        group = {h.name: arguments[h.name] for h in rule.hyperparameters}
+        check_hyperparameters(rule, group)
+        state_arrays = []
+        for state in rule.state:
+            array = arguments[state.name]
+            wanted = state.present(group)
+            if wanted and array is None:
+                raise ValueError(f"{name}() needs {state.name} with these hyperparameters")
+            if not wanted and array is not None:
+                raise ValueError(f"{name}() takes no {state.name} with these hyperparameters")
+            if array is not None:
+                arrays.append((state.name, check_state(state.name, array, param)))
+            state_arrays.append(array)
+        check_disjoint(arrays)
+        step = check_step(arguments["step"])
+        grad_scale, clip = kernel_gradient_terms(arguments["loss_scale"], arguments["clip_value"])
+        previous = {}
+        for scalar in rule.scalars:
+            value = arguments[scalar.name]
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+                raise TypeError(f"{scalar.name} must be a real number, got {type(value).__name__}")
+            previous[scalar.name] = value
+        scalars = advance_scalars(rule, group, step, previous, np.dtype(np.float32))
+        row = row_of(rule, group, step, step == 1, grad_scale, clip, scalars)
+        flat = [None if array is None else array.reshape(-1) for array in state_arrays]
+        launch(
+            kernels,
+            single_segment(param.size),
+            np.array([row]),
+            param.reshape(-1),
+            arrays[1][1].reshape(-1),
+            *flat,
+        )
+        return scalars or None
+
+    step_function.__signature__ = signature  # type: ignore[attr-defined]
+    step_function.__name__ = step_function.__qualname__ = name
+    step_function.__module__ = rule.update.__module__
+    step_function.__doc__ = (
+        f"One fused, in-place {rule.name} step on arrays whose state you manage.\n\n"
+        f"The update is :class:`{rule.name}`'s; ``step`` counts the updates, this one "
+        "included (1 for the first). ``loss_scale`` divides the gradient and ``clip_value`` "
+        "clamps it, inside the kernel, as :meth:`fastopt.Optimizer.step` does."
+        + (
+            " The per-parameter numbers "
+            + ", ".join(f"``{name}``" for name in rule.scalar_names)
+            + " are passed in as they were after the previous update (float32, as torch "
+            "keeps them) and returned, as a dict, as they are after this one."
+            if rule.scalars
+            else ""
+        )
+    )
+    return step_function
