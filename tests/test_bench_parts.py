@@ -14,6 +14,7 @@ import fastopt._launch as launch_module
 from fastopt.bench import torch_child
 from fastopt.bench.cases import (
     RULES,
+    declared_case,
     many_tensor_sizes,
     parse_size,
     size_label,
@@ -95,6 +96,7 @@ def test_bytes_per_element_of_the_headline_rules():
     assert per_element["sgd_momentum"] == per_element["adagrad"] == per_element["rmsprop"] == 20
     assert per_element["sgd"] == 12
     assert per_element["amsgrad"] == 36
+    assert per_element["adamax"] == per_element["nadam"] == per_element["nadam_decoupled"] == 28
 
 
 @pytest.mark.parametrize("name", list(RULES))
@@ -105,12 +107,169 @@ def test_numpy_baseline_runs_the_same_update_as_fastopt(name):
     grads = [rng.standard_normal(300) for _ in range(4)]
     ours, theirs = start.copy(), start.copy()
     opt = case.optimizer(ours, **case.options)
-    state = [np.zeros_like(theirs) for _ in case.state]
+    state = case.new_state(theirs)
     for step, grad in enumerate(grads, start=1):
         opt.step(grad)
         case.reference_step(theirs, grad, *state, step=step)
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
     assert not np.array_equal(ours, start)
+
+
+DECLARED = [name for name, case in RULES.items() if hasattr(case.optimizer, "_rule")]
+
+#: The state arrays and options of every case; results.json and the saved reports name them.
+CASES = {
+    "sgd": ((), {"lr": 1e-3}),
+    "sgd_momentum": (("momentum_buffer",), {"lr": 1e-3, "momentum": 0.9}),
+    "adagrad": (("sum",), {"lr": 1e-2}),
+    "rmsprop": (("square_avg",), {"lr": 1e-2}),
+    "rmsprop_centered": (("square_avg", "grad_avg"), {"lr": 1e-2, "centered": True}),
+    "adam": (("exp_avg", "exp_avg_sq"), {"lr": 1e-3}),
+    "adamw": (("exp_avg", "exp_avg_sq"), {"lr": 1e-3, "weight_decay": 1e-2}),
+    "amsgrad": (("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), {"lr": 1e-3, "amsgrad": True}),
+    "adamax": (("exp_avg", "exp_inf"), {"lr": 2e-3}),
+    "nadam": (("exp_avg", "exp_avg_sq"), {"lr": 2e-3}),
+    "nadam_decoupled": (
+        ("exp_avg", "exp_avg_sq"),
+        {"lr": 2e-3, "weight_decay": 1e-2, "decoupled_weight_decay": True},
+    ),
+}
+
+
+def test_every_case_keeps_its_name_state_and_options():
+    assert {name: (case.state, case.options) for name, case in RULES.items()} == CASES
+    assert all(case.torch_options == case.options for case in RULES.values())
+
+
+def test_adamax_and_nadam_cases_are_derived_from_their_declarations():
+    assert {"adamax", "nadam", "nadam_decoupled"} <= set(DECLARED)
+    decoupled = RULES["nadam_decoupled"]
+    assert (decoupled.optimizer, decoupled.label, decoupled.torch_class) == (
+        fastopt.NAdam,
+        "NAdamW",
+        "NAdam",
+    )
+    assert RULES["adamax"].torch_class == "Adamax" and RULES["nadam"].torch_class == "NAdam"
+    assert RULES["nadam"].initial == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", DECLARED)
+def test_a_declared_class_derives_a_reference_equal_to_its_step(name, dtype):
+    """Also for a hand-written case once its class is declared: the derived case can replace
+    it under the same name and options."""
+    case = RULES[name]
+    derived = declared_case(
+        case.optimizer, case.options, name=name, label=case.label, torch_class=case.torch_class
+    )
+    assert (derived.state, derived.options, derived.torch_options) == (
+        case.state,
+        case.options,
+        case.torch_options,
+    )
+    rng = np.random.default_rng(2)
+    ours = rng.standard_normal(257).astype(dtype)
+    theirs = ours.copy()
+    opt = case.optimizer(ours, **case.options)
+    state = derived.new_state(theirs)
+    for step in range(1, 7):
+        grad = rng.standard_normal(257).astype(dtype)
+        opt.step(grad)
+        derived.reference_step(theirs, grad, *state, step=step)
+        rtol = 1e-12 if dtype == np.float64 else 2e-5
+        np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol, err_msg=f"step {step}")
+        for key, array in zip(derived.state, state, strict=True):
+            np.testing.assert_allclose(opt.state[0][key], array, rtol=rtol, atol=rtol)
+
+
+def test_a_declared_reference_keeps_host_scalars_for_every_array_and_run():
+    """NAdam's mu_product: two arrays stepped in turn, a new run, a run resumed mid-way."""
+    case = RULES["nadam"]
+    rng = np.random.default_rng(3)
+    params = [rng.standard_normal(50) for _ in range(2)]
+    grads = [[rng.standard_normal(50) for _ in params] for _ in range(5)]
+    ours = [p.copy() for p in params]
+    opt = case.optimizer(ours, **case.options)
+    theirs = [p.copy() for p in params]
+    states = [case.new_state(p) for p in theirs]
+    for step, grad in enumerate(grads, start=1):
+        opt.step(grad)
+        for param, g, state in zip(theirs, grad, states, strict=True):
+            case.reference_step(param, g, *state, step=step)
+    for mine, reference_param in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(mine, reference_param, rtol=1e-12)
+    # A new run from step 1 starts from the initial mu_product again.
+    again = params[0].copy()
+    state = case.new_state(again)
+    for step, grad in enumerate(grads, start=1):
+        case.reference_step(again, grad[0], *state, step=step)
+    np.testing.assert_array_equal(again, theirs[0])
+    # A run resumed at step 4 (state copied from a run stopped after 3) ends the same.
+    fresh = declared_case(fastopt.NAdam, case.options)
+    resumed = params[1].copy()
+    state = fresh.new_state(resumed)
+    for step, grad in enumerate(grads[:3], start=1):
+        case.reference_step(resumed, grad[1], *state, step=step)
+    for step, grad in enumerate(grads[3:], start=4):
+        fresh.reference_step(resumed, grad[1], *state, step=step)
+    np.testing.assert_array_equal(resumed, theirs[1])
+    assert opt.state[1]["mu_product"] == pytest.approx(
+        np.prod([0.9 * (1 - 0.5 * 0.96 ** (t * 4e-3)) for t in range(1, 6)]), rel=1e-6
+    )
+
+
+def test_declared_case_defaults_and_refusals():
+    case = declared_case(fastopt.Adamax)
+    assert (case.name, case.label, case.options, case.torch_class) == (
+        "adamax",
+        "Adamax",
+        {},
+        "Adamax",
+    )
+    assert case.new_state(np.ones(3, np.float32))[0].dtype == np.float32
+    with pytest.raises(TypeError, match="not declared"):
+        declared_case(fastopt.Optimizer)
+    with pytest.raises(ValueError, match="Adamax has no hyperparameter momentum"):
+        declared_case(fastopt.Adamax, {"momentum": 0.9})
+    with pytest.raises(ValueError):
+        declared_case(fastopt.NAdam, {"lr": -1.0})
+    with pytest.raises(TypeError, match="takes 2 state arrays"):
+        case.reference_step(np.zeros(2), np.zeros(2), np.zeros(2), step=1)
+
+
+@pytest.mark.parametrize("name", DECLARED)
+def test_declared_torch_options_build_the_torch_class_and_run_the_same_update(name):
+    torch = pytest.importorskip("torch")
+    case = RULES[name]
+    rng = np.random.default_rng(4)
+    start = rng.standard_normal(64)
+    ours = start.copy()
+    opt = case.optimizer(ours, **case.options)
+    param = torch.tensor(start, requires_grad=True)
+    twin = getattr(torch.optim, case.torch_class)([param], **case.torch_options, foreach=True)
+    for _ in range(5):
+        grad = rng.standard_normal(64)
+        opt.step(grad)
+        param.grad = torch.tensor(grad)
+        twin.step()
+    np.testing.assert_allclose(ours, param.detach().numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_torch_twin_without_a_fused_kernel_still_runs_foreach():
+    if not torch_child.torch_installed():
+        pytest.skip("torch is not installed")
+    requests = [
+        {"case": "single", "rule": rule, "dtype": "float32", "size": 64, "implementation": impl}
+        for rule in ("adamax", "nadam_decoupled")
+        for impl in ("torch-fused", "torch-foreach")
+    ]
+    policy = TimingPolicy(warmup=1, repeats=2, min_repeats=1, sample_seconds=0.0)
+    results, info = torch_child.run(requests, 1, policy, 0, Progress(enabled=False))
+    assert info["available"] is True
+    fused = results[0::2]
+    assert [r["status"] for r in fused] == ["unavailable", "unavailable"]
+    assert fused[0]["note"] == "TypeError: torch.optim.Adamax has no fused implementation"
+    assert all(r["status"] == "ok" and r["median_ns"] > 0 for r in results[1::2])
 
 
 def test_many_tensor_sizes_look_like_a_model():

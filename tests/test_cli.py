@@ -217,6 +217,16 @@ def test_bench_with_no_torch_gives_no_install_hint(capsys):
     assert "To add the torch.optim comparison" not in out
 
 
+def test_bench_runs_the_declared_rules(capsys):
+    args = ["bench", "--quick", "--quiet", "--rules", "adamax", "nadam", "nadam_decoupled"]
+    assert main([*args, "--sizes", "64", "--no-many-tensors", "--threads", "1", "--no-torch"]) == 0
+    rows = _tables(capsys.readouterr().out)["fastopt, float32"]
+    assert [row["rule"] for row in rows] == ["Adamax", "NAdam", "NAdamW"]
+    for row in rows:
+        for column in ("time/step", "GB/s", "% of ceiling", f"{TIMES} NumPy"):
+            assert _number(row[column]) > 0, column
+
+
 def test_install_hint_names_an_extra_that_exists():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -268,7 +278,7 @@ def test_bad_arguments_exit_with_a_message(capsys):
         main(["bench", "--sizes", "2^x"])
     assert "size must look like" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["bench", "--rules", "adamax"])
+        main(["bench", "--rules", "no-such-rule"])
     assert "invalid choice" in capsys.readouterr().err
 
 

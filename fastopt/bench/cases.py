@@ -6,12 +6,19 @@ match it, and the number of state arrays it reads and writes. From that count fo
 memory traffic of one update: every rule reads the parameter, the gradient and each state
 array and writes back the parameter and each state array, so an update moves
 ``(3 + 2 * n_state) * itemsize`` bytes per element (Adam, float32: 28).
+
+A rule declared with :mod:`fastopt.rule` (the class has a ``_rule``) needs no hand-written
+case: :func:`declared_case` reads the state arrays, the reference step and the ``torch.optim``
+class from the declaration. Adamax and NAdam are benchmarked this way. The entries of SGD,
+Adagrad, RMSprop and Adam/AdamW are hand-written adapters of their reference functions; for a
+declared class, :func:`declared_case` with the entry's name, label, options and torch class
+gives the same case, so such an entry can become a derived one without changing its results.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +26,7 @@ import numpy as np
 
 import fastopt
 from fastopt import reference
+from fastopt.rule import Rule
 
 __all__ = [
     "BASELINES",
@@ -31,6 +39,7 @@ __all__ = [
     "QUICK_SIZES",
     "RULES",
     "RuleCase",
+    "declared_case",
     "many_tensor_sizes",
     "parse_size",
     "size_label",
@@ -55,6 +64,8 @@ class RuleCase:
         ``reference_step(param, grad, *state, step=t)`` runs one NumPy reference update.
     torch_class, torch_options
         The matching ``torch.optim`` class name and keywords (``lr`` included).
+    initial
+        The state arrays' starting values, in ``state``'s order; empty for all zeros.
     """
 
     name: str
@@ -65,6 +76,14 @@ class RuleCase:
     reference_step: Callable[..., None] = field(repr=False)
     torch_class: str
     torch_options: dict[str, Any]
+    initial: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.initial and len(self.initial) != len(self.state):
+            raise ValueError(
+                f"{self.name}: {len(self.initial)} initial values for {len(self.state)} "
+                "state arrays"
+            )
 
     @property
     def n_state(self) -> int:
@@ -84,6 +103,11 @@ class RuleCase:
     def bytes_per_element(self, dtype: np.dtype | type | str) -> int:
         """Bytes one update moves per element (reads plus writes)."""
         return (self.reads + self.writes) * np.dtype(dtype).itemsize
+
+    def new_state(self, param: np.ndarray) -> list[np.ndarray]:
+        """Fresh state arrays for the reference, shaped like ``param``, at their initial values."""
+        initial = self.initial or (0.0,) * self.n_state
+        return [np.full_like(param, value) for value in initial]
 
 
 def _sgd(param, grad, *state, step, **options):
@@ -133,6 +157,142 @@ def _case(
         reference_step=_bind(reference_step, **reference_options),
         torch_class=torch_class,
         torch_options=dict(options),
+    )
+
+
+class _DeclaredReference:
+    """``reference_step(param, grad, *state, step=t)`` of a declared rule with fixed options.
+
+    Calls ``fastopt.reference.<snake name>_step`` with every state array of the declaration
+    (``None`` for one the options leave out), all the hyperparameters and the host scalars
+    that update ``t`` starts from. With the options fixed, those scalars depend on ``t`` alone,
+    so one object serves any number of arrays and runs: it remembers the scalars of the last
+    two updates it ran (several arrays stepped in turn, or a run that continues) and replays
+    the reference on empty arrays to reach any other step (a new run starting at 1 needs none).
+    """
+
+    def __init__(self, rule: Rule, group: Mapping[str, Any]) -> None:
+        self._name = f"{rule.snake_name}_step"
+        self._function = getattr(reference, self._name)
+        self._present = tuple(state.present(group) for state in rule.state)
+        self._hyperparameters = {h.name: group[h.name] for h in rule.hyperparameters}
+        self._initial = {scalar.name: float(scalar.initial) for scalar in rule.scalars}
+        # A rule whose row ignores the update count (RMSprop) has a reference without step=.
+        self._counts_steps = getattr(rule, "counts_steps", True)
+        # The host scalars each remembered update starts from, by update number.
+        self._starts: dict[int, dict[str, float]] = {1: self._initial}
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self._hyperparameters.items())
+        return f"reference.{self._name}({options})"
+
+    def __call__(self, param: np.ndarray, grad: np.ndarray, *state: np.ndarray, step: int) -> None:
+        if len(state) != sum(self._present):
+            raise TypeError(
+                f"{self._name} takes {sum(self._present)} state arrays here, got {len(state)}"
+            )
+        if step < 1:
+            raise ValueError(f"step must be >= 1, got {step}")
+        arrays = iter(state)
+        full = [next(arrays) if present else None for present in self._present]
+        scalars = self._start(step, param.dtype)
+        after = self._run(param, grad, full, scalars, step)
+        if self._initial:
+            self._starts = {step: scalars, step + 1: after}
+
+    def _run(self, param, grad, state, scalars, step) -> dict[str, float]:
+        counted = {"step": step} if self._counts_steps else {}
+        new = self._function(param, grad, *state, **self._hyperparameters, **scalars, **counted)
+        return {**scalars, **(new or {})}
+
+    def _start(self, step: int, dtype: np.dtype) -> dict[str, float]:
+        """The host scalars update ``step`` starts from."""
+        if not self._initial:
+            return {}
+        if step in self._starts:
+            return self._starts[step]
+        known = max((t for t in self._starts if t < step), default=1)
+        scalars = self._starts.get(known, self._initial)
+        for earlier in range(known, step):
+            empty = [np.empty(0, dtype) if present else None for present in self._present]
+            scalars = self._run(np.empty(0, dtype), np.empty(0, dtype), empty, scalars, earlier)
+        return scalars
+
+
+def declared_case(
+    optimizer: type[fastopt.Optimizer],
+    options: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    label: str | None = None,
+    torch_class: str | None = None,
+) -> RuleCase:
+    """The case of a class declared with :mod:`fastopt.rule`, read from its declaration.
+
+    Parameters
+    ----------
+    optimizer
+        A fastopt class built from a :class:`~fastopt.rule.Rule` (its ``_rule``), or a variant
+        of one (AdamW of Adam).
+    options
+        Hyperparameters of the rule (``lr`` and so on), for the class, the reference and
+        torch alike; the others keep the class's defaults (a variant's fixed values included).
+    name, label
+        The case's identifier and display name (default: the class's name in lower case, and
+        as it is).
+    torch_class
+        The ``torch.optim`` class (default: the class's name, which is torch's where torch has
+        the rule; where it has none, the torch run marks the case unavailable).
+
+    Returns
+    -------
+    RuleCase
+        With the state arrays the options give a parameter (in the declaration's order, at
+        their initial values) and a reference step that keeps the rule's host scalars (NAdam's
+        ``mu_product``) between calls.
+
+    Raises
+    ------
+    TypeError
+        If ``optimizer`` is not declared, or fixes one of the ``options``.
+    ValueError
+        If an option is not one of the rule's hyperparameters or has an invalid value.
+
+    Examples
+    --------
+    >>> import fastopt
+    >>> from fastopt.bench.cases import declared_case
+    >>> case = declared_case(fastopt.NAdam, {"lr": 1e-3})
+    >>> case.name, case.label, case.state, case.torch_class
+    ('nadam', 'NAdam', ('exp_avg', 'exp_avg_sq'), 'NAdam')
+    >>> case.bytes_per_element("float32")
+    28
+    """
+    rule = getattr(optimizer, "_rule", None)
+    if not isinstance(rule, Rule):
+        raise TypeError(f"{optimizer.__qualname__} is not declared with fastopt.rule")
+    options = dict(options or {})
+    names = [h.name for h in rule.hyperparameters]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{rule.name} has no hyperparameter {', '.join(unknown)} "
+            f"(its hyperparameters: {', '.join(names)})"
+        )
+    # What the class runs with these options: its defaults, a variant's fixed values, checked.
+    probe = optimizer(np.zeros(1), **options)
+    group = {key: probe.defaults[key] for key in names}
+    present = [state for state in rule.state if state.present(group)]
+    return RuleCase(
+        name=optimizer.__name__.lower() if name is None else name,
+        label=optimizer.__name__ if label is None else label,
+        optimizer=optimizer,
+        options=options,
+        state=tuple(state.name for state in present),
+        reference_step=_DeclaredReference(rule, group),
+        torch_class=optimizer.__name__ if torch_class is None else torch_class,
+        torch_options=dict(options),
+        initial=tuple(float(state.initial(group)) for state in present),
     )
 
 
@@ -211,6 +371,14 @@ RULES: dict[str, RuleCase] = {
             _adam,
             {**_ADAM_REF, "amsgrad": True},
             "Adam",
+        ),
+        declared_case(fastopt.Adamax, {"lr": 2e-3}),
+        declared_case(fastopt.NAdam, {"lr": 2e-3}),
+        declared_case(
+            fastopt.NAdam,
+            {"lr": 2e-3, "weight_decay": 1e-2, "decoupled_weight_decay": True},
+            name="nadam_decoupled",
+            label="NAdamW",
         ),
     )
 }

@@ -122,7 +122,7 @@ def _fastopt_step(case: RuleCase, param: np.ndarray, grad: np.ndarray) -> Callab
 
 
 def _numpy_step(case: RuleCase, param: np.ndarray, grad: np.ndarray) -> Callable[[], None]:
-    state = [np.zeros_like(param) for _ in case.state]
+    state = case.new_state(param)
     counter = itertools.count(1)
     return lambda: case.reference_step(param, grad, *state, step=next(counter))
 

@@ -11,6 +11,7 @@ of threads as fastopt.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import subprocess
 import sys
@@ -142,18 +143,23 @@ def make_torch_step(
     Raises
     ------
     RuntimeError, TypeError, ValueError
-        When torch has no such implementation (RMSprop has no fused kernel, for one).
+        When torch has no such implementation (RMSprop, Adamax and NAdam have no fused
+        kernel) or no such class.
     """
     import torch
 
     case = RULES[rule]
+    optimizer_class = getattr(torch.optim, case.torch_class, None)
+    if optimizer_class is None:
+        raise ValueError(f"torch {torch.__version__} has no torch.optim.{case.torch_class}")
+    if flavour not in inspect.signature(optimizer_class).parameters:
+        raise TypeError(f"torch.optim.{case.torch_class} has no {flavour} implementation")
     torch_dtype = getattr(torch, dtype)
     params = []
     for n in sizes:
         param = torch.randn(n, dtype=torch_dtype, generator=generator)
         param.grad = torch.randn(n, dtype=torch_dtype, generator=generator)
         params.append(param)
-    optimizer_class = getattr(torch.optim, case.torch_class)
     optimizer = optimizer_class(params, **case.torch_options, **{flavour: True})
     return optimizer.step
 
