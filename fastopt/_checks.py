@@ -175,7 +175,8 @@ def check_betas(name: str, value: object, count: int = 2) -> tuple[float, ...]:
     """``count`` betas, each a finite real number in ``[0, 1)``: ``(beta1, beta2, ...)``."""
     if not isinstance(value, (tuple, list)) or len(value) != count:
         names = ", ".join(f"beta{k + 1}" for k in range(count))
-        raise ValueError(f"{name} must be a tuple ({names}), got {value!r}")
+        what = "a pair" if count == 2 else f"a tuple of {count}"
+        raise ValueError(f"{name} must be {what} ({names}), got {value!r}")
     return tuple(check_beta(f"beta{k + 1} ({name}[{k}])", beta) for k, beta in enumerate(value))
 
 

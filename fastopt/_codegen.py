@@ -133,7 +133,7 @@ def _update_body(rule: Rule, names: list[str]) -> str:
     def lines(position: int, present: tuple[bool, ...], indent: str) -> list[str]:
         if position == len(names):
             values = [f"load({n}, i)" if here else "None" for n, here in zip(names, present)]
-            results = [f"v{k}" for k in range(len(names))]
+            results = [f"new_{n}" for n in names]
             targets = ", ".join(["p", *results]) + ("," if not results else "")
             arguments = ", ".join(["load(param, i)", "g", *values, "row"])
             out = [f"{indent}({targets}) = rule_update({arguments})"]
@@ -157,7 +157,7 @@ def _update_body(rule: Rule, names: list[str]) -> str:
 
 def kernel_source(rule: Rule) -> str:
     """The text of ``rule``'s generated kernel module."""
-    names = [f"s_{name}" for name in rule.state_names]
+    names = list(rule.state_names)
     state = "".join(f", {name}" for name in names)
     fields = ", ".join(
         f"h[{3 + k}] != 0" if name in rule.flags else f"compute_scalar(h[{3 + k}], param)"

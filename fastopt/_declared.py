@@ -74,6 +74,8 @@ class DeclaredOptimizer(Optimizer):
 
     _rule: ClassVar[Rule]
     _kernels: ClassVar[RuleKernels]
+    #: Hyperparameters a variant fixes (AdamW's ``decoupled_weight_decay=True``).
+    _fixed: ClassVar[Mapping[str, Any]] = {}
 
     def _new_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"step": 0}
@@ -115,12 +117,16 @@ class DeclaredOptimizer(Optimizer):
         )
 
 
-def _class_signature(rule: Rule) -> Signature:
+def _class_signature(
+    rule: Rule, defaults: Mapping[str, Any], fixed: Mapping[str, Any]
+) -> Signature:
     parameters = [
         Parameter("self", Parameter.POSITIONAL_OR_KEYWORD),
         Parameter("params", Parameter.POSITIONAL_OR_KEYWORD, annotation="ParamsT"),
     ]
     for hyperparameter in rule.hyperparameters:
+        if hyperparameter.name in fixed:
+            continue
         kind = (
             Parameter.KEYWORD_ONLY
             if hyperparameter.keyword_only
@@ -129,10 +135,9 @@ def _class_signature(rule: Rule) -> Signature:
         annotation = hyperparameter.annotation
         if hyperparameter.scheduled:
             annotation = annotation.replace("float", "ScheduleLike")
+        default = defaults.get(hyperparameter.name, hyperparameter.default)
         parameters.append(
-            Parameter(
-                hyperparameter.name, kind, default=hyperparameter.default, annotation=annotation
-            )
+            Parameter(hyperparameter.name, kind, default=default, annotation=annotation)
         )
     parameters.append(
         Parameter("gradient_options", Parameter.VAR_KEYWORD, annotation="Unpack[GradientOptions]")
@@ -140,10 +145,26 @@ def _class_signature(rule: Rule) -> Signature:
     return Signature(parameters, return_annotation="None")
 
 
-def optimizer_class(rule: Rule, kernels: RuleKernels) -> type[DeclaredOptimizer]:
-    """The NumPy optimizer class of ``rule`` (named after it, in the rule's module)."""
-    signature = _class_signature(rule)
-    names = [hyperparameter.name for hyperparameter in rule.hyperparameters]
+def optimizer_class(
+    rule: Rule,
+    kernels: RuleKernels,
+    *,
+    name: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    doc: str | None = None,
+    base: type[DeclaredOptimizer] | None = None,
+) -> type[DeclaredOptimizer]:
+    """The NumPy optimizer class of ``rule`` (named after it, in the rule's module).
+
+    A variant (AdamW of Adam) takes another ``name``, other ``defaults``, hyperparameters
+    ``fixed`` to a value (left out of its signature, kept in its groups) and subclasses
+    ``base``.
+    """
+    name = name or rule.name
+    fixed = dict(fixed or {})
+    signature = _class_signature(rule, defaults or {}, fixed)
+    names = [h.name for h in rule.hyperparameters if h.name not in fixed]
 
     def __init__(self, params, *args, **kwargs):
         try:
@@ -153,23 +174,25 @@ def optimizer_class(rule: Rule, kernels: RuleKernels) -> type[DeclaredOptimizer]
         bound.apply_defaults()
         gradient_options = bound.arguments["gradient_options"]
         self._check_gradient_keywords(gradient_options)
-        defaults = {name: bound.arguments[name] for name in names}
-        Optimizer.__init__(self, params, defaults, **gradient_options)
+        values = {key: bound.arguments[key] for key in names} | fixed
+        ordered = {h.name: values[h.name] for h in rule.hyperparameters}
+        Optimizer.__init__(self, params, ordered, **gradient_options)
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]
-    __init__.__qualname__ = f"{rule.name}.__init__"
+    __init__.__qualname__ = f"{name}.__init__"
     namespace = {
         "__init__": __init__,
-        "__doc__": rule.doc,
+        "__doc__": doc if doc is not None else rule.doc,
         "__module__": rule.update.__module__,
-        "__qualname__": rule.name,
-        "hyperparameters": tuple(names),
+        "__qualname__": name,
+        "hyperparameters": tuple(h.name for h in rule.hyperparameters),
         "_rule": rule,
         "_kernels": kernels,
+        "_fixed": fixed,
         "_hyper_width": PREAMBLE_WIDTH + len(rule.fields),
         "_scalar_names": rule.scalar_names,
     }
-    return type(rule.name, (DeclaredOptimizer,), namespace)
+    return type(name, (base or DeclaredOptimizer,), namespace)
 
 
 def _step_signature(rule: Rule) -> Signature:
@@ -200,8 +223,9 @@ def _step_signature(rule: Rule) -> Signature:
         Parameter(scalar.name, Parameter.KEYWORD_ONLY, annotation="float")
         for scalar in rule.scalars
     ]
+    if rule.counts_steps:
+        parameters.append(Parameter("step", Parameter.KEYWORD_ONLY, annotation="int"))
     parameters += [
-        Parameter("step", Parameter.KEYWORD_ONLY, annotation="int"),
         Parameter("loss_scale", Parameter.KEYWORD_ONLY, default=1.0, annotation="float"),
         Parameter("clip_value", Parameter.KEYWORD_ONLY, default=None, annotation="float | None"),
     ]
@@ -230,14 +254,14 @@ def functional_step(rule: Rule, kernels: RuleKernels) -> Callable[..., dict[str,
             array = arguments[state.name]
             wanted = state.present(group)
             if wanted and array is None:
-                raise ValueError(f"{name}() needs {state.name} with these hyperparameters")
+                raise ValueError(f"{name}(): {state.name} is required with these hyperparameters")
             if not wanted and array is not None:
-                raise ValueError(f"{name}() takes no {state.name} with these hyperparameters")
+                raise ValueError(f"{name}(): {state.name} is unused with these hyperparameters")
             if array is not None:
                 arrays.append((state.name, check_state(state.name, array, param)))
             state_arrays.append(array)
         check_disjoint(arrays)
-        step = check_step(arguments["step"])
+        step = check_step(arguments["step"]) if rule.counts_steps else 1
         grad_scale, clip = kernel_gradient_terms(arguments["loss_scale"], arguments["clip_value"])
         previous = {}
         for scalar in rule.scalars:
@@ -246,7 +270,7 @@ def functional_step(rule: Rule, kernels: RuleKernels) -> Callable[..., dict[str,
                 raise TypeError(f"{scalar.name} must be a real number, got {type(value).__name__}")
             previous[scalar.name] = value
         scalars = advance_scalars(rule, group, step, previous, np.dtype(np.float32))
-        row = row_of(rule, group, step, step == 1, grad_scale, clip, scalars)
+        row = row_of(rule, group, step, rule.counts_steps and step == 1, grad_scale, clip, scalars)
         flat = [None if array is None else array.reshape(-1) for array in state_arrays]
         launch(
             kernels,
@@ -263,9 +287,15 @@ def functional_step(rule: Rule, kernels: RuleKernels) -> Callable[..., dict[str,
     step_function.__module__ = rule.update.__module__
     step_function.__doc__ = (
         f"One fused, in-place {rule.name} step on arrays whose state you manage.\n\n"
-        f"The update is :class:`{rule.name}`'s; ``step`` counts the updates, this one "
-        "included (1 for the first). ``loss_scale`` divides the gradient and ``clip_value`` "
-        "clamps it, inside the kernel, as :meth:`fastopt.Optimizer.step` does."
+        f"The update is :class:`{rule.name}`'s, with the same hyperparameters; the state "
+        "arrays that the options leave unused are ``None``. "
+        + (
+            "``step`` counts the updates, this one included (1 for the first). "
+            if rule.counts_steps
+            else ""
+        )
+        + "``loss_scale`` divides the gradient and ``clip_value`` clamps it, inside the "
+        "kernel, as :meth:`fastopt.Optimizer.step` does."
         + (
             " The per-parameter numbers "
             + ", ".join(f"``{name}``" for name in rule.scalar_names)

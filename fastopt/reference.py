@@ -32,17 +32,18 @@ def sgd_step(
     lr: float = 1e-3,
     momentum: float = 0.0,
     dampening: float = 0.0,
-    nesterov: bool = False,
     weight_decay: float = 0.0,
+    nesterov: bool = False,
     maximize: bool = False,
-    initialize_buffer: bool = False,
+    step: int,
 ) -> None:
-    """SGD with momentum, dampening, Nesterov and weight decay (see ``fastopt.sgd_step``)."""
+    """SGD with momentum, dampening, Nesterov and weight decay (see ``fastopt.sgd_step``);
+    the first step copies the gradient into the buffer."""
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
     if momentum != 0:
-        if initialize_buffer:
+        if step == 1:
             momentum_buffer[...] = g
         else:
             momentum_buffer *= momentum
@@ -59,11 +60,13 @@ def adagrad_step(
     lr: float = 1e-2,
     lr_decay: float = 0.0,
     weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
     maximize: bool = False,
     step: int,
 ) -> None:
-    """AdaGrad (see ``fastopt.adagrad_step``)."""
+    """AdaGrad (see ``fastopt.adagrad_step``); ``initial_accumulator_value`` is where the
+    caller started ``state_sum``."""
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
@@ -84,15 +87,16 @@ def rmsprop_step(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     momentum: float = 0.0,
+    centered: bool = False,
     maximize: bool = False,
 ) -> None:
-    """RMSProp, centered when ``grad_avg`` is given (see ``fastopt.rmsprop_step``)."""
+    """RMSProp, centered with ``grad_avg`` (see ``fastopt.rmsprop_step``)."""
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
     square_avg *= alpha
     square_avg += (1 - alpha) * g * g
-    if grad_avg is not None:
+    if centered:
         grad_avg += (1 - alpha) * (g - grad_avg)
         avg = np.sqrt(square_avg - grad_avg * grad_avg) + eps
     else:
@@ -113,15 +117,16 @@ def adam_step(
     max_exp_avg_sq: np.ndarray | None = None,
     *,
     lr: float = 1e-3,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
+    betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    amsgrad: bool = False,
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
     step: int,
 ) -> None:
-    """Adam / AdamW, AMSGrad when ``max_exp_avg_sq`` is given (see ``fastopt.adam_step``)."""
+    """Adam / AdamW, AMSGrad with ``max_exp_avg_sq`` (see ``fastopt.adam_step``)."""
+    beta1, beta2 = betas
     g = -grad if maximize else grad
     if weight_decay != 0:
         if decoupled_weight_decay:
@@ -132,7 +137,7 @@ def adam_step(
     exp_avg_sq *= beta2
     exp_avg_sq += (1 - beta2) * g * g
     second_moment = exp_avg_sq
-    if max_exp_avg_sq is not None:
+    if amsgrad:
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         second_moment = max_exp_avg_sq
     step_size = lr / (1 - beta1**step)

@@ -49,7 +49,17 @@ if TYPE_CHECKING:
     from fastopt._launch import RuleKernels
     from fastopt.optimizer import Optimizer
 
-__all__ = ["BuiltRule", "Hyperparameter", "Rule", "Scalar", "State", "build"]
+__all__ = ["BuiltRule", "Hyperparameter", "Rule", "Scalar", "State", "build", "variant"]
+
+
+# Names the generated kernels use for themselves (see fastopt._codegen).
+_GENERATED_NAMES = frozenset(
+    (
+        *("i", "param", "grad", "scalars", "grad_scale", "clip_value", "maximize", "row"),
+        *("g", "p", "h", "s", "n", "c", "lo", "hi", "end", "chunk", "n_chunks", "bounds"),
+        *("hyper", "RULE", "Row", "rule_update", "unpack", "block", "serial", "parallel"),
+    )
+)
 
 
 def _always(group: Mapping[str, Any]) -> bool:
@@ -167,6 +177,9 @@ class Rule:
         ``check(group)``: checks across hyperparameters, after each one's own.
     maximize : str or None
         The hyperparameter that negates the gradient (``"maximize"``), or None.
+    counts_steps : bool
+        Whether the row depends on the update count (bias corrections, a first-step rule);
+        the functional step then takes ``step=``.
     doc : str
         The class docstring (numpydoc, with the update formula).
     """
@@ -181,6 +194,7 @@ class Rule:
     flags: frozenset[str] = frozenset()
     check: Callable[[Mapping[str, Any]], None] | None = None
     maximize: str | None = "maximize"
+    counts_steps: bool = True
     doc: str = ""
     row_type: type = field(init=False, repr=False, compare=False)
 
@@ -192,6 +206,12 @@ class Rule:
             raise ValueError(f"{self.name} declares a hyperparameter twice: {names}")
         if self.maximize is not None and self.maximize not in names:
             raise ValueError(f"{self.name}'s maximize={self.maximize!r} is no hyperparameter")
+        taken = _GENERATED_NAMES.intersection(self.state_names)
+        if taken or any(name.startswith("new_") for name in self.state_names):
+            raise ValueError(
+                f"{self.name}'s state names {sorted(taken)} are taken by the generated kernels "
+                "(and none may start with 'new_')"
+            )
         unknown = self.flags - set(self.fields)
         if unknown:
             raise ValueError(f"{self.name}'s flags {sorted(unknown)} are not fields")
@@ -220,6 +240,30 @@ class Rule:
     def scalar_names(self) -> tuple[str, ...]:
         """The per-parameter host scalars' names."""
         return tuple(scalar.name for scalar in self.scalars)
+
+
+def variant(
+    built: BuiltRule,
+    name: str,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    doc: str,
+) -> type[Optimizer]:
+    """A class of the same rule with other defaults and some hyperparameters fixed, as
+    AdamW is Adam with ``decoupled_weight_decay=True`` and ``weight_decay=1e-2``; it
+    subclasses the rule's class and shares its kernels."""
+    from fastopt._declared import optimizer_class
+
+    return optimizer_class(
+        built.rule,
+        built.kernels,
+        name=name,
+        defaults=defaults,
+        fixed=fixed,
+        doc=doc,
+        base=built.optimizer,
+    )
 
 
 class BuiltRule(NamedTuple):

@@ -13,7 +13,6 @@ import numpy as np
 
 import fastopt
 from fastopt import reference
-from fastopt._declared import DeclaredOptimizer
 
 # (rule id, class, constructor keyword arguments)
 CASES: list[tuple[str, type[fastopt.Optimizer], dict[str, Any]]] = [
@@ -76,80 +75,8 @@ def run_reference(
     hp = _defaults(cls, kwargs)
     state: dict[str, np.ndarray] = {}
     scalars: dict[str, float] = {}
-    zeros = np.zeros_like
     for step, grad in enumerate(grads, start=1):
-        if rule == "sgd":
-            first = "momentum_buffer" not in state and hp["momentum"] != 0
-            if first:
-                state["momentum_buffer"] = zeros(param)
-            reference.sgd_step(
-                param,
-                grad,
-                state.get("momentum_buffer"),
-                lr=hp["lr"],
-                momentum=hp["momentum"],
-                dampening=hp["dampening"],
-                nesterov=hp["nesterov"],
-                weight_decay=hp["weight_decay"],
-                maximize=hp["maximize"],
-                initialize_buffer=first,
-            )
-        elif rule == "adagrad":
-            state.setdefault("sum", np.full_like(param, hp["initial_accumulator_value"]))
-            reference.adagrad_step(
-                param,
-                grad,
-                state["sum"],
-                lr=hp["lr"],
-                lr_decay=hp["lr_decay"],
-                weight_decay=hp["weight_decay"],
-                eps=hp["eps"],
-                maximize=hp["maximize"],
-                step=step,
-            )
-        elif rule == "rmsprop":
-            state.setdefault("square_avg", zeros(param))
-            if hp["momentum"] > 0:
-                state.setdefault("momentum_buffer", zeros(param))
-            if hp["centered"]:
-                state.setdefault("grad_avg", zeros(param))
-            reference.rmsprop_step(
-                param,
-                grad,
-                state["square_avg"],
-                state.get("momentum_buffer"),
-                state.get("grad_avg"),
-                lr=hp["lr"],
-                alpha=hp["alpha"],
-                eps=hp["eps"],
-                weight_decay=hp["weight_decay"],
-                momentum=hp["momentum"],
-                maximize=hp["maximize"],
-            )
-        elif rule == "adam":
-            state.setdefault("exp_avg", zeros(param))
-            state.setdefault("exp_avg_sq", zeros(param))
-            if hp["amsgrad"]:
-                state.setdefault("max_exp_avg_sq", zeros(param))
-            reference.adam_step(
-                param,
-                grad,
-                state["exp_avg"],
-                state["exp_avg_sq"],
-                state.get("max_exp_avg_sq"),
-                lr=hp["lr"],
-                beta1=hp["betas"][0],
-                beta2=hp["betas"][1],
-                eps=hp["eps"],
-                weight_decay=hp["weight_decay"],
-                maximize=hp["maximize"],
-                decoupled_weight_decay=hp["decoupled_weight_decay"],
-                step=step,
-            )
-        elif issubclass(cls, DeclaredOptimizer):
-            _declared_reference(cls._rule, hp, param, grad, state, scalars, step)
-        else:
-            raise ValueError(rule)
+        _declared_reference(cls._rule, hp, param, grad, state, scalars, step)
     return ReferenceState(state, scalars)
 
 
@@ -171,8 +98,10 @@ def _declared_reference(rule, hp, param, grad, state, scalars, step) -> None:
         scalars.setdefault(declared.name, declared.initial)
     arrays = [state.get(declared.name) for declared in rule.state]
     options = {h.name: hp[h.name] for h in rule.hyperparameters}
+    if rule.counts_steps:
+        options["step"] = step
     returned = getattr(reference, f"{rule.snake_name}_step")(
-        param, grad, *arrays, **options, **scalars, step=step
+        param, grad, *arrays, **options, **scalars
     )
     scalars.update(returned or {})
 

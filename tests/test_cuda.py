@@ -33,10 +33,12 @@ if not USABLE:
 from numba import cuda  # noqa: E402  (after the check: importing it is what the check decides)
 
 from fastopt import reference  # noqa: E402
+from fastopt._declared import row_of  # noqa: E402
 from fastopt._launch import launch  # noqa: E402
 from fastopt.cuda import _kernels  # noqa: E402
-from fastopt.rules.adam import ADAM_KERNELS, adam_hyperparameters  # noqa: E402
-from fastopt.rules.sgd import SGD_KERNELS  # noqa: E402
+
+ADAM_KERNELS = fastopt.Adam._kernels
+SGD_KERNELS = fastopt.SGD._kernels
 
 SIMULATOR = _kernels.SIMULATOR
 
@@ -204,15 +206,18 @@ def test_segmented_launch_matches_cpu_drivers(dtype):
     """Several segments, one launch: an empty segment, segments across block boundaries."""
     bounds = np.array([0, 5, 5, 70, 71, 150, 200], dtype=np.int64)
     rows = [
-        adam_hyperparameters(
-            lr=0.01 * (s + 1),
-            beta1=0.9,
-            beta2=0.999,
-            eps=1e-8,
-            weight_decay=0.05 * s,
-            maximize=s == 3,
-            decoupled_weight_decay=s % 2 == 1,
-            step=s + 1,
+        row_of(
+            fastopt.Adam._rule,
+            {
+                "lr": 0.01 * (s + 1),
+                "betas": (0.9, 0.999),
+                "eps": 1e-8,
+                "weight_decay": 0.05 * s,
+                "maximize": s == 3,
+                "decoupled_weight_decay": s % 2 == 1,
+            },
+            s + 1,
+            False,
         )
         for s in range(bounds.size - 1)
     ]

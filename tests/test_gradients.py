@@ -415,7 +415,7 @@ def test_flat_skip_raise_and_accumulated_mean():
 
 FUNCTIONAL_STEPS = {
     "sgd": lambda p, g, **o: fastopt.sgd_step(
-        p, g, np.zeros_like(p), lr=0.1, momentum=0.9, initialize_buffer=True, **o
+        p, g, np.zeros_like(p), lr=0.1, momentum=0.9, step=1, **o
     ),
     "adagrad": lambda p, g, **o: fastopt.adagrad_step(p, g, np.zeros_like(p), step=1, **o),
     "rmsprop": lambda p, g, **o: fastopt.rmsprop_step(p, g, np.zeros_like(p), **o),

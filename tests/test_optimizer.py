@@ -1,6 +1,7 @@
 """The optimizer API: groups, skipped parameters, schedules, checkpoints, identities, kernels."""
 
 import itertools
+import sys
 
 import numba
 import numpy as np
@@ -9,7 +10,7 @@ from rule_cases import CASES, assert_close, case_id, problem
 
 import fastopt
 from fastopt import _jit, reference
-from fastopt.rules import adagrad, adam, rmsprop, sgd
+from fastopt._declared import row_of
 
 
 def run(cls, kwargs, params, grads_per_step):
@@ -165,14 +166,14 @@ def test_changing_lr_between_steps_needs_no_recompilation():
     x = np.ones(1000, np.float32)
     opt = fastopt.SGD(x, lr=0.1, momentum=0.9)
     opt.step(np.ones_like(x))
-    compiled = {k: len(v.signatures) for k, v in zip("sp", sgd.SGD_KERNELS)}
+    compiled = {k: len(v.signatures) for k, v in zip("sp", fastopt.SGD._kernels)}
     for lr in (0.5, 0.01, 0.0):
         opt.param_groups[0]["lr"] = lr
         before = x.copy()
         opt.step(np.ones_like(x))
         if lr == 0.0:
             np.testing.assert_array_equal(x, before)
-    assert {k: len(v.signatures) for k, v in zip("sp", sgd.SGD_KERNELS)} == compiled
+    assert {k: len(v.signatures) for k, v in zip("sp", fastopt.SGD._kernels)} == compiled
 
 
 def test_callable_hyperparameters_are_evaluated_each_step():
@@ -251,19 +252,26 @@ def test_one_launch_updates_segments_with_their_own_hyperparameters(dtype, n_chu
     """The drivers' segment table: four segments (one empty), each with its own settings."""
     bounds = np.array([0, 100, 100, 1000, 1037], dtype=np.int64)
     settings = [
-        {"lr": 0.1, "beta1": 0.9, "beta2": 0.999},
-        {"lr": 0.5, "beta1": 0.5, "beta2": 0.9},
-        {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "weight_decay": 0.1},
-        {"lr": 0.2, "beta1": 0.0, "beta2": 0.5, "maximize": True},
+        {"lr": 0.1, "betas": (0.9, 0.999)},
+        {"lr": 0.5, "betas": (0.5, 0.9)},
+        {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.1},
+        {"lr": 0.2, "betas": (0.0, 0.5), "maximize": True},
     ]
-    common = {"eps": 1e-8, "weight_decay": 0.0, "maximize": False, "decoupled_weight_decay": False}
+    common = {
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "amsgrad": False,
+        "maximize": False,
+        "decoupled_weight_decay": False,
+    }
+    rule = fastopt.Adam._rule
     param, grads = problem(int(bounds[-1]), dtype, 3)
     state = [np.zeros_like(param) for _ in range(2)]
     expected = param.copy()
     expected_state = [np.zeros_like(param) for _ in range(2)]
-    serial, parallel = adam.ADAM_KERNELS.serial, adam.ADAM_KERNELS.parallel
+    serial, parallel = fastopt.Adam._kernels.serial, fastopt.Adam._kernels.parallel
     for step, grad in enumerate(grads, start=1):
-        rows = [adam.adam_hyperparameters(**{**common, **s}, step=step) for s in settings]
+        rows = [row_of(rule, {**common, **s}, step, False) for s in settings]
         parallel(n_chunks, bounds, np.array(rows), param, grad, *state, None)
         for s, (lo, hi) in zip(settings, itertools.pairwise(bounds)):
             reference.adam_step(
@@ -280,19 +288,32 @@ def test_one_launch_updates_segments_with_their_own_hyperparameters(dtype, n_chu
     # The serial driver gives the same bits.
     again, again_state = problem(int(bounds[-1]), dtype, 0)[0], [np.zeros_like(param) for _ in "mv"]
     for step, grad in enumerate(grads, start=1):
-        rows = [adam.adam_hyperparameters(**{**common, **s}, step=step) for s in settings]
+        rows = [row_of(rule, {**common, **s}, step, False) for s in settings]
         serial(bounds, np.array(rows), again, grad, *again_state, None)
     np.testing.assert_array_equal(again, param)
 
 
+RULE_CLASSES = (
+    fastopt.SGD,
+    fastopt.Adagrad,
+    fastopt.RMSprop,
+    fastopt.Adam,
+    fastopt.Adamax,
+    fastopt.NAdam,
+)
+
+
 def test_every_kernel_is_compiled_with_the_shared_options():
+    # Every rule's generated kernel module, and the shared helpers its kernels inline.
+    modules = {sys.modules[cls._kernels.serial.__module__] for cls in RULE_CLASSES}
+    modules |= {sys.modules["fastopt._launch"], sys.modules["fastopt._math"]}
     kernels = [
         obj
-        for module in (sgd, adagrad, rmsprop, adam)
+        for module in modules
         for obj in vars(module).values()
         if isinstance(obj, numba.core.registry.CPUDispatcher)
     ]
-    assert len(kernels) >= 4 * 4
+    assert len(kernels) >= 6 * len(RULE_CLASSES)
     for dispatcher in kernels:
         options = dispatcher.targetoptions
         assert options["error_model"] == "numpy", dispatcher

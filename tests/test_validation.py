@@ -145,12 +145,12 @@ def test_hyperparameter_edited_to_invalid_value_fails_before_any_group_updates(c
 FUNCTIONAL_BAD_CALLS = [
     (
         "sgd momentum without buffer",
-        lambda p, g, s: fastopt.sgd_step(p, g, lr=0.1, momentum=0.9),
+        lambda p, g, s: fastopt.sgd_step(p, g, lr=0.1, momentum=0.9, step=1),
         "momentum_buffer is required",
     ),
     (
         "sgd buffer aliases param",
-        lambda p, g, s: fastopt.sgd_step(p, g, p, lr=0.1, momentum=0.9),
+        lambda p, g, s: fastopt.sgd_step(p, g, p, lr=0.1, momentum=0.9, step=1),
         "share memory",
     ),
     (
@@ -180,7 +180,7 @@ FUNCTIONAL_BAD_CALLS = [
     ),
     (
         "adam beta2 = 1",
-        lambda p, g, s: fastopt.adam_step(p, g, s[0], s[1], beta2=1.0, step=1),
+        lambda p, g, s: fastopt.adam_step(p, g, s[0], s[1], betas=(0.9, 1.0), step=1),
         "beta2",
     ),
     (
@@ -195,7 +195,7 @@ FUNCTIONAL_BAD_CALLS = [
     ),
     (
         "rmsprop grad_avg aliases square_avg",
-        lambda p, g, s: fastopt.rmsprop_step(p, g, s[0], None, s[0]),
+        lambda p, g, s: fastopt.rmsprop_step(p, g, s[0], None, s[0], centered=True),
         "share memory",
     ),
     (
@@ -300,17 +300,20 @@ BOOL_OPTIONS = [
     ("Adam", _constructor(fastopt.Adam, lr=0.1, weight_decay=0.1), "decoupled_weight_decay"),
     ("AdamW", _constructor(fastopt.AdamW, lr=0.1), "amsgrad"),
     ("AdamW", _constructor(fastopt.AdamW, lr=0.1), "maximize"),
-    ("sgd_step", _functional(fastopt.sgd_step, 1, lr=0.1, momentum=0.9), "nesterov"),
-    ("sgd_step", _functional(fastopt.sgd_step, 1, lr=0.1, momentum=0.9), "maximize"),
-    ("sgd_step", _functional(fastopt.sgd_step, 1, lr=0.1, momentum=0.9), "initialize_buffer"),
-    ("adam_step", _functional(fastopt.adam_step, 3, lr=0.1, step=2), "maximize"),
+    ("sgd_step", _functional(fastopt.sgd_step, 1, lr=0.1, momentum=0.9, step=1), "nesterov"),
+    ("sgd_step", _functional(fastopt.sgd_step, 1, lr=0.1, momentum=0.9, step=1), "maximize"),
+    ("adam_step", _functional(fastopt.adam_step, 3, lr=0.1, amsgrad=True, step=2), "maximize"),
     (
         "adam_step",
         _functional(fastopt.adam_step, 2, lr=0.1, weight_decay=0.1, step=1),
         "decoupled_weight_decay",
     ),
     ("adagrad_step", _functional(fastopt.adagrad_step, 1, lr=0.1, step=1), "maximize"),
-    ("rmsprop_step", _functional(fastopt.rmsprop_step, 3, lr=0.1, momentum=0.5), "maximize"),
+    (
+        "rmsprop_step",
+        _functional(fastopt.rmsprop_step, 3, lr=0.1, momentum=0.5, centered=True),
+        "maximize",
+    ),
     ("LossScaler", _plain(fastopt.LossScaler), "enabled"),
     ("one_cycle", _plain(fs.one_cycle, 0.1, 100), "three_phase"),
     ("one_cycle_momentum", _plain(fs.one_cycle_momentum, 100), "three_phase"),

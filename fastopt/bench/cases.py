@@ -112,7 +112,7 @@ class RuleCase:
 
 def _sgd(param, grad, *state, step, **options):
     buffer = state[0] if state else None
-    reference.sgd_step(param, grad, buffer, initialize_buffer=step == 1, **options)
+    reference.sgd_step(param, grad, buffer, step=step, **options)
 
 
 def _adagrad(param, grad, state_sum, *, step, **options):
@@ -122,12 +122,11 @@ def _adagrad(param, grad, state_sum, *, step, **options):
 def _rmsprop(param, grad, square_avg, *rest, step, **options):
     momentum_buffer = rest[0] if options.get("momentum", 0) > 0 else None
     grad_avg = rest[-1] if options.get("centered") else None
-    options = {k: v for k, v in options.items() if k != "centered"}
     reference.rmsprop_step(param, grad, square_avg, momentum_buffer, grad_avg, **options)
 
 
 def _adam(param, grad, exp_avg, exp_avg_sq, *rest, step, **options):
-    max_exp_avg_sq = rest[0] if options.pop("amsgrad", False) else None
+    max_exp_avg_sq = rest[0] if options.get("amsgrad", False) else None
     reference.adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, **options)
 
 
@@ -296,7 +295,7 @@ def declared_case(
     )
 
 
-_ADAM_REF = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+_ADAM_REF = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
 
 RULES: dict[str, RuleCase] = {
     case.name: case

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 import fastopt
+from fastopt._declared import row_of
 from fastopt._launch import single_segment
 from fastopt.bench.ceiling import stream_step
 from fastopt.bench.runner import per_call_times
-from fastopt.rules.adam import ADAM_KERNELS, adam_hyperparameters
 
 __all__ = ["OVERHEAD_SIZE", "OVERHEAD_TARGET_NS", "measure_step_overhead"]
 
@@ -56,17 +56,9 @@ def measure_step_overhead(
     step = _summary(per_call_times(lambda: opt.step(grad), calls))
 
     exp_avg, exp_avg_sq = np.zeros_like(param), np.zeros_like(param)
-    row = adam_hyperparameters(
-        lr=1e-3,
-        beta1=0.9,
-        beta2=0.999,
-        eps=1e-8,
-        weight_decay=0.0,
-        maximize=False,
-        decoupled_weight_decay=False,
-        step=10,
-    )
-    hyper, bounds, serial = np.array([row]), single_segment(size), ADAM_KERNELS[0]
+    adam = fastopt.Adam(np.zeros(1))
+    row = row_of(adam._rule, adam.param_groups[0], 10, False)
+    hyper, bounds, serial = np.array([row]), single_segment(size), adam._kernels.serial
     kernel_times = per_call_times(
         lambda: serial(bounds, hyper, param, grad, exp_avg, exp_avg_sq, None), calls
     )
