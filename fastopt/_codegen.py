@@ -27,6 +27,7 @@ functions, so the CPU and the GPU run the same generated element code.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import inspect
@@ -40,7 +41,7 @@ from types import ModuleType
 from fastopt._launch import RuleKernels
 from fastopt.rule import Rule
 
-__all__ = ["cache_directory", "kernel_source", "kernels_of", "rule_named"]
+__all__ = ["RESERVED_NAMES", "cache_directory", "kernel_source", "kernels_of", "rule_named"]
 
 _RULES: dict[str, Rule] = {}
 _BUILT: dict[str, RuleKernels] = {}
@@ -116,6 +117,36 @@ def parallel(n_chunks, bounds, hyper, param, grad{state}):
 '''
 
 
+def _template_names() -> frozenset[str]:
+    """Every name the generated module's code uses (globals, functions, arguments, locals,
+    the builtins it calls), from the template rendered for a rule without state."""
+    text = _HEADER.format(
+        name="X",
+        module="m",
+        key="k",
+        snake="x",
+        state="",
+        fields="",
+        body="    p = g",
+        segments="",
+        chunk_segments="",
+    )
+    names = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.alias)):
+            names.add(node.asname or node.name if isinstance(node, ast.alias) else node.name)
+    return frozenset(names - {"x_update"})  # the rule's own update function: see Rule
+
+
+#: Names a state array may not take (the state arrays become arguments of the generated
+#: functions): every name the generated code uses.
+RESERVED_NAMES = _template_names()
+
+
 def rule_named(key: str) -> Rule:
     """The rule a generated module was made for (registered by :func:`kernels_of`)."""
     return _RULES[key]
@@ -184,15 +215,32 @@ def _source_of(module_name: str) -> str:
         return repr([getattr(value, "__code__", None) for value in vars(module).values()])
 
 
+def _modules_called(function: object, seen: set[str]) -> None:
+    """Add the modules of ``function`` and of every function it calls by a global name
+    (numba-compiled helpers too, through their Python function), transitively."""
+    function = getattr(function, "py_func", function)
+    module = getattr(function, "__module__", None)
+    code = getattr(function, "__code__", None)
+    if module is None or code is None or module in seen:
+        return
+    seen.add(module)
+    namespace = getattr(function, "__globals__", {})
+    for name in code.co_names:
+        value = namespace.get(name)
+        if callable(value):
+            _modules_called(value, seen)
+
+
 def _fingerprint(rule: Rule, text: str) -> str:
+    """A hash of the generated text and of every source the kernels are compiled from: the
+    rule's module and the modules of what its update calls, the storage layer, the numba
+    options, the drivers' helpers and this generator. numba's disk cache is keyed on the
+    generated file alone, so a change to any of them must give a new file."""
+    modules = {"fastopt._storage", "fastopt._jit", "fastopt._launch", __name__}
+    _modules_called(rule.update, modules)
+    modules.add(rule.update.__module__)
     digest = hashlib.sha256(text.encode())
-    for name in (
-        rule.update.__module__,
-        "fastopt._storage",
-        "fastopt._jit",
-        "fastopt._launch",
-        __name__,
-    ):
+    for name in sorted(modules):
         digest.update(_source_of(name).encode())
     return digest.hexdigest()[:16]
 

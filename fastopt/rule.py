@@ -49,17 +49,18 @@ if TYPE_CHECKING:
     from fastopt._launch import RuleKernels
     from fastopt.optimizer import Optimizer
 
-__all__ = ["BuiltRule", "Hyperparameter", "Rule", "Scalar", "State", "build", "variant"]
-
-
-# Names the generated kernels use for themselves (see fastopt._codegen).
-_GENERATED_NAMES = frozenset(
-    (
-        *("i", "param", "grad", "scalars", "grad_scale", "clip_value", "maximize", "row"),
-        *("g", "p", "h", "s", "n", "c", "lo", "hi", "end", "chunk", "n_chunks", "bounds"),
-        *("hyper", "RULE", "Row", "rule_update", "unpack", "block", "serial", "parallel"),
-    )
-)
+__all__ = [
+    "BuiltRule",
+    "Hyperparameter",
+    "Rule",
+    "Scalar",
+    "State",
+    "betas",
+    "build",
+    "flag",
+    "real",
+    "variant",
+]
 
 
 def _always(group: Mapping[str, Any]) -> bool:
@@ -97,6 +98,34 @@ class Hyperparameter:
     scheduled: bool = False
     keyword_only: bool = False
     annotation: str = "float"
+
+
+def real(name: str, default: float, *, scheduled: bool = False) -> Hyperparameter:
+    """A hyperparameter that is a finite real number ``>= 0`` (a weight decay, an eps)."""
+    from fastopt._checks import check_nonnegative
+
+    return Hyperparameter(name, default, check_nonnegative, scheduled=scheduled)
+
+
+def flag(name: str, default: bool = False, *, keyword_only: bool = False) -> Hyperparameter:
+    """A hyperparameter that is a ``bool`` (``amsgrad``, ``maximize``, ...)."""
+    from fastopt._checks import check_bool
+
+    return Hyperparameter(name, default, check_bool, keyword_only=keyword_only, annotation="bool")
+
+
+def betas(default: tuple[float, ...]) -> Hyperparameter:
+    """``betas``: a tuple of decay rates in ``[0, 1)``, each of which a schedule may drive."""
+    from fastopt._checks import check_betas
+
+    count = len(default)
+    return Hyperparameter(
+        "betas",
+        default,
+        lambda name, value: check_betas(name, value, count),
+        scheduled=True,
+        annotation=f"tuple[{', '.join(['float'] * count)}]",
+    )
 
 
 @dataclass(frozen=True)
@@ -206,11 +235,17 @@ class Rule:
             raise ValueError(f"{self.name} declares a hyperparameter twice: {names}")
         if self.maximize is not None and self.maximize not in names:
             raise ValueError(f"{self.name}'s maximize={self.maximize!r} is no hyperparameter")
-        taken = _GENERATED_NAMES.intersection(self.state_names)
-        if taken or any(name.startswith("new_") for name in self.state_names):
+        from fastopt._codegen import RESERVED_NAMES
+
+        taken = sorted(
+            name
+            for name in self.state_names
+            if name in RESERVED_NAMES or name.startswith("new_") or not name.isidentifier()
+        )
+        if taken:
             raise ValueError(
-                f"{self.name}'s state names {sorted(taken)} are taken by the generated kernels "
-                "(and none may start with 'new_')"
+                f"{self.name}'s state names {taken} are not identifiers or are taken by the "
+                "generated kernels (their template's names, builtins, and any 'new_...')"
             )
         unknown = self.flags - set(self.fields)
         if unknown:

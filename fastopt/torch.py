@@ -69,7 +69,7 @@ import inspect
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -91,9 +91,6 @@ from fastopt.gradients import (
     StepStats,
     check_gradient_options,
 )
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop"]
 
@@ -619,228 +616,19 @@ class _FlatOptimizer(torch.optim.Optimizer):
         return {"state": state, "param_groups": groups, "step_count": self._inner.step_count}
 
 
-class Adam(_FlatOptimizer):
-    r"""``torch.optim.Adam`` (same arguments, results and checkpoints), one fused launch per step.
+def _declared_adapter(
+    rule_class: type[fastopt.Optimizer], *, step_in_state: bool = True, state_at_init: bool = False
+) -> type[_FlatOptimizer]:
+    """The ``torch.optim`` class of a declared rule (or variant): torch's signature where
+    torch has the rule (implementation switches included), the NumPy class's otherwise.
 
-    The update is written out in :func:`fastopt.adam_step`; see :mod:`fastopt.torch` for
-    gradients, checkpoints and the flat buffer.
+    ``step_in_state`` and ``state_at_init`` say what torch's class does: whether it keeps a
+    ``"step"`` per parameter (SGD does not) and whether it makes the state in its constructor
+    (Adagrad) rather than at the first step.
     """
-
-    _rule = fastopt.Adam
-    _hyperparameters = (
-        "lr",
-        "betas",
-        "eps",
-        "weight_decay",
-        "amsgrad",
-        "maximize",
-        "decoupled_weight_decay",
-    )
-    _implementation = ("foreach", "capturable", "differentiable", "fused")
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | torch.Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
-        *,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        decoupled_weight_decay: bool = False,
-        **gradient_options: Unpack[GradientOptions],
-    ) -> None:
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "amsgrad": amsgrad,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "differentiable": differentiable,
-            "fused": fused,
-            "decoupled_weight_decay": decoupled_weight_decay,
-        }
-        super().__init__(params, defaults, gradient_options)
-
-
-class AdamW(Adam):
-    """``torch.optim.AdamW``: :class:`Adam` with decoupled weight decay, default 1e-2."""
-
-    _fixed: ClassVar[dict[str, Any]] = {"decoupled_weight_decay": True}
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | torch.Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        **gradient_options: Unpack[GradientOptions],
-    ) -> None:
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            foreach=foreach,
-            maximize=maximize,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            **gradient_options,
-        )
-
-
-class SGD(_FlatOptimizer):
-    """``torch.optim.SGD`` (same arguments, results and checkpoints), one fused launch per step.
-
-    The update is written out in :func:`fastopt.sgd_step`.
-    """
-
-    _rule = fastopt.SGD
-    _hyperparameters = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-    _implementation = ("foreach", "differentiable", "fused")
-    _step_in_state = False
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | torch.Tensor = 1e-3,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        **gradient_options: Unpack[GradientOptions],
-    ) -> None:
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "dampening": dampening,
-            "weight_decay": weight_decay,
-            "nesterov": nesterov,
-            "maximize": maximize,
-            "foreach": foreach,
-            "differentiable": differentiable,
-            "fused": fused,
-        }
-        super().__init__(params, defaults, gradient_options)
-
-
-class Adagrad(_FlatOptimizer):
-    """``torch.optim.Adagrad`` (same arguments, results and checkpoints), one fused launch.
-
-    As in torch, the state (``step`` and ``sum``) exists from construction on. The update is
-    written out in :func:`fastopt.adagrad_step`.
-    """
-
-    _rule = fastopt.Adagrad
-    _hyperparameters = (
-        "lr",
-        "lr_decay",
-        "weight_decay",
-        "initial_accumulator_value",
-        "eps",
-        "maximize",
-    )
-    _implementation = ("foreach", "differentiable", "fused")
-    _state_at_init = True
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | torch.Tensor = 1e-2,
-        lr_decay: float = 0.0,
-        weight_decay: float = 0.0,
-        initial_accumulator_value: float = 0.0,
-        eps: float = 1e-10,
-        foreach: bool | None = None,
-        *,
-        maximize: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        **gradient_options: Unpack[GradientOptions],
-    ) -> None:
-        defaults = {
-            "lr": lr,
-            "lr_decay": lr_decay,
-            "weight_decay": weight_decay,
-            "initial_accumulator_value": initial_accumulator_value,
-            "eps": eps,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "fused": fused,
-        }
-        super().__init__(params, defaults, gradient_options)
-
-
-class RMSprop(_FlatOptimizer):
-    """``torch.optim.RMSprop`` (same arguments, results and checkpoints), one fused launch.
-
-    The update is written out in :func:`fastopt.rmsprop_step`.
-    """
-
-    _rule = fastopt.RMSprop
-    _hyperparameters = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
-    _implementation = ("capturable", "foreach", "differentiable")
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | torch.Tensor = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
-        centered: bool = False,
-        capturable: bool = False,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        differentiable: bool = False,
-        **gradient_options: Unpack[GradientOptions],
-    ) -> None:
-        defaults = {
-            "lr": lr,
-            "alpha": alpha,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "centered": centered,
-            "capturable": capturable,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-        }
-        super().__init__(params, defaults, gradient_options)
-
-
-def _declared_adapter(rule_class: type[fastopt.Optimizer]) -> type[_FlatOptimizer]:
-    """The ``torch.optim`` class of a declared rule: torch's signature where torch has the
-    rule (implementation switches included), the NumPy class's otherwise."""
     rule = rule_class._rule
-    torch_class = getattr(torch.optim, rule.name, None)
+    name = rule_class.__name__
+    torch_class = getattr(torch.optim, name, None)
     source = inspect.signature(torch_class if torch_class is not None else rule_class)
     parameters = [
         parameter
@@ -865,21 +653,30 @@ def _declared_adapter(rule_class: type[fastopt.Optimizer]) -> type[_FlatOptimize
     __init__.__signature__ = signature.replace(
         parameters=[self_parameter, *signature.parameters.values()]
     )
-    __init__.__qualname__ = f"{rule.name}.__init__"
+    __init__.__qualname__ = f"{name}.__init__"
     namespace = {
         "__init__": __init__,
         "__doc__": (
-            f"``torch.optim.{rule.name}`` (same arguments, results and checkpoints), one fused "
-            f"launch per step.\n\nThe update is written out in :class:`fastopt.{rule.name}`."
+            f"``torch.optim.{name}`` (same arguments, results and checkpoints), one fused "
+            f"launch per step.\n\nThe update is written out in :class:`fastopt.{name}`; see "
+            ":mod:`fastopt.torch` for gradients, checkpoints and the flat buffer."
         ),
         "__module__": __name__,
-        "__qualname__": rule.name,
+        "__qualname__": name,
         "_rule": rule_class,
         "_hyperparameters": tuple(h.name for h in rule.hyperparameters),
         "_implementation": tuple(key for key in _IMPLEMENTATION if key in source.parameters),
+        "_fixed": dict(rule_class._fixed),
+        "_step_in_state": step_in_state,
+        "_state_at_init": state_at_init,
     }
-    return type(rule.name, (_FlatOptimizer,), namespace)
+    return type(name, (_FlatOptimizer,), namespace)
 
 
+SGD = _declared_adapter(fastopt.SGD, step_in_state=False)
+Adagrad = _declared_adapter(fastopt.Adagrad, state_at_init=True)
+RMSprop = _declared_adapter(fastopt.RMSprop)
+Adam = _declared_adapter(fastopt.Adam)
+AdamW = _declared_adapter(fastopt.AdamW)
 Adamax = _declared_adapter(fastopt.Adamax)
 NAdam = _declared_adapter(fastopt.NAdam)

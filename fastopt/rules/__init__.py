@@ -1,1 +1,2 @@
-"""One module per update rule: its element-wise body, kernels, functional step and class."""
+"""One module per update rule: its declaration (see :mod:`fastopt.rule`), from which its
+kernels, its NumPy class and its functional step are derived."""

@@ -1,19 +1,13 @@
-r"""AdaGrad (Duchi, Hazan & Singer, 2011), with torch's semantics.
+"""AdaGrad (Duchi, Hazan & Singer, 2011), with torch's semantics.
 
-With :math:`g` the gradient (negated if ``maximize``) and :math:`t` the update count:
-
-.. math::
-
-    g &\leftarrow g + \lambda p \qquad s \leftarrow s + g^2 \\
-    p &\leftarrow p - \frac{\eta}{1 + (t - 1)\,\delta}\,\frac{g}{\sqrt{s} + \epsilon}
+The update is written out in the class's docstring.
 """
 
 from __future__ import annotations
 
 import math
 
-from fastopt._checks import check_bool, check_nonnegative
-from fastopt.rule import Hyperparameter, Rule, State, build
+from fastopt.rule import Rule, State, build, flag, real
 
 __all__ = ["RULE", "Adagrad", "adagrad_step"]
 
@@ -41,12 +35,12 @@ RULE = Rule(
     fields=("clr", "eps", "weight_decay"),
     row=adagrad_row,
     hyperparameters=(
-        Hyperparameter("lr", 1e-2, check_nonnegative, scheduled=True),
-        Hyperparameter("lr_decay", 0.0, check_nonnegative),
-        Hyperparameter("weight_decay", 0.0, check_nonnegative),
-        Hyperparameter("initial_accumulator_value", 0.0, check_nonnegative),
-        Hyperparameter("eps", 1e-10, check_nonnegative),
-        Hyperparameter("maximize", False, check_bool, keyword_only=True, annotation="bool"),
+        real("lr", 1e-2, scheduled=True),
+        real("lr_decay", 0.0),
+        real("weight_decay", 0.0),
+        real("initial_accumulator_value", 0.0),
+        real("eps", 1e-10),
+        flag("maximize", keyword_only=True),
     ),
     state=(State("sum", initial=lambda group: group["initial_accumulator_value"]),),
     doc=r"""AdaGrad, updating NumPy arrays in place with one fused pass per array.

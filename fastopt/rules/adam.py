@@ -1,24 +1,13 @@
-r"""Adam and AdamW (Kingma & Ba, 2015; Loshchilov & Hutter, 2019), with torch's semantics.
+"""Adam and AdamW (Kingma & Ba, 2015; Loshchilov & Hutter, 2019), with torch's semantics.
 
-With :math:`g` the gradient (negated if ``maximize``) and :math:`t` the update count:
-
-.. math::
-
-    g &\leftarrow g + \lambda p \quad\text{(L2, unless decoupled)} \qquad
-    p \leftarrow p\,(1 - \eta\lambda) \quad\text{(decoupled, AdamW)} \\
-    m &\leftarrow m + (1-\beta_1)(g - m) \qquad
-    v \leftarrow \beta_2 v + (1-\beta_2) g^2 \qquad
-    \hat v = \max(\hat v, v) \text{ if amsgrad} \\
-    p &\leftarrow p - \frac{\eta}{1-\beta_1^t}\,
-          \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}
+The update is written out in the class's docstring.
 """
 
 from __future__ import annotations
 
 import math
 
-from fastopt._checks import check_betas, check_bool, check_nonnegative
-from fastopt.rule import Hyperparameter, Rule, State, build, variant
+from fastopt.rule import Rule, State, betas, build, flag, real, variant
 
 __all__ = ["RULE", "Adam", "AdamW", "adam_step"]
 
@@ -76,17 +65,13 @@ RULE = Rule(
     flags=frozenset({"decoupled"}),
     row=adam_row,
     hyperparameters=(
-        Hyperparameter("lr", 1e-3, check_nonnegative, scheduled=True),
-        Hyperparameter(
-            "betas", (0.9, 0.999), check_betas, scheduled=True, annotation="tuple[float, float]"
-        ),
-        Hyperparameter("eps", 1e-8, check_nonnegative),
-        Hyperparameter("weight_decay", 0.0, check_nonnegative),
-        Hyperparameter("amsgrad", False, check_bool, annotation="bool"),
-        Hyperparameter("maximize", False, check_bool, keyword_only=True, annotation="bool"),
-        Hyperparameter(
-            "decoupled_weight_decay", False, check_bool, keyword_only=True, annotation="bool"
-        ),
+        real("lr", 1e-3, scheduled=True),
+        betas((0.9, 0.999)),
+        real("eps", 1e-8),
+        real("weight_decay", 0.0),
+        flag("amsgrad"),
+        flag("maximize", keyword_only=True),
+        flag("decoupled_weight_decay", keyword_only=True),
     ),
     state=(
         State("exp_avg"),

@@ -1,21 +1,12 @@
-r"""Adamax (Kingma & Ba, 2015, section 7.1), with torch's semantics.
+"""Adamax (Kingma & Ba, 2015, section 7.1), with torch's semantics.
 
-With :math:`g` the gradient (negated if ``maximize``), :math:`\lambda` the weight decay and
-:math:`t` the update count:
-
-.. math::
-
-    g &\leftarrow g + \lambda p \\
-    m &\leftarrow m + (1-\beta_1)(g - m) \qquad
-    u \leftarrow \max(\beta_2 u,\ |g| + \epsilon) \\
-    p &\leftarrow p - \frac{\eta}{1-\beta_1^t}\,\frac{m}{u}
+The update is written out in the class's docstring.
 """
 
 from __future__ import annotations
 
-from fastopt._checks import check_betas, check_bool, check_nonnegative
 from fastopt._math import lerp, maximum
-from fastopt.rule import Hyperparameter, Rule, State, build
+from fastopt.rule import Rule, State, betas, build, flag, real
 
 __all__ = ["RULE", "Adamax", "adamax_step"]
 
@@ -47,13 +38,11 @@ RULE = Rule(
     fields=("one_minus_beta1", "beta2", "eps", "weight_decay", "neg_step_size"),
     row=adamax_row,
     hyperparameters=(
-        Hyperparameter("lr", 2e-3, check_nonnegative, scheduled=True),
-        Hyperparameter(
-            "betas", (0.9, 0.999), check_betas, scheduled=True, annotation="tuple[float, float]"
-        ),
-        Hyperparameter("eps", 1e-8, check_nonnegative),
-        Hyperparameter("weight_decay", 0.0, check_nonnegative),
-        Hyperparameter("maximize", False, check_bool, keyword_only=True, annotation="bool"),
+        real("lr", 2e-3, scheduled=True),
+        betas((0.9, 0.999)),
+        real("eps", 1e-8),
+        real("weight_decay", 0.0),
+        flag("maximize", keyword_only=True),
     ),
     state=(State("exp_avg"), State("exp_inf")),
     doc=r"""Adamax: Adam with the infinity norm, updating NumPy arrays in place, one fused pass.

@@ -1,26 +1,14 @@
-r"""NAdam (Dozat, 2016), with torch's semantics: momentum decay and decoupled weight decay.
+"""NAdam (Dozat, 2016), with torch's semantics: momentum decay and decoupled weight decay.
 
-With :math:`g` the gradient (negated if ``maximize``), :math:`t` the update count,
-:math:`\psi` the momentum decay and :math:`\mu_t = \beta_1 (1 - \tfrac12\, 0.96^{t\psi})`:
-
-.. math::
-
-    p &\leftarrow p\,(1 - \eta\lambda) \text{ (decoupled)} \quad\text{or}\quad
-    g \leftarrow g + \lambda p \\
-    m &\leftarrow m + (1-\beta_1)(g - m) \qquad
-    v \leftarrow \beta_2 v + (1-\beta_2) g^2 \qquad
-    d = \sqrt{v / (1 - \beta_2^t)} + \epsilon \\
-    p &\leftarrow p - \frac{\eta (1 - \mu_t)}{1 - \prod_{i \le t} \mu_i}\,\frac{g}{d}
-          - \frac{\eta\, \mu_{t+1}}{1 - \prod_{i \le t+1} \mu_i}\,\frac{m}{d}
+The update is written out in the class's docstring.
 """
 
 from __future__ import annotations
 
 import math
 
-from fastopt._checks import check_betas, check_bool, check_nonnegative
 from fastopt._math import lerp
-from fastopt.rule import Hyperparameter, Rule, Scalar, State, build
+from fastopt.rule import Rule, Scalar, State, betas, build, flag, real
 
 __all__ = ["RULE", "NAdam", "nadam_step"]
 
@@ -89,15 +77,13 @@ RULE = Rule(
     flags=frozenset({"decoupled"}),
     row=nadam_row,
     hyperparameters=(
-        Hyperparameter("lr", 2e-3, check_nonnegative, scheduled=True),
-        Hyperparameter(
-            "betas", (0.9, 0.999), check_betas, scheduled=True, annotation="tuple[float, float]"
-        ),
-        Hyperparameter("eps", 1e-8, check_nonnegative),
-        Hyperparameter("weight_decay", 0.0, check_nonnegative),
-        Hyperparameter("momentum_decay", 4e-3, check_nonnegative),
-        Hyperparameter("decoupled_weight_decay", False, check_bool, annotation="bool"),
-        Hyperparameter("maximize", False, check_bool, keyword_only=True, annotation="bool"),
+        real("lr", 2e-3, scheduled=True),
+        betas((0.9, 0.999)),
+        real("eps", 1e-8),
+        real("weight_decay", 0.0),
+        real("momentum_decay", 4e-3),
+        flag("decoupled_weight_decay"),
+        flag("maximize", keyword_only=True),
     ),
     state=(State("exp_avg"), State("exp_avg_sq")),
     scalars=(Scalar("mu_product", 1.0, _advance_mu_product),),

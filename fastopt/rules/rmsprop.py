@@ -1,23 +1,13 @@
-r"""RMSProp (Tieleman & Hinton, 2012), centered (Graves, 2013) and with momentum.
+"""RMSProp (Tieleman & Hinton, 2012), centered (Graves, 2013) and with momentum.
 
-With :math:`g` the gradient (negated if ``maximize``) and :math:`\alpha` the smoothing constant:
-
-.. math::
-
-    g &\leftarrow g + \lambda p \qquad
-    v \leftarrow \alpha v + (1-\alpha) g^2 \qquad
-    \bar g \leftarrow \bar g + (1-\alpha)(g - \bar g) \text{ (centered)} \\
-    d &= \sqrt{v - \bar g^2} + \epsilon \text{ (centered), else } \sqrt{v} + \epsilon \\
-    b &\leftarrow \mu b + g / d,\ p \leftarrow p - \eta b \text{ (momentum), else }
-    p \leftarrow p - \eta\, g / d
+The update is written out in the class's docstring.
 """
 
 from __future__ import annotations
 
 import math
 
-from fastopt._checks import check_bool, check_nonnegative
-from fastopt.rule import Hyperparameter, Rule, State, build
+from fastopt.rule import Rule, State, build, flag, real
 
 __all__ = ["RULE", "RMSprop", "rmsprop_step"]
 
@@ -54,13 +44,13 @@ RULE = Rule(
     fields=("lr", "alpha", "one_minus_alpha", "eps", "weight_decay", "momentum"),
     row=rmsprop_row,
     hyperparameters=(
-        Hyperparameter("lr", 1e-2, check_nonnegative, scheduled=True),
-        Hyperparameter("alpha", 0.99, check_nonnegative),
-        Hyperparameter("eps", 1e-8, check_nonnegative),
-        Hyperparameter("weight_decay", 0.0, check_nonnegative),
-        Hyperparameter("momentum", 0.0, check_nonnegative, scheduled=True),
-        Hyperparameter("centered", False, check_bool, annotation="bool"),
-        Hyperparameter("maximize", False, check_bool, annotation="bool"),
+        real("lr", 1e-2, scheduled=True),
+        real("alpha", 0.99),
+        real("eps", 1e-8),
+        real("weight_decay", 0.0),
+        real("momentum", 0.0, scheduled=True),
+        flag("centered"),
+        flag("maximize"),
     ),
     state=(
         State("square_avg"),

@@ -1,14 +1,6 @@
-r"""Stochastic gradient descent with momentum, Nesterov, dampening and weight decay.
+"""Stochastic gradient descent with momentum, Nesterov, dampening and weight decay.
 
-With :math:`g` the gradient (negated if ``maximize``), :math:`\mu` the momentum and
-:math:`\tau` the dampening:
-
-.. math::
-
-    g &\leftarrow g + \lambda p \\
-    b &\leftarrow \mu b + (1 - \tau) g \quad (b \leftarrow g \text{ on the first step}) \\
-    g &\leftarrow g + \mu b \text{ if nesterov, else } b \\
-    p &\leftarrow p - \eta g
+The update is written out in the class's docstring.
 """
 
 from __future__ import annotations
@@ -16,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastopt._checks import check_bool, check_nonnegative
-from fastopt.rule import Hyperparameter, Rule, State, build
+from fastopt.rule import Rule, State, build, flag, real
 
 __all__ = ["RULE", "SGD", "sgd_step"]
 
@@ -60,12 +51,12 @@ RULE = Rule(
     flags=frozenset({"nesterov", "first_step"}),
     row=sgd_row,
     hyperparameters=(
-        Hyperparameter("lr", 1e-3, check_nonnegative, scheduled=True),
-        Hyperparameter("momentum", 0.0, check_nonnegative, scheduled=True),
-        Hyperparameter("dampening", 0.0, check_nonnegative),
-        Hyperparameter("weight_decay", 0.0, check_nonnegative),
-        Hyperparameter("nesterov", False, check_bool, annotation="bool"),
-        Hyperparameter("maximize", False, check_bool, keyword_only=True, annotation="bool"),
+        real("lr", 1e-3, scheduled=True),
+        real("momentum", 0.0, scheduled=True),
+        real("dampening", 0.0),
+        real("weight_decay", 0.0),
+        flag("nesterov"),
+        flag("maximize", keyword_only=True),
     ),
     state=(State("momentum_buffer", present=lambda group: group["momentum"] != 0),),
     check=_check_nesterov,
