@@ -7,12 +7,8 @@ memory traffic of one update: every rule reads the parameter, the gradient and e
 array and writes back the parameter and each state array, so an update moves
 ``(3 + 2 * n_state) * itemsize`` bytes per element (Adam, float32: 28).
 
-A rule declared with :mod:`fastopt.rule` (the class has a ``_rule``) needs no hand-written
-case: :func:`declared_case` reads the state arrays, the reference step and the ``torch.optim``
-class from the declaration. Adamax and NAdam are benchmarked this way. The entries of SGD,
-Adagrad, RMSprop and Adam/AdamW are hand-written adapters of their reference functions; for a
-declared class, :func:`declared_case` with the entry's name, label, options and torch class
-gives the same case, so such an entry can become a derived one without changing its results.
+Every case is read from its rule's declaration (:mod:`fastopt.rule`) by
+:func:`declared_case`: the state arrays, the reference step and the ``torch.optim`` class.
 """
 
 from __future__ import annotations
@@ -108,55 +104,6 @@ class RuleCase:
         """Fresh state arrays for the reference, shaped like ``param``, at their initial values."""
         initial = self.initial or (0.0,) * self.n_state
         return [np.full_like(param, value) for value in initial]
-
-
-def _sgd(param, grad, *state, step, **options):
-    buffer = state[0] if state else None
-    reference.sgd_step(param, grad, buffer, step=step, **options)
-
-
-def _adagrad(param, grad, state_sum, *, step, **options):
-    reference.adagrad_step(param, grad, state_sum, step=step, **options)
-
-
-def _rmsprop(param, grad, square_avg, *rest, step, **options):
-    momentum_buffer = rest[0] if options.get("momentum", 0) > 0 else None
-    grad_avg = rest[-1] if options.get("centered") else None
-    reference.rmsprop_step(param, grad, square_avg, momentum_buffer, grad_avg, **options)
-
-
-def _adam(param, grad, exp_avg, exp_avg_sq, *rest, step, **options):
-    max_exp_avg_sq = rest[0] if options.get("amsgrad", False) else None
-    reference.adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, **options)
-
-
-def _bind(function: Callable[..., None], **options: Any) -> Callable[..., None]:
-    def step(*arrays: np.ndarray, step: int) -> None:
-        function(*arrays, step=step, **options)
-
-    return step
-
-
-def _case(
-    name: str,
-    label: str,
-    optimizer: type[fastopt.Optimizer],
-    options: dict[str, Any],
-    state: tuple[str, ...],
-    reference_step: Callable[..., None],
-    reference_options: dict[str, Any],
-    torch_class: str,
-) -> RuleCase:
-    return RuleCase(
-        name=name,
-        label=label,
-        optimizer=optimizer,
-        options=options,
-        state=state,
-        reference_step=_bind(reference_step, **reference_options),
-        torch_class=torch_class,
-        torch_options=dict(options),
-    )
 
 
 class _DeclaredReference:
@@ -295,81 +242,25 @@ def declared_case(
     )
 
 
-_ADAM_REF = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
-
 RULES: dict[str, RuleCase] = {
     case.name: case
     for case in (
-        _case("sgd", "SGD", fastopt.SGD, {"lr": 1e-3}, (), _sgd, {"lr": 1e-3}, "SGD"),
-        _case(
-            "sgd_momentum",
-            "SGD momentum",
-            fastopt.SGD,
-            {"lr": 1e-3, "momentum": 0.9},
-            ("momentum_buffer",),
-            _sgd,
-            {"lr": 1e-3, "momentum": 0.9},
-            "SGD",
+        declared_case(fastopt.SGD, {"lr": 1e-3}),
+        declared_case(
+            fastopt.SGD, {"lr": 1e-3, "momentum": 0.9}, name="sgd_momentum", label="SGD momentum"
         ),
-        _case(
-            "adagrad",
-            "Adagrad",
-            fastopt.Adagrad,
-            {"lr": 1e-2},
-            ("sum",),
-            _adagrad,
-            {"lr": 1e-2},
-            "Adagrad",
-        ),
-        _case(
-            "rmsprop",
-            "RMSprop",
-            fastopt.RMSprop,
-            {"lr": 1e-2},
-            ("square_avg",),
-            _rmsprop,
-            {"lr": 1e-2},
-            "RMSprop",
-        ),
-        _case(
-            "rmsprop_centered",
-            "RMSprop centered",
+        declared_case(fastopt.Adagrad, {"lr": 1e-2}),
+        declared_case(fastopt.RMSprop, {"lr": 1e-2}),
+        declared_case(
             fastopt.RMSprop,
             {"lr": 1e-2, "centered": True},
-            ("square_avg", "grad_avg"),
-            _rmsprop,
-            {"lr": 1e-2, "centered": True},
-            "RMSprop",
+            name="rmsprop_centered",
+            label="RMSprop centered",
         ),
-        _case(
-            "adam",
-            "Adam",
-            fastopt.Adam,
-            {"lr": 1e-3},
-            ("exp_avg", "exp_avg_sq"),
-            _adam,
-            _ADAM_REF,
-            "Adam",
-        ),
-        _case(
-            "adamw",
-            "AdamW",
-            fastopt.AdamW,
-            {"lr": 1e-3, "weight_decay": 1e-2},
-            ("exp_avg", "exp_avg_sq"),
-            _adam,
-            {**_ADAM_REF, "weight_decay": 1e-2, "decoupled_weight_decay": True},
-            "AdamW",
-        ),
-        _case(
-            "amsgrad",
-            "Adam AMSGrad",
-            fastopt.Adam,
-            {"lr": 1e-3, "amsgrad": True},
-            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-            _adam,
-            {**_ADAM_REF, "amsgrad": True},
-            "Adam",
+        declared_case(fastopt.Adam, {"lr": 1e-3}),
+        declared_case(fastopt.AdamW, {"lr": 1e-3, "weight_decay": 1e-2}),
+        declared_case(
+            fastopt.Adam, {"lr": 1e-3, "amsgrad": True}, name="amsgrad", label="Adam AMSGrad"
         ),
         declared_case(fastopt.Adamax, {"lr": 2e-3}),
         declared_case(fastopt.NAdam, {"lr": 2e-3}),
