@@ -161,14 +161,6 @@ def reference_step(
     state["exp_avg"][...] = m
 
 
-def reference_run(param, grads, group, state=None, **options):
-    """:func:`reference_step` once per gradient; returns the state."""
-    state = {} if state is None else state
-    for grad in grads:
-        reference_step(param, grad, state, group, **options)
-    return state
-
-
 # ---------------------------------------------------------------------- test helpers
 
 DTYPES = [np.float32, np.float64]
@@ -489,13 +481,13 @@ def torch_step(opt, params, grads):
 def test_torch_adapter_has_the_numpy_signature():
     """Where ``torch.optim`` has no such rule, the adapter takes the NumPy class's arguments,
     and an unknown keyword is refused in the class's name."""
-    import_torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     cls = torch_class()
-    assert issubclass(cls, import_torch.optim.Optimizer)
+    assert issubclass(cls, torch.optim.Optimizer)
     assert cls.__name__ == "ToyMomentum"
     numpy_parameters = list(inspect.signature(ToyMomentum).parameters)
     assert list(inspect.signature(cls).parameters) == numpy_parameters
-    param = import_torch.zeros(3)
+    param = torch.zeros(3)
     with pytest.raises(TypeError, match=r"^ToyMomentum\.__init__\(\) got an unexpected keyword"):
         cls([param], learning_rate=0.1)
     with pytest.raises(ValueError, match="decay"):
@@ -508,8 +500,7 @@ def test_torch_adapter_matches_numpy_class(dtype, options):
     """The adapter on torch tensors (every size of the contract in one group) steps exactly
     as the NumPy class on arrays: the same kernels over a FlatParams. Its state, in torch's
     layout (``step`` and ``decay_power`` as 0-d tensors), holds the same values."""
-    import torch
-
+    torch = pytest.importorskip("torch")
     cls = torch_class()
     rng = np.random.default_rng(2)
     values = [rng.standard_normal(size).astype(dtype) for size in SIZES]
@@ -538,8 +529,7 @@ def test_torch_state_dict_round_trip_continues_the_run(dtype, options):
     fresh adapter on fresh tensors continues the run: the reference's steps, bit for bit.
     As torch does, loading casts the state to the parameters' dtype, host scalars included,
     so for float64 parameters ``decay_power`` then multiplies on in float64."""
-    import torch
-
+    torch = pytest.importorskip("torch")
     cls = torch_class()
     param, grads = problem(7, dtype, steps=6)
     group = group_of(options)
@@ -885,24 +875,11 @@ def _one_state_update(p, g, buffer, h):
     return p - h.lr * m, m
 
 
-GENERATED_NAMES_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="fastopt.rule._GENERATED_NAMES lists only some of the names the generated kernel "
-    "module uses: a state array named after one of its other globals (load, store, "
-    "compute_scalar, segment, prange, chunk_length, first_segment, ...) or a builtin it calls "
-    "(range, min) is accepted by Rule, and the kernels built from it then fail to compile",
-)
-
-
 @pytest.mark.parametrize(
     "state_name",
-    [
-        "buffer",
-        "grad",
-        pytest.param("load", marks=GENERATED_NAMES_BUG),
-        pytest.param("range", marks=GENERATED_NAMES_BUG),
-        pytest.param("min", marks=GENERATED_NAMES_BUG),
-    ],
+    # An ordinary name, then names the generated kernels use themselves: arguments, globals
+    # they import, builtins they call.
+    ["buffer", "grad", "param", "load", "store", "segment", "range", "min"],
 )
 def test_a_state_name_is_refused_or_works(state_name, monkeypatch, tmp_path):
     """A state array's name becomes an argument of the generated kernels. A name they cannot
