@@ -215,20 +215,24 @@ def _source_of(module_name: str) -> str:
         return repr([getattr(value, "__code__", None) for value in vars(module).values()])
 
 
-def _modules_called(function: object, seen: set[str]) -> None:
-    """Add the modules of ``function`` and of every function it calls by a global name
-    (numba-compiled helpers too, through their Python function), transitively."""
+def _modules_called(function: object, modules: set[str], seen: set[object]) -> None:
+    """Add the modules of ``function`` and of everything it calls by a global name, through
+    numba-compiled helpers and other functions transitively (a global module, called as
+    ``helper.f(...)``, counts whole)."""
     function = getattr(function, "py_func", function)
-    module = getattr(function, "__module__", None)
     code = getattr(function, "__code__", None)
-    if module is None or code is None or module in seen:
+    if code is None or code in seen:
         return
-    seen.add(module)
+    seen.add(code)
+    if getattr(function, "__module__", None):
+        modules.add(function.__module__)
     namespace = getattr(function, "__globals__", {})
     for name in code.co_names:
         value = namespace.get(name)
-        if callable(value):
-            _modules_called(value, seen)
+        if isinstance(value, ModuleType):
+            modules.add(value.__name__)
+        elif callable(value):
+            _modules_called(value, modules, seen)
 
 
 def _fingerprint(rule: Rule, text: str) -> str:
@@ -237,7 +241,7 @@ def _fingerprint(rule: Rule, text: str) -> str:
     options, the drivers' helpers and this generator. numba's disk cache is keyed on the
     generated file alone, so a change to any of them must give a new file."""
     modules = {"fastopt._storage", "fastopt._jit", "fastopt._launch", __name__}
-    _modules_called(rule.update, modules)
+    _modules_called(rule.update, modules, set())
     modules.add(rule.update.__module__)
     digest = hashlib.sha256(text.encode())
     for name in sorted(modules):
@@ -299,7 +303,7 @@ def kernels_of(rule: Rule) -> RuleKernels:
             return built
         _RULES[key] = rule
         text = kernel_source(rule)
-        stem = f"{key.replace('.', '_')}_{_fingerprint(rule, text)}"
+        stem = f"{key.replace('.', '__')}_{_fingerprint(rule, text)}"
         path = cache_directory() / f"{stem}.py"
         _write(path, text)
         module = _import(path, f"fastopt._kernels_{stem}")

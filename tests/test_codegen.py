@@ -164,7 +164,7 @@ def test_kernels_come_from_the_current_generated_source(rule_class):
     path = module_file(kernels)
     text = kernel_source(rule)
     assert path.read_text() == text
-    assert path.name == f"{_key(rule).replace('.', '_')}_{_fingerprint(rule, text)}.py"
+    assert path.name == f"{_key(rule).replace('.', '__')}_{_fingerprint(rule, text)}.py"
     assert path.parent == cache_directory()
     for function in (kernels.parallel.py_func, kernels.update, kernels.unpack):
         assert Path(inspect.getsourcefile(function)) == path
@@ -214,24 +214,9 @@ HELPER_CALLS = {
 }
 
 
-MISSED_HELPER = pytest.mark.xfail(
-    strict=True,
-    reason="fastopt._codegen._modules_called follows only callables named by a global of the "
-    "update (co_names looked up in __globals__) and returns at once for a function whose module "
-    "it has seen: a helper reached as a module's attribute, or through another function of the "
-    "rule's own module, is left out of the fingerprint, so after it changes the generated file "
-    "keeps its name and numba's disk cache serves the old machine code",
-)
-
-
 @pytest.mark.parametrize(
     ("imports", "update"),
-    [
-        pytest.param(
-            *HELPER_CALLS[kind], id=kind, marks=() if kind == "imported" else MISSED_HELPER
-        )
-        for kind in HELPER_CALLS
-    ],
+    [pytest.param(*HELPER_CALLS[kind], id=kind) for kind in HELPER_CALLS],
 )
 def test_a_changed_helper_of_the_update_gets_a_new_module(modules, imports, update, request):
     """The update may call compiled helpers from other modules (Adamax's ``maximum``),
@@ -364,7 +349,7 @@ def test_compiled_kernels_are_reused_by_the_next_process(tmp_path):
     compiled driver from them (numba reports it with ``NUMBA_DEBUG_CACHE=1``) instead of
     compiling it again, and computes the same result."""
     first = run_step(tmp_path)
-    (module,) = (tmp_path / "kernels").glob("fastopt_rules_adamax_Adamax_*.py")
+    (module,) = (tmp_path / "kernels").glob("fastopt__rules__adamax__Adamax_*.py")
     index = [path for path in numba_cache_files(module) if path.suffix == ".nbi"]
     assert index, f"no numba index beside {module.name}"
 

@@ -1,9 +1,12 @@
 """The README's example runs and does what it says."""
 
+import inspect
 import re
 from pathlib import Path
 
 import numpy as np
+
+import fastopt
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -22,3 +25,42 @@ def test_quick_start_has_exactly_two_commands():
     assert len(commands) == 2
     assert commands[1].endswith("python -m pytest")
     assert np.all([c.startswith("pip install ") for c in commands])
+
+
+def _literal(value):
+    """A default as the README writes it: 1e-3, 0, 0.99, (0.9, 0.999), False."""
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_literal(item) for item in value) + ")"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) < 0.1:
+            mantissa, exponent = f"{value:.0e}".split("e")
+            return f"{mantissa}e{int(exponent)}"
+        return repr(value)
+    return repr(value)
+
+
+def _rendered(cls):
+    """``Name(params, a=1, b=2, *, c=3)``, the gradient options left out."""
+    parts, keyword_only = ["params"], False
+    for parameter in list(inspect.signature(cls).parameters.values())[1:]:
+        if parameter.kind is parameter.VAR_KEYWORD:
+            continue
+        if parameter.kind is parameter.KEYWORD_ONLY and not keyword_only:
+            parts.append("*")
+            keyword_only = True
+        parts.append(f"{parameter.name}={_literal(parameter.default)}")
+    return f"{cls.__name__}({', '.join(parts)})"
+
+
+def test_the_rules_table_lists_every_rule_with_its_signature():
+    section = README.split("## Rules", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `(\w+\(.*?\))` \|", section, re.M)
+    classes = [
+        value
+        for value in vars(fastopt).values()
+        if isinstance(value, type) and issubclass(value, fastopt.Optimizer)
+    ]
+    classes = [cls for cls in classes if cls is not fastopt.Optimizer]
+    assert sorted(listed) == sorted(_rendered(cls) for cls in classes)
