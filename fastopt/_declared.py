@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from inspect import Parameter, Signature
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
 
 from fastopt._checks import check_disjoint, check_grad, check_param, check_state, check_step
+from fastopt._codegen import LazyKernels
 from fastopt._launch import RuleKernels, launch, single_segment
 from fastopt.gradients import kernel_gradient_terms
 from fastopt.optimizer import Optimizer
@@ -69,11 +71,18 @@ def advance_scalars(
     }
 
 
+_NO_SCALARS: Mapping[str, float] = MappingProxyType({})
+
+
 class DeclaredOptimizer(Optimizer):
     """An :class:`~fastopt.Optimizer` whose rule interface is read from a declaration."""
 
     _rule: ClassVar[Rule]
     _kernels: ClassVar[RuleKernels]
+    #: Read from the declaration once (the step reads them on every call).
+    _maximize: ClassVar[str | None]
+    _required_states: ClassVar[tuple[str, ...]]
+    _optional_states: ClassVar[tuple[tuple[str, Callable[[Mapping[str, Any]], bool]], ...]]
     #: Hyperparameters a variant fixes (AdamW's ``decoupled_weight_decay=True``).
     _fixed: ClassVar[Mapping[str, Any]] = {}
 
@@ -93,7 +102,12 @@ class DeclaredOptimizer(Optimizer):
         check_hyperparameters(self._rule, group)
 
     def _state_names(self, group: Mapping[str, Any]) -> tuple[str, ...]:
-        return tuple(state.name for state in self._rule.state if state.present(group))
+        # Called on every step: the arrays every group has, then the optional ones present.
+        names = self._required_states
+        for name, present in self._optional_states:
+            if present(group):
+                names += (name,)
+        return names
 
     def _all_state_names(self) -> frozenset[str]:
         return frozenset(self._rule.state_names)
@@ -103,13 +117,18 @@ class DeclaredOptimizer(Optimizer):
         return float(state.initial(group))
 
     def _row(self, group, step, created, grad_scale, clip_value, scalars=()) -> tuple[float, ...]:
+        # Called on every step: row_of's work, without its generality.
         rule = self._rule
-        if rule.scalars and not scalars:  # a parameter fresh at this step (padding's row)
-            initial = {scalar.name: scalar.initial for scalar in rule.scalars}
-            named = advance_scalars(rule, group, step, initial, self._scalar_dtype)
-        else:
-            named = dict(zip(rule.scalar_names, scalars, strict=True))
-        return row_of(rule, group, step, created, grad_scale, clip_value, named)
+        named = _NO_SCALARS
+        if rule.scalars:
+            if scalars:
+                named = dict(zip(rule.scalar_names, scalars, strict=True))
+            else:  # a parameter fresh at this step (the padding's row)
+                initial = {scalar.name: scalar.initial for scalar in rule.scalars}
+                named = advance_scalars(rule, group, step, initial, self._scalar_dtype)
+        maximize = self._maximize is not None and group[self._maximize]
+        fields = rule.row(group, step, created, named)
+        return (grad_scale, clip_value, 1.0 if maximize else 0.0, *fields)
 
     def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:
         return tuple(
@@ -147,7 +166,7 @@ def _class_signature(
 
 def optimizer_class(
     rule: Rule,
-    kernels: RuleKernels,
+    kernels: LazyKernels,
     *,
     name: str | None = None,
     defaults: Mapping[str, Any] | None = None,
@@ -191,6 +210,11 @@ def optimizer_class(
         "_fixed": fixed,
         "_hyper_width": PREAMBLE_WIDTH + len(rule.fields),
         "_scalar_names": rule.scalar_names,
+        "_maximize": rule.maximize,
+        "_required_states": tuple(state.name for state in rule.state if not state.optional),
+        "_optional_states": tuple(
+            (state.name, state.present) for state in rule.state if state.optional
+        ),
     }
     return type(name, (base or DeclaredOptimizer,), namespace)
 
@@ -233,7 +257,7 @@ def _step_signature(rule: Rule) -> Signature:
     return Signature(parameters, return_annotation=returns)
 
 
-def functional_step(rule: Rule, kernels: RuleKernels) -> Callable[..., dict[str, float] | None]:
+def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str, float] | None]:
     """``<rule>_step``: one fused, in-place update of arrays whose state the caller keeps."""
     signature = _step_signature(rule)
     name = f"{rule.snake_name}_step"
@@ -273,7 +297,7 @@ def functional_step(rule: Rule, kernels: RuleKernels) -> Callable[..., dict[str,
         row = row_of(rule, group, step, rule.counts_steps and step == 1, grad_scale, clip, scalars)
         flat = [None if array is None else array.reshape(-1) for array in state_arrays]
         launch(
-            kernels,
+            kernels.get(),
             single_segment(param.size),
             np.array([row]),
             param.reshape(-1),

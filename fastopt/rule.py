@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
+    from fastopt._codegen import LazyKernels
     from fastopt._launch import RuleKernels
     from fastopt.optimizer import Optimizer
 
@@ -292,7 +293,7 @@ def variant(
 
     return optimizer_class(
         built.rule,
-        built.kernels,
+        built.lazy_kernels,
         name=name,
         defaults=defaults,
         fixed=fixed,
@@ -305,19 +306,25 @@ class BuiltRule(NamedTuple):
     """What :func:`build` derives from a :class:`Rule`."""
 
     rule: Rule
-    kernels: RuleKernels
+    lazy_kernels: LazyKernels
     optimizer: type[Optimizer]
-    step: Callable[..., None]
+    step: Callable[..., Any]
+
+    @property
+    def kernels(self) -> RuleKernels:
+        """The rule's compiled-on-demand kernels (generated on first use)."""
+        return self.lazy_kernels.get()
 
 
 def build(rule: Rule) -> BuiltRule:
     """Derive the kernels, the optimizer class and the functional step of ``rule``.
 
     The kernels' source is generated into fastopt's kernel cache directory (see
-    :mod:`fastopt._codegen`), so numba compiles them once per machine, not once per process.
+    :mod:`fastopt._codegen`) when the rule is first used, so numba compiles them once per
+    machine, not once per process.
     """
-    from fastopt._codegen import kernels_of
+    from fastopt._codegen import LazyKernels
     from fastopt._declared import functional_step, optimizer_class
 
-    kernels = kernels_of(rule)
+    kernels = LazyKernels(rule)
     return BuiltRule(rule, kernels, optimizer_class(rule, kernels), functional_step(rule, kernels))

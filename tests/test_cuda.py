@@ -176,13 +176,18 @@ def test_functional_steps_take_device_arrays(dtype):
     # of their starting values, chosen so that centered RMSprop's variance stays positive)
     small, large = (0.0, 0.1), (0.5, 1.0)
     cases = [
-        (fastopt.sgd_step, reference.sgd_step, {"lr": 0.1}, [None]),
-        (fastopt.sgd_step, reference.sgd_step, {"lr": 0.1, "momentum": 0.9}, [small]),
+        (fastopt.sgd_step, reference.sgd_step, {"lr": 0.1, "step": 1}, [None]),
+        (fastopt.sgd_step, reference.sgd_step, {"lr": 0.1, "momentum": 0.9, "step": 2}, [small]),
         (fastopt.adagrad_step, reference.adagrad_step, {"lr": 0.1, "step": 2}, [large]),
         (fastopt.rmsprop_step, reference.rmsprop_step, {"momentum": 0.5}, [large, small, None]),
-        (fastopt.rmsprop_step, reference.rmsprop_step, {}, [large, None, small]),
+        (fastopt.rmsprop_step, reference.rmsprop_step, {"centered": True}, [large, None, small]),
         (fastopt.adam_step, reference.adam_step, {"step": 3}, [small, large, None]),
-        (fastopt.adam_step, reference.adam_step, {"step": 3}, [small, large, large]),
+        (
+            fastopt.adam_step,
+            reference.adam_step,
+            {"step": 3, "amsgrad": True},
+            [small, large, large],
+        ),
     ]
     rng = np.random.default_rng(2)
     for step, oracle, kwargs, starts in cases:
@@ -403,7 +408,7 @@ def test_launch_fills_the_device_and_no_more():
     device = cuda.get_current_device()
     size = 1 << 22
     param = cuda.to_device(np.zeros(size, np.float32))
-    fastopt.sgd_step(param, cuda.to_device(np.ones(size, np.float32)), lr=0.1)
+    fastopt.sgd_step(param, cuda.to_device(np.ones(size, np.float32)), lr=0.1, step=1)
     dispatcher = _kernels._kernel(SGD_KERNELS, (False,), False)
     (resident,) = {blocks for key, blocks in _kernels._resident.items() if key[0] is dispatcher}
     multiprocessors = device.MULTIPROCESSOR_COUNT
@@ -444,7 +449,7 @@ def test_more_than_two_to_the_31_elements():
     grad = cuda.device_array(size, np.float32)
     _kernels.fill(param, 1.0)
     _kernels.fill(grad, 2.0)
-    fastopt.sgd_step(param, grad, lr=0.25)
+    fastopt.sgd_step(param, grad, lr=0.25, step=1)
     tail = param[size - 8 :].copy_to_host()
     np.testing.assert_array_equal(tail, np.float32(0.5))
     assert float(param[0:1].copy_to_host()[0]) == 0.5

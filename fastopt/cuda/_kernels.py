@@ -1,10 +1,11 @@
 """CUDA kernels of every rule, generated from the rule's own element-wise update.
 
-A rule's ``update(i, param, grad, *state, scalars)`` and ``unpack(h, param)`` (plain Python in
-``fastopt/rules/*.py``, see :class:`fastopt._launch.RuleKernels`) are compiled as CUDA device
-functions and called from a grid-stride loop: ``start = cuda.grid(1)``, step
-``cuda.gridsize(1)``, 64-bit indices, so arrays past 2^31 elements work and any grid covers
-any size. The math is written once; only the loop around it is CUDA's.
+A rule's generated element function ``update(i, param, grad, *state, scalars)`` and its
+``unpack(h, param)`` (plain Python in the rule's generated module, see :mod:`fastopt._codegen`
+and :class:`fastopt._launch.RuleKernels`) are compiled as CUDA device functions and called
+from a grid-stride loop: ``start = cuda.grid(1)``, step ``cuda.gridsize(1)``, 64-bit indices,
+so arrays past 2^31 elements work and any grid covers any size. The math is written once;
+only the loop around it is CUDA's.
 
 Two kernels per rule and set of optional state arrays:
 

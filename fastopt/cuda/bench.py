@@ -47,7 +47,13 @@ class BenchRule:
 
 RULES: dict[str, BenchRule] = {
     "sgd": BenchRule(
-        fastopt.SGD, {"lr": 1e-3}, (), "SGD", {"lr": 1e-3}, reference.sgd_step, {"lr": 1e-3}
+        fastopt.SGD,
+        {"lr": 1e-3},
+        (),
+        "SGD",
+        {"lr": 1e-3},
+        reference.sgd_step,
+        {"lr": 1e-3, "step": 2},
     ),
     "sgd_momentum": BenchRule(
         fastopt.SGD,
@@ -56,7 +62,7 @@ RULES: dict[str, BenchRule] = {
         "SGD",
         {"lr": 1e-3, "momentum": 0.9},
         reference.sgd_step,
-        {"lr": 1e-3, "momentum": 0.9},
+        {"lr": 1e-3, "momentum": 0.9, "step": 2},
     ),
     "adagrad": BenchRule(
         fastopt.Adagrad,
