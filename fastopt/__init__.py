@@ -20,9 +20,13 @@ from fastopt.flat import FlatParams
 from fastopt.gradients import NonfiniteGradientError, StepStats, global_norm
 from fastopt.loss_scaling import LossScaler
 from fastopt.optimizer import Optimizer
+from fastopt.rules.adadelta import Adadelta, adadelta_step
 from fastopt.rules.adagrad import Adagrad, adagrad_step
 from fastopt.rules.adam import Adam, AdamW, adam_step
 from fastopt.rules.adamax import Adamax, adamax_step
+from fastopt.rules.adan import Adan, adan_step
+from fastopt.rules.ademamix import AdEMAMix, ademamix_step
+from fastopt.rules.lion import Lion, lion_step
 from fastopt.rules.nadam import NAdam, nadam_step
 from fastopt.rules.rmsprop import RMSprop, rmsprop_step
 from fastopt.rules.sgd import SGD, sgd_step
@@ -31,13 +35,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SGD",
+    "AdEMAMix",
+    "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",
     "Adamax",
+    "Adan",
     "Checkpoint",
     "CheckpointError",
     "FlatParams",
+    "Lion",
     "LossScaler",
     "NAdam",
     "NonfiniteGradientError",
@@ -45,10 +53,14 @@ __all__ = [
     "RMSprop",
     "StepStats",
     "__version__",
+    "adadelta_step",
     "adagrad_step",
     "adam_step",
     "adamax_step",
+    "adan_step",
+    "ademamix_step",
     "global_norm",
+    "lion_step",
     "load",
     "nadam_step",
     "rmsprop_step",

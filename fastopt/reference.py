@@ -14,10 +14,14 @@ import math
 import numpy as np
 
 __all__ = [
+    "adadelta_step",
     "adagrad_step",
     "adam_step",
     "adamax_step",
+    "adan_step",
+    "ademamix_step",
     "clip_gradients",
+    "lion_step",
     "nadam_step",
     "rmsprop_step",
     "sgd_step",
@@ -203,6 +207,127 @@ def nadam_step(
     param -= lr * (1 - mu) / (1 - mu_product) * g / denom
     param -= lr * mu_next / (1 - mu_product * mu_next) * exp_avg / denom
     return {"mu_product": mu_product}
+
+
+def adadelta_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    square_avg: np.ndarray,
+    acc_delta: np.ndarray,
+    *,
+    lr: float = 1.0,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> None:
+    """Adadelta (see ``fastopt.adadelta_step``)."""
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    square_avg *= rho
+    square_avg += (1 - rho) * g * g
+    delta = np.sqrt(acc_delta + eps) / np.sqrt(square_avg + eps) * g
+    acc_delta *= rho
+    acc_delta += (1 - rho) * delta * delta
+    param -= lr * delta
+
+
+def lion_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    *,
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.99),
+    weight_decay: float = 0.0,
+) -> None:
+    """Lion, the sign of an interpolated momentum (see ``fastopt.lion_step``), as
+    ``lion_pytorch`` computes it; the sign of 0 and of NaN is 0 (``torch.sign``)."""
+    beta1, beta2 = betas
+    param *= 1 - lr * weight_decay
+    update = np.sign(exp_avg * beta1 + grad * (1 - beta1))
+    param -= lr * np.where(np.isnan(update), 0, update).astype(param.dtype)
+    exp_avg *= beta2
+    exp_avg += grad * (1 - beta2)
+
+
+def ademamix_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    exp_avg_slow: np.ndarray,
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
+    weight_decay: float = 0.0,
+    weight_decouple: bool = False,
+    fixed_decay: bool = False,
+    alpha: float = 5.0,
+    t_alpha_beta3: float | None = None,
+    eps: float = 1e-8,
+    maximize: bool = False,
+    step: int,
+) -> None:
+    """AdEMAMix, Adam with a slow momentum (see ``fastopt.ademamix_step``), as
+    ``pytorch_optimizer`` computes it, warmup schedules included."""
+    beta1, beta2, beta3 = betas
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if weight_decouple:
+            param *= 1 - weight_decay * (1.0 if fixed_decay else lr)
+        else:
+            g = g + weight_decay * param
+    alpha_t, beta3_t = alpha, beta3
+    if t_alpha_beta3 is not None:
+        alpha_t = min(step * alpha / t_alpha_beta3, alpha)
+        log_beta1, log_beta3 = math.log(beta1), math.log(beta3)
+        s = step / t_alpha_beta3
+        beta3_t = math.exp(log_beta1 * log_beta3 / ((1 - s) * log_beta3 + s * log_beta1))
+        beta3_t = min(beta3_t, beta3)
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+    exp_avg_slow += (1 - beta3_t) * (g - exp_avg_slow)
+    denom = np.sqrt(exp_avg_sq) / math.sqrt(1 - beta2**step) + eps
+    param -= lr * (exp_avg / (1 - beta1**step) + alpha_t * exp_avg_slow) / denom
+
+
+def adan_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    exp_avg_diff: np.ndarray,
+    previous_grad: np.ndarray,
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
+    weight_decay: float = 0.0,
+    weight_decouple: bool = False,
+    eps: float = 1e-8,
+    maximize: bool = False,
+    step: int,
+) -> None:
+    """Adan, adaptive Nesterov momentum (see ``fastopt.adan_step``), as ``pytorch_optimizer``
+    computes it; ``previous_grad`` is the last update's gradient (ignored on step 1)."""
+    beta1, beta2, beta3 = betas
+    g = -grad if maximize else grad
+    diff = g - (g if step == 1 else previous_grad)
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    exp_avg_diff += (1 - beta2) * (diff - exp_avg_diff)
+    corrected = g + beta2 * diff
+    exp_avg_sq *= beta3
+    exp_avg_sq += (1 - beta3) * corrected * corrected
+    denom = np.sqrt(exp_avg_sq) / math.sqrt(1 - beta3**step) + eps
+    if weight_decay != 0 and weight_decouple:
+        param *= 1 - lr * weight_decay
+    param -= lr / (1 - beta1**step) * exp_avg / denom
+    param -= lr * beta2 / (1 - beta2**step) * exp_avg_diff / denom
+    if weight_decay != 0 and not weight_decouple:
+        param /= 1 + lr * weight_decay
+    previous_grad[...] = g
 
 
 def clip_gradients(

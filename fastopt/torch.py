@@ -92,7 +92,19 @@ from fastopt.gradients import (
     check_gradient_options,
 )
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RMSprop"]
+__all__ = [
+    "SGD",
+    "AdEMAMix",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Adan",
+    "Lion",
+    "NAdam",
+    "RMSprop",
+]
 
 _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 _GRADIENT_OPTIONS = frozenset(GradientOptions.__annotations__)
@@ -675,8 +687,12 @@ def _declared_adapter(
 
 SGD = _declared_adapter(fastopt.SGD, step_in_state=False)
 Adagrad = _declared_adapter(fastopt.Adagrad, state_at_init=True)
+Adadelta = _declared_adapter(fastopt.Adadelta)
 RMSprop = _declared_adapter(fastopt.RMSprop)
 Adam = _declared_adapter(fastopt.Adam)
 AdamW = _declared_adapter(fastopt.AdamW)
 Adamax = _declared_adapter(fastopt.Adamax)
 NAdam = _declared_adapter(fastopt.NAdam)
+Lion = _declared_adapter(fastopt.Lion)
+AdEMAMix = _declared_adapter(fastopt.AdEMAMix)
+Adan = _declared_adapter(fastopt.Adan)

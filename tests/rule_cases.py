@@ -45,6 +45,28 @@ CASES: list[tuple[str, type[fastopt.Optimizer], dict[str, Any]]] = [
     ("nadam", fastopt.NAdam, {"lr": 0.01, "weight_decay": 0.1, "momentum_decay": 0.01}),
     ("nadam", fastopt.NAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
     ("nadam", fastopt.NAdam, {"lr": 0.01, "betas": (0.6, 0.99), "maximize": True}),
+    ("lion", fastopt.Lion, {"lr": 0.01, "betas": (0.95, 0.98)}),
+    ("lion", fastopt.Lion, {"lr": 0.01, "betas": (0.5, 0.9), "weight_decay": 0.1}),
+    ("ademamix", fastopt.AdEMAMix, {"lr": 0.01}),
+    ("ademamix", fastopt.AdEMAMix, {"lr": 0.01, "alpha": 2.0, "t_alpha_beta3": 5.0}),
+    ("ademamix", fastopt.AdEMAMix, {"lr": 0.01, "weight_decay": 0.1}),
+    (
+        "ademamix",
+        fastopt.AdEMAMix,
+        {"lr": 0.01, "weight_decay": 0.1, "weight_decouple": True, "maximize": True},
+    ),
+    (
+        "ademamix",
+        fastopt.AdEMAMix,
+        {"lr": 0.01, "weight_decay": 0.1, "weight_decouple": True, "fixed_decay": True},
+    ),
+    ("adan", fastopt.Adan, {"lr": 0.01}),
+    ("adan", fastopt.Adan, {"lr": 0.01, "weight_decay": 0.1}),
+    ("adan", fastopt.Adan, {"lr": 0.01, "weight_decay": 0.1, "weight_decouple": True}),
+    ("adan", fastopt.Adan, {"lr": 0.01, "betas": (0.9, 0.8, 0.95), "maximize": True}),
+    ("adadelta", fastopt.Adadelta, {"lr": 1.0}),
+    ("adadelta", fastopt.Adadelta, {"lr": 0.5, "rho": 0.5, "weight_decay": 0.1}),
+    ("adadelta", fastopt.Adadelta, {"lr": 1.0, "eps": 1e-4, "maximize": True}),
 ]
 
 

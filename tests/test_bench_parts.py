@@ -133,6 +133,7 @@ CASES = {
         ("exp_avg", "exp_avg_sq"),
         {"lr": 2e-3, "weight_decay": 1e-2, "decoupled_weight_decay": True},
     ),
+    "adadelta": (("square_avg", "acc_delta"), {"lr": 1.0}),
 }
 
 

@@ -33,6 +33,7 @@ RULES = [
     ("Adamax", {"lr": 0.01, "weight_decay": 0.01}),
     ("NAdam", {"lr": 0.002}),
     ("NAdam", {"lr": 0.002, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("Adadelta", {"lr": 1.0, "weight_decay": 0.01}),
 ]
 
 
@@ -320,6 +321,7 @@ CHECKPOINT_RULES = [
     ("RMSprop", {"lr": 0.01, "momentum": 0.5, "centered": True}),
     ("Adamax", {"lr": 0.01}),
     ("NAdam", {"lr": 0.01, "momentum_decay": 0.01}),
+    ("Adadelta", {"lr": 1.0, "rho": 0.8}),
 ]
 
 

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 import fastopt.torch as ft  # noqa: E402
 
-NAMES = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adamax", "NAdam"]
+NAMES = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adamax", "NAdam", "Adadelta"]
 SETTINGS = {
     "Adam": {"lr": 0.01, "weight_decay": 0.1},
     "AdamW": {"lr": 0.01},
@@ -19,6 +19,7 @@ SETTINGS = {
     "RMSprop": {"lr": 0.01, "momentum": 0.5, "weight_decay": 0.1},
     "Adamax": {"lr": 0.01, "weight_decay": 0.1},
     "NAdam": {"lr": 0.01, "weight_decay": 0.1},
+    "Adadelta": {"lr": 1.0, "weight_decay": 0.1},
 }
 
 
@@ -237,6 +238,7 @@ IMPLEMENTATION_KEYS = {
     "RMSprop": ("foreach", "capturable", "differentiable"),
     "Adamax": ("foreach", "differentiable", "capturable"),
     "NAdam": ("foreach", "capturable", "differentiable"),
+    "Adadelta": ("foreach", "capturable", "differentiable"),
 }
 ACCEPTED = {
     "foreach": (None, False),
