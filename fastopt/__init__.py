@@ -28,6 +28,7 @@ from fastopt.rules.adan import Adan, adan_step
 from fastopt.rules.ademamix import AdEMAMix, ademamix_step
 from fastopt.rules.lion import Lion, lion_step
 from fastopt.rules.nadam import NAdam, nadam_step
+from fastopt.rules.radam import RAdam, radam_step
 from fastopt.rules.rmsprop import RMSprop, rmsprop_step
 from fastopt.rules.sgd import SGD, sgd_step
 
@@ -50,6 +51,7 @@ __all__ = [
     "NAdam",
     "NonfiniteGradientError",
     "Optimizer",
+    "RAdam",
     "RMSprop",
     "StepStats",
     "__version__",
@@ -63,6 +65,7 @@ __all__ = [
     "lion_step",
     "load",
     "nadam_step",
+    "radam_step",
     "rmsprop_step",
     "save",
     "sgd_step",

@@ -23,6 +23,7 @@ __all__ = [
     "clip_gradients",
     "lion_step",
     "nadam_step",
+    "radam_step",
     "rmsprop_step",
     "sgd_step",
 ]
@@ -243,11 +244,10 @@ def lion_step(
     weight_decay: float = 0.0,
 ) -> None:
     """Lion, the sign of an interpolated momentum (see ``fastopt.lion_step``), as
-    ``lion_pytorch`` computes it; the sign of 0 and of NaN is 0 (``torch.sign``)."""
+    ``lion_pytorch`` computes it; the sign of 0 is 0, that of NaN is NaN (it propagates)."""
     beta1, beta2 = betas
     param *= 1 - lr * weight_decay
-    update = np.sign(exp_avg * beta1 + grad * (1 - beta1))
-    param -= lr * np.where(np.isnan(update), 0, update).astype(param.dtype)
+    param -= lr * np.sign(exp_avg * beta1 + grad * (1 - beta1))
     exp_avg *= beta2
     exp_avg += grad * (1 - beta2)
 
@@ -328,6 +328,47 @@ def adan_step(
     if weight_decay != 0 and not weight_decouple:
         param /= 1 + lr * weight_decay
     previous_grad[...] = g
+
+
+def radam_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    step: int,
+) -> None:
+    """RAdam, rectified once the approximated SMA is longer than 5 (see
+    ``fastopt.radam_step``)."""
+    beta1, beta2 = betas
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            param *= 1 - lr * weight_decay
+        else:
+            g = g + weight_decay * param
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * beta2**step / bias_correction2
+    corrected = exp_avg / bias_correction1
+    if rho_t > 5:
+        rect = math.sqrt(
+            (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        )
+        adaptive = math.sqrt(bias_correction2) / (np.sqrt(exp_avg_sq) + eps)
+        param -= corrected * lr * adaptive * rect
+    else:
+        param -= corrected * lr
 
 
 def clip_gradients(

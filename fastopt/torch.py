@@ -103,6 +103,7 @@ __all__ = [
     "Adan",
     "Lion",
     "NAdam",
+    "RAdam",
     "RMSprop",
 ]
 
@@ -693,6 +694,7 @@ Adam = _declared_adapter(fastopt.Adam)
 AdamW = _declared_adapter(fastopt.AdamW)
 Adamax = _declared_adapter(fastopt.Adamax)
 NAdam = _declared_adapter(fastopt.NAdam)
+RAdam = _declared_adapter(fastopt.RAdam)
 Lion = _declared_adapter(fastopt.Lion)
 AdEMAMix = _declared_adapter(fastopt.AdEMAMix)
 Adan = _declared_adapter(fastopt.Adan)

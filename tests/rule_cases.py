@@ -67,6 +67,10 @@ CASES: list[tuple[str, type[fastopt.Optimizer], dict[str, Any]]] = [
     ("adadelta", fastopt.Adadelta, {"lr": 1.0}),
     ("adadelta", fastopt.Adadelta, {"lr": 0.5, "rho": 0.5, "weight_decay": 0.1}),
     ("adadelta", fastopt.Adadelta, {"lr": 1.0, "eps": 1e-4, "maximize": True}),
+    ("radam", fastopt.RAdam, {"lr": 0.01}),
+    ("radam", fastopt.RAdam, {"lr": 0.01, "betas": (0.8, 0.9), "weight_decay": 0.1}),
+    ("radam", fastopt.RAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("radam", fastopt.RAdam, {"lr": 0.01, "betas": (0.9, 0.0), "eps": 1e-6, "maximize": True}),
 ]
 
 

@@ -134,6 +134,7 @@ CASES = {
         {"lr": 2e-3, "weight_decay": 1e-2, "decoupled_weight_decay": True},
     ),
     "adadelta": (("square_avg", "acc_delta"), {"lr": 1.0}),
+    "radam": (("exp_avg", "exp_avg_sq"), {"lr": 1e-3}),
 }
 
 

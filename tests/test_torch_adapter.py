@@ -34,6 +34,8 @@ RULES = [
     ("NAdam", {"lr": 0.002}),
     ("NAdam", {"lr": 0.002, "weight_decay": 0.1, "decoupled_weight_decay": True}),
     ("Adadelta", {"lr": 1.0, "weight_decay": 0.01}),
+    ("RAdam", {"lr": 0.01, "betas": (0.9, 0.9)}),
+    ("RAdam", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
 ]
 
 
@@ -322,6 +324,7 @@ CHECKPOINT_RULES = [
     ("Adamax", {"lr": 0.01}),
     ("NAdam", {"lr": 0.01, "momentum_decay": 0.01}),
     ("Adadelta", {"lr": 1.0, "rho": 0.8}),
+    ("RAdam", {"lr": 0.01, "betas": (0.9, 0.9)}),
 ]
 
 

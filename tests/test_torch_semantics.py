@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 import fastopt.torch as ft  # noqa: E402
 
-NAMES = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adamax", "NAdam", "Adadelta"]
+NAMES = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adamax", "NAdam", "Adadelta", "RAdam"]
 SETTINGS = {
     "Adam": {"lr": 0.01, "weight_decay": 0.1},
     "AdamW": {"lr": 0.01},
@@ -20,6 +20,7 @@ SETTINGS = {
     "Adamax": {"lr": 0.01, "weight_decay": 0.1},
     "NAdam": {"lr": 0.01, "weight_decay": 0.1},
     "Adadelta": {"lr": 1.0, "weight_decay": 0.1},
+    "RAdam": {"lr": 0.01, "weight_decay": 0.1},
 }
 
 
@@ -239,6 +240,7 @@ IMPLEMENTATION_KEYS = {
     "Adamax": ("foreach", "differentiable", "capturable"),
     "NAdam": ("foreach", "capturable", "differentiable"),
     "Adadelta": ("foreach", "capturable", "differentiable"),
+    "RAdam": ("foreach", "capturable", "differentiable"),
 }
 ACCEPTED = {
     "foreach": (None, False),
