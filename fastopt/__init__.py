@@ -30,6 +30,7 @@ from fastopt.rules.lion import Lion, lion_step
 from fastopt.rules.nadam import NAdam, nadam_step
 from fastopt.rules.radam import RAdam, radam_step
 from fastopt.rules.rmsprop import RMSprop, rmsprop_step
+from fastopt.rules.rprop import Rprop, rprop_step
 from fastopt.rules.sgd import SGD, sgd_step
 
 __version__ = "0.1.0"
@@ -53,6 +54,7 @@ __all__ = [
     "Optimizer",
     "RAdam",
     "RMSprop",
+    "Rprop",
     "StepStats",
     "__version__",
     "adadelta_step",
@@ -67,6 +69,7 @@ __all__ = [
     "nadam_step",
     "radam_step",
     "rmsprop_step",
+    "rprop_step",
     "save",
     "sgd_step",
 ]

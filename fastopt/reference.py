@@ -25,6 +25,7 @@ __all__ = [
     "nadam_step",
     "radam_step",
     "rmsprop_step",
+    "rprop_step",
     "sgd_step",
 ]
 
@@ -369,6 +370,33 @@ def radam_step(
         param -= corrected * lr * adaptive * rect
     else:
         param -= corrected * lr
+
+
+def rprop_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    prev: np.ndarray,
+    step_size: np.ndarray,
+    *,
+    lr: float = 1e-2,
+    etas: tuple[float, float] = (0.5, 1.2),
+    step_sizes: tuple[float, float] = (1e-6, 50),
+    maximize: bool = False,
+) -> None:
+    """Rprop (see ``fastopt.rprop_step``): where the gradient's sign flipped, no move and
+    ``prev`` keeps 0; ``lr`` is only the initial ``step_size``."""
+    etaminus, etaplus = etas
+    g = (-grad if maximize else grad).copy()
+    product = g * prev
+    factor = np.ones_like(step_size)
+    factor[product > 0] = etaplus
+    factor[product < 0] = etaminus
+    step_size *= factor
+    np.clip(step_size, *step_sizes, out=step_size)
+    g[product < 0] = 0
+    sign = (g > 0).astype(param.dtype) - (g < 0).astype(param.dtype)  # torch.sign(NaN) is 0
+    param -= sign * step_size
+    prev[...] = g
 
 
 def clip_gradients(

@@ -105,6 +105,7 @@ __all__ = [
     "NAdam",
     "RAdam",
     "RMSprop",
+    "Rprop",
 ]
 
 _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
@@ -695,6 +696,7 @@ AdamW = _declared_adapter(fastopt.AdamW)
 Adamax = _declared_adapter(fastopt.Adamax)
 NAdam = _declared_adapter(fastopt.NAdam)
 RAdam = _declared_adapter(fastopt.RAdam)
+Rprop = _declared_adapter(fastopt.Rprop)
 Lion = _declared_adapter(fastopt.Lion)
 AdEMAMix = _declared_adapter(fastopt.AdEMAMix)
 Adan = _declared_adapter(fastopt.Adan)

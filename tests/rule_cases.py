@@ -45,7 +45,7 @@ CASES: list[tuple[str, type[fastopt.Optimizer], dict[str, Any]]] = [
     ("nadam", fastopt.NAdam, {"lr": 0.01, "weight_decay": 0.1, "momentum_decay": 0.01}),
     ("nadam", fastopt.NAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
     ("nadam", fastopt.NAdam, {"lr": 0.01, "betas": (0.6, 0.99), "maximize": True}),
-    ("lion", fastopt.Lion, {"lr": 0.01, "betas": (0.95, 0.98)}),
+    ("lion", fastopt.Lion, {"lr": 0.01, "weight_decay": 0.01}),
     ("lion", fastopt.Lion, {"lr": 0.01, "betas": (0.5, 0.9), "weight_decay": 0.1}),
     ("ademamix", fastopt.AdEMAMix, {"lr": 0.01}),
     ("ademamix", fastopt.AdEMAMix, {"lr": 0.01, "alpha": 2.0, "t_alpha_beta3": 5.0}),
@@ -71,6 +71,9 @@ CASES: list[tuple[str, type[fastopt.Optimizer], dict[str, Any]]] = [
     ("radam", fastopt.RAdam, {"lr": 0.01, "betas": (0.8, 0.9), "weight_decay": 0.1}),
     ("radam", fastopt.RAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
     ("radam", fastopt.RAdam, {"lr": 0.01, "betas": (0.9, 0.0), "eps": 1e-6, "maximize": True}),
+    ("rprop", fastopt.Rprop, {"lr": 0.01}),
+    ("rprop", fastopt.Rprop, {"lr": 0.1, "etas": (0.3, 1.5), "step_sizes": (0.05, 0.2)}),
+    ("rprop", fastopt.Rprop, {"lr": 0.01, "step_sizes": (0.0, 1.0), "maximize": True}),
 ]
 
 

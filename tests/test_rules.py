@@ -58,6 +58,12 @@ def test_parallel_and_serial_paths_agree_bitwise(case, monkeypatch):
         np.testing.assert_array_equal(value, s_ser[name], err_msg=name)
 
 
+# Rules whose parameters stay finite under a NaN or infinite gradient, as in torch: Rprop moves
+# each element by sign(g) times its step size (torch.sign of NaN is 0), the gradient itself
+# goes to its ``prev`` state only.
+NONFINITE_GRADIENTS_STOP_AT_THE_STATE = {"rprop"}
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_non_finite_gradients_propagate_like_the_reference(case, dtype):
@@ -70,7 +76,8 @@ def test_non_finite_gradients_propagate_like_the_reference(case, dtype):
     opt = cls(param, **kwargs)
     for grad in grads:
         opt.step(grad)
-    assert not np.all(np.isfinite(param))
+    if rule not in NONFINITE_GRADIENTS_STOP_AT_THE_STATE:
+        assert not np.all(np.isfinite(param))
     assert_close(param, expected)  # NaN where the reference has NaN, equal elsewhere
     for name, value in expected_state.items():
         assert_close(opt.state[0][name], value, err_msg=name)

@@ -36,6 +36,7 @@ RULES = [
     ("Adadelta", {"lr": 1.0, "weight_decay": 0.01}),
     ("RAdam", {"lr": 0.01, "betas": (0.9, 0.9)}),
     ("RAdam", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("Rprop", {"lr": 0.01, "etas": (0.4, 1.3)}),
 ]
 
 
@@ -325,6 +326,7 @@ CHECKPOINT_RULES = [
     ("NAdam", {"lr": 0.01, "momentum_decay": 0.01}),
     ("Adadelta", {"lr": 1.0, "rho": 0.8}),
     ("RAdam", {"lr": 0.01, "betas": (0.9, 0.9)}),
+    ("Rprop", {"lr": 0.01}),
 ]
 
 

@@ -10,7 +10,18 @@ torch = pytest.importorskip("torch")
 
 import fastopt.torch as ft  # noqa: E402
 
-NAMES = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adamax", "NAdam", "Adadelta", "RAdam"]
+NAMES = [
+    "Adam",
+    "AdamW",
+    "SGD",
+    "Adagrad",
+    "RMSprop",
+    "Adamax",
+    "NAdam",
+    "Adadelta",
+    "RAdam",
+    "Rprop",
+]
 SETTINGS = {
     "Adam": {"lr": 0.01, "weight_decay": 0.1},
     "AdamW": {"lr": 0.01},
@@ -21,6 +32,7 @@ SETTINGS = {
     "NAdam": {"lr": 0.01, "weight_decay": 0.1},
     "Adadelta": {"lr": 1.0, "weight_decay": 0.1},
     "RAdam": {"lr": 0.01, "weight_decay": 0.1},
+    "Rprop": {"lr": 0.01},
 }
 
 
@@ -82,7 +94,8 @@ def test_an_optimizer_never_takes_another_ones_memory_for_a_gradient(name):
     p = torch.ones(3, dtype=torch.float64, requires_grad=True)
     getattr(ft, name)([p], lr=0.1)  # made and dropped
     assert p.grad is None
-    getattr(ft, name)([p], lr=0.1, weight_decay=0.5).step()
+    decay = {} if name == "Rprop" else {"weight_decay": 0.5}  # Rprop has no weight decay
+    getattr(ft, name)([p], lr=0.1, **decay).step()
     assert p.grad is None
     assert torch.equal(p.detach(), torch.ones(3, dtype=torch.float64))
 
@@ -241,6 +254,7 @@ IMPLEMENTATION_KEYS = {
     "NAdam": ("foreach", "capturable", "differentiable"),
     "Adadelta": ("foreach", "capturable", "differentiable"),
     "RAdam": ("foreach", "capturable", "differentiable"),
+    "Rprop": ("foreach", "capturable", "differentiable"),
 }
 ACCEPTED = {
     "foreach": (None, False),

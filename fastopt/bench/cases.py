@@ -264,8 +264,12 @@ RULES: dict[str, RuleCase] = {
         ),
         declared_case(fastopt.Adamax, {"lr": 2e-3}),
         declared_case(fastopt.NAdam, {"lr": 2e-3}),
+        declared_case(fastopt.Lion, {"lr": 1e-4}),
+        declared_case(fastopt.AdEMAMix, {"lr": 1e-3}),
+        declared_case(fastopt.Adan, {"lr": 1e-3}),
         declared_case(fastopt.Adadelta, {"lr": 1.0}),
         declared_case(fastopt.RAdam, {"lr": 1e-3}),
+        declared_case(fastopt.Rprop, {"lr": 1e-2}),
         declared_case(
             fastopt.NAdam,
             {"lr": 2e-3, "weight_decay": 1e-2, "decoupled_weight_decay": True},
