@@ -264,8 +264,9 @@ class Rule:
 
     @property
     def snake_name(self) -> str:
-        """``"NAdam"`` -> ``"nadam"``, ``"ScheduleFreeSGD"`` -> ``"schedule_free_sgd"``."""
-        return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", self.name).lower()
+        """``"NAdam"`` -> ``"nadam"``, ``"ScheduleFreeSGD"`` -> ``"schedule_free_sgd"``,
+        ``"AdEMAMix"`` -> ``"ademamix"`` (a capital run inside a word stays in it)."""
+        return re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z]|[A-Z]+$)", "_", self.name).lower()
 
     @property
     def state_names(self) -> tuple[str, ...]:
