@@ -26,6 +26,7 @@ from fastopt.rules.adam import Adam, AdamW, adam_step
 from fastopt.rules.adamax import Adamax, adamax_step
 from fastopt.rules.adan import Adan, adan_step
 from fastopt.rules.ademamix import AdEMAMix, ademamix_step
+from fastopt.rules.asgd import ASGD, asgd_step
 from fastopt.rules.lion import Lion, lion_step
 from fastopt.rules.nadam import NAdam, nadam_step
 from fastopt.rules.radam import RAdam, radam_step
@@ -36,6 +37,7 @@ from fastopt.rules.sgd import SGD, sgd_step
 __version__ = "0.1.0"
 
 __all__ = [
+    "ASGD",
     "SGD",
     "AdEMAMix",
     "Adadelta",
@@ -63,6 +65,7 @@ __all__ = [
     "adamax_step",
     "adan_step",
     "ademamix_step",
+    "asgd_step",
     "global_norm",
     "lion_step",
     "load",

@@ -62,13 +62,32 @@ def row_of(
 
 
 def advance_scalars(
-    rule: Rule, group: Mapping[str, Any], step: int, values: Mapping[str, float], dtype: np.dtype
-) -> dict[str, float]:
-    """The rule's host scalars for update ``step`` from their previous ``values``."""
-    return {
-        scalar.name: float(scalar.advance(group, step, values[scalar.name], dtype))
+    rule: Rule,
+    group: Mapping[str, Any],
+    step: int,
+    values: Mapping[str, float],
+    dtype: np.dtype,
+    fresh_dtype: np.dtype | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The rule's host scalars for update ``step`` from their previous ``values``: those to
+    store, and those the row reads (the previous value of a ``read_before`` scalar).
+
+    ``dtype`` is the state's scalar type, ``fresh_dtype`` (default: the same) the one a
+    ``recomputed`` scalar is made in."""
+    fresh_dtype = dtype if fresh_dtype is None else fresh_dtype
+    stored = {
+        scalar.name: float(
+            scalar.advance(
+                group, step, values[scalar.name], fresh_dtype if scalar.recomputed else dtype
+            )
+        )
         for scalar in rule.scalars
     }
+    seen = {
+        scalar.name: float(values[scalar.name]) if scalar.read_before else stored[scalar.name]
+        for scalar in rule.scalars
+    }
+    return stored, seen
 
 
 _NO_SCALARS: Mapping[str, float] = MappingProxyType({})
@@ -86,17 +105,22 @@ class DeclaredOptimizer(Optimizer):
     #: Hyperparameters a variant fixes (AdamW's ``decoupled_weight_decay=True``).
     _fixed: ClassVar[Mapping[str, Any]] = {}
 
-    def _new_entry(self) -> dict[str, Any]:
+    def _new_entry(self, group: Mapping[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"step": 0}
-        entry.update((scalar.name, float(scalar.initial)) for scalar in self._rule.scalars)
+        entry.update(
+            (scalar.name, scalar.initial_value(group, self._scalar_dtype))
+            for scalar in self._rule.scalars
+        )
         return entry
 
     def _advance(self, entry: dict[str, Any], group: Mapping[str, Any]) -> tuple[float, ...]:
         if not self._rule.scalars:
             return ()
-        values = advance_scalars(self._rule, group, entry["step"], entry, self._scalar_dtype)
-        entry.update(values)
-        return tuple(values.values())
+        stored, seen = advance_scalars(
+            self._rule, group, entry["step"], entry, self._scalar_dtype, self._fresh_scalar_dtype
+        )
+        entry.update(stored)
+        return tuple(seen.values())
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         check_hyperparameters(self._rule, group)
@@ -124,8 +148,10 @@ class DeclaredOptimizer(Optimizer):
             if scalars:
                 named = dict(zip(rule.scalar_names, scalars, strict=True))
             else:  # a parameter fresh at this step (the padding's row)
-                initial = {scalar.name: scalar.initial for scalar in rule.scalars}
-                named = advance_scalars(rule, group, step, initial, self._scalar_dtype)
+                dtype = self._scalar_dtype
+                initial = {s.name: s.initial_value(group, dtype) for s in rule.scalars}
+                fresh = self._fresh_scalar_dtype
+                named = advance_scalars(rule, group, step, initial, dtype, fresh)[1]
         maximize = self._maximize is not None and group[self._maximize]
         fields = rule.row(group, step, created, named)
         return (grad_scale, clip_value, 1.0 if maximize else 0.0, *fields)
@@ -293,8 +319,8 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
                 raise TypeError(f"{scalar.name} must be a real number, got {type(value).__name__}")
             previous[scalar.name] = value
-        scalars = advance_scalars(rule, group, step, previous, np.dtype(np.float32))
-        row = row_of(rule, group, step, rule.counts_steps and step == 1, grad_scale, clip, scalars)
+        scalars, seen = advance_scalars(rule, group, step, previous, np.dtype(np.float32))
+        row = row_of(rule, group, step, rule.counts_steps and step == 1, grad_scale, clip, seen)
         flat = [None if array is None else array.reshape(-1) for array in state_arrays]
         launch(
             kernels.get(),

@@ -157,7 +157,7 @@ class FlatStep:
         created = np.zeros(len(self.entries), dtype=bool)
         for index in todo.tolist():
             number = self.group_of_param[index]
-            entry = optimizer.state.setdefault(index, optimizer._new_entry())
+            entry = optimizer.state.setdefault(index, optimizer._new_entry(groups[number]))
             missing = [name for name in self.group_names[number] if name not in entry]
             for name in missing:
                 view = self._views_of(name)[self.segment_of_param[index]]

@@ -248,15 +248,18 @@ class Optimizer:
     #: The rule's (serial, parallel) CPU drivers, see :mod:`fastopt._launch`.
     _kernels: ClassVar[tuple[Callable[..., None], Callable[..., None]]]
 
-    def _new_entry(self) -> dict[str, Any]:
+    def _new_entry(self, group: Mapping[str, Any]) -> dict[str, Any]:
         """A parameter's state before its first update: its update count (and the rule's
         per-parameter host scalars, if it has any)."""
         return {"step": 0}
 
     #: Names of the rule's per-parameter host scalars (see :class:`fastopt.rule.Scalar`).
     _scalar_names: ClassVar[tuple[str, ...]] = ()
-    #: The type those scalars are computed in: float32, as torch keeps them by default.
+    #: The type those scalars are computed in: float32, as torch keeps them by default (the
+    #: torch adapter: torch's default dtype, then the parameters' after a checkpoint loads).
     _scalar_dtype: np.dtype = np.dtype(np.float32)
+    #: The type a scalar computed afresh each update is made in (torch's default dtype).
+    _fresh_scalar_dtype: np.dtype = np.dtype(np.float32)
 
     def _advance(self, entry: dict[str, Any], group: Mapping[str, Any]) -> tuple[float, ...]:
         """Move a parameter's host scalars to update ``entry["step"]`` (just counted) and
@@ -469,7 +472,7 @@ class Optimizer:
     def _prepare_state(self, index: int, param: np.ndarray, group: Mapping[str, Any]) -> bool:
         state = self.state.get(index)
         if state is None:
-            state = self.state[index] = self._new_entry()
+            state = self.state[index] = self._new_entry(group)
         missing = [name for name in self._state_names(group) if name not in state]
         for name in missing:
             state[name] = self._arrays.full_like(param, self._initial_value(name, group))
@@ -840,7 +843,7 @@ class Optimizer:
         missing = (set(self._state_names(group)) | set(self._scalar_names)) - set(checked)
         if missing and checked.get("step", 0) > 0:
             raise ValueError(f"state_dict state[{index}] lacks {sorted(missing)}")
-        for key, value in self._new_entry().items():
+        for key, value in self._new_entry(group).items():
             checked.setdefault(key, value)
         return checked
 

@@ -20,6 +20,7 @@ __all__ = [
     "adamax_step",
     "adan_step",
     "ademamix_step",
+    "asgd_step",
     "clip_gradients",
     "lion_step",
     "nadam_step",
@@ -397,6 +398,37 @@ def rprop_step(
     sign = (g > 0).astype(param.dtype) - (g < 0).astype(param.dtype)  # torch.sign(NaN) is 0
     param -= sign * step_size
     prev[...] = g
+
+
+def asgd_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    ax: np.ndarray,
+    *,
+    lr: float = 1e-2,
+    lambd: float = 1e-4,
+    alpha: float = 0.75,
+    t0: float = 1e6,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    eta: float,
+    mu: float,
+    step: int,
+) -> dict[str, float]:
+    """ASGD (see ``fastopt.asgd_step``): the update uses the ``eta`` and ``mu`` the previous
+    one stored, and returns the new ones (kept in float32)."""
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    param *= 1 - lambd * eta
+    param -= eta * g
+    if mu != 1:
+        ax += (param - ax) * mu
+    else:
+        ax[...] = param
+    new_eta = float(np.float32(lr / ((1 + lambd * lr * step) ** alpha)))
+    new_mu = float(np.float32(1 / max(1, step - t0)))
+    return {"eta": new_eta, "mu": new_mu}
 
 
 def clip_gradients(

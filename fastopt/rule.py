@@ -163,17 +163,34 @@ class Scalar:
     ----------
     name : str
         Its key in ``optimizer.state[i]``.
-    initial : float
-        Its value before the first update.
+    initial : float or callable
+        Its value before the first update, or ``initial(group)`` (ASGD's ``eta`` starts at the
+        lr); rounded to the scalar type.
     advance : callable
         ``advance(group, step, value, dtype) -> value``: its value for update number ``step``
         from the previous one, computed in the scalar type ``dtype`` (NumPy's float32 as torch's
         default, float64 under ``torch.set_default_dtype(torch.float64)`` in the adapter).
+    read_before : bool
+        Whether the row of update ``step`` reads the value from before that update's advance
+        (ASGD's update uses the ``eta`` and ``mu`` the previous one stored) rather than after
+        (NAdam's ``mu_product`` includes this update's factor).
+    recomputed : bool
+        Whether each update computes it afresh from the group and the step (torch's
+        ``torch.as_tensor(...)``: in torch's default dtype, even after a loaded checkpoint cast
+        the state to the parameters' dtype) rather than from its value in place (NAdam's
+        ``mu_product *= mu``, in the state's dtype).
     """
 
     name: str
-    initial: float
+    initial: float | Callable[[Mapping[str, Any]], float]
     advance: Callable[[Mapping[str, Any], int, Any, Any], Any]
+    read_before: bool = False
+    recomputed: bool = False
+
+    def initial_value(self, group: Mapping[str, Any], dtype: Any) -> float:
+        """The value before the first update for a parameter of ``group``, in ``dtype``."""
+        value = self.initial(group) if callable(self.initial) else self.initial
+        return float(dtype.type(value))
 
 
 @dataclass(frozen=True)

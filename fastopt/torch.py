@@ -93,6 +93,7 @@ from fastopt.gradients import (
 )
 
 __all__ = [
+    "ASGD",
     "SGD",
     "AdEMAMix",
     "Adadelta",
@@ -305,7 +306,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
             groups.append({"params": list(flat.params[start:end]), **settings})
             start = end
         inner = self._rule(groups, **self._gradient_options)
-        inner._scalar_dtype = _scalar_dtype()  # host scalars in torch's default dtype
+        # Host scalars in torch's default dtype (the state's dtype changes when a checkpoint
+        # loads; what is made afresh each update stays in the default one).
+        inner._scalar_dtype = inner._fresh_scalar_dtype = _scalar_dtype()
         if self._inner is not None:
             saved = self._inner.state_dict()
             moved = inner.state_dict()
@@ -700,3 +703,4 @@ Rprop = _declared_adapter(fastopt.Rprop)
 Lion = _declared_adapter(fastopt.Lion)
 AdEMAMix = _declared_adapter(fastopt.AdEMAMix)
 Adan = _declared_adapter(fastopt.Adan)
+ASGD = _declared_adapter(fastopt.ASGD)

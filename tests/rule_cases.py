@@ -74,6 +74,9 @@ CASES: list[tuple[str, type[fastopt.Optimizer], dict[str, Any]]] = [
     ("rprop", fastopt.Rprop, {"lr": 0.01}),
     ("rprop", fastopt.Rprop, {"lr": 0.1, "etas": (0.3, 1.5), "step_sizes": (0.05, 0.2)}),
     ("rprop", fastopt.Rprop, {"lr": 0.01, "step_sizes": (0.0, 1.0), "maximize": True}),
+    ("asgd", fastopt.ASGD, {"lr": 0.05}),
+    ("asgd", fastopt.ASGD, {"lr": 0.05, "t0": 2.0, "lambd": 0.01, "alpha": 0.5}),
+    ("asgd", fastopt.ASGD, {"lr": 0.05, "t0": 1.0, "weight_decay": 0.1, "maximize": True}),
 ]
 
 
@@ -124,7 +127,7 @@ def _declared_reference(rule, hp, param, grad, state, scalars, step) -> None:
         if declared.present(hp) and declared.name not in state:
             state[declared.name] = np.full_like(param, declared.initial(hp))
     for declared in rule.scalars:
-        scalars.setdefault(declared.name, declared.initial)
+        scalars.setdefault(declared.name, declared.initial_value(hp, np.dtype(np.float32)))
     arrays = [state.get(declared.name) for declared in rule.state]
     options = {h.name: hp[h.name] for h in rule.hyperparameters}
     if rule.counts_steps:

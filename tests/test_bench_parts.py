@@ -139,6 +139,7 @@ CASES = {
     "adadelta": (("square_avg", "acc_delta"), {"lr": 1.0}),
     "radam": (("exp_avg", "exp_avg_sq"), {"lr": 1e-3}),
     "rprop": (("prev", "step_size"), {"lr": 1e-2}),
+    "asgd": (("ax",), {"lr": 1e-2}),
 }
 
 

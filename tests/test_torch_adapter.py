@@ -37,6 +37,7 @@ RULES = [
     ("RAdam", {"lr": 0.01, "betas": (0.9, 0.9)}),
     ("RAdam", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
     ("Rprop", {"lr": 0.01, "etas": (0.4, 1.3)}),
+    ("ASGD", {"lr": 0.01, "t0": 10.0}),
 ]
 
 
@@ -327,6 +328,7 @@ CHECKPOINT_RULES = [
     ("Adadelta", {"lr": 1.0, "rho": 0.8}),
     ("RAdam", {"lr": 0.01, "betas": (0.9, 0.9)}),
     ("Rprop", {"lr": 0.01}),
+    ("ASGD", {"lr": 0.01, "t0": 2.0, "lambd": 0.01}),
 ]
 
 
@@ -352,6 +354,9 @@ def test_checkpoints_load_across_torch_and_fastopt(rule, direction):
         for target, source in zip(second_model.parameters(), first_model.parameters(), strict=True):
             target.copy_(source)
     second.load_state_dict(checkpoint)
+    # The first loads its own checkpoint too: a load casts host scalars (NAdam's mu_product,
+    # ASGD's eta and mu) to the parameters' dtype, so both sides go on alike, as torch would.
+    first.load_state_dict(saved_and_loaded(first.state_dict()))
     expected = train(first_model, first, 5, torch.float64)
     losses = train(second_model, second, 5, torch.float64)
     np.testing.assert_allclose(losses, expected, rtol=1e-10, atol=0)
@@ -363,11 +368,10 @@ def test_checkpoints_load_across_torch_and_fastopt(rule, direction):
         for key, value in entry.items():
             ours_value = our_dict["state"][index][key]
             if key != "step" and value.ndim == 0:
-                # A host scalar (NAdam's mu_product): torch keeps it in its default dtype and
-                # casts a loaded one to the parameters' dtype; each side does as torch would.
-                for side, tensor in ((ours, ours_value), (reference, value)):
-                    loaded = side is second
-                    assert tensor.dtype == (torch.float64 if loaded else torch.float32), key
+                # A host scalar (NAdam's mu_product, ASGD's eta): torch keeps it in its
+                # default dtype and casts a loaded one to the parameters' dtype; both loaded.
+                for tensor in (ours_value, value):
+                    assert tensor.dtype == torch.float64, key
                 torch.testing.assert_close(ours_value.double(), value.double(), rtol=1e-6, atol=0)
                 continue
             assert ours_value.dtype == value.dtype, key

@@ -21,6 +21,7 @@ NAMES = [
     "Adadelta",
     "RAdam",
     "Rprop",
+    "ASGD",
 ]
 SETTINGS = {
     "Adam": {"lr": 0.01, "weight_decay": 0.1},
@@ -33,6 +34,7 @@ SETTINGS = {
     "Adadelta": {"lr": 1.0, "weight_decay": 0.1},
     "RAdam": {"lr": 0.01, "weight_decay": 0.1},
     "Rprop": {"lr": 0.01},
+    "ASGD": {"lr": 0.01, "weight_decay": 0.1, "t0": 2.0},
 }
 
 
@@ -255,6 +257,7 @@ IMPLEMENTATION_KEYS = {
     "Adadelta": ("foreach", "capturable", "differentiable"),
     "RAdam": ("foreach", "capturable", "differentiable"),
     "Rprop": ("foreach", "capturable", "differentiable"),
+    "ASGD": ("foreach", "differentiable", "capturable"),
 }
 ACCEPTED = {
     "foreach": (None, False),

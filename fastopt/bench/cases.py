@@ -122,7 +122,10 @@ class _DeclaredReference:
         self._function = getattr(reference, self._name)
         self._present = tuple(state.present(group) for state in rule.state)
         self._hyperparameters = {h.name: group[h.name] for h in rule.hyperparameters}
-        self._initial = {scalar.name: float(scalar.initial) for scalar in rule.scalars}
+        self._initial = {
+            scalar.name: scalar.initial_value(group, np.dtype(np.float32))
+            for scalar in rule.scalars
+        }
         # A rule whose row ignores the update count (RMSprop) has a reference without step=.
         self._counts_steps = getattr(rule, "counts_steps", True)
         # The host scalars each remembered update starts from, by update number.
@@ -270,6 +273,7 @@ RULES: dict[str, RuleCase] = {
         declared_case(fastopt.Adadelta, {"lr": 1.0}),
         declared_case(fastopt.RAdam, {"lr": 1e-3}),
         declared_case(fastopt.Rprop, {"lr": 1e-2}),
+        declared_case(fastopt.ASGD, {"lr": 1e-2}),
         declared_case(
             fastopt.NAdam,
             {"lr": 2e-3, "weight_decay": 1e-2, "decoupled_weight_decay": True},
