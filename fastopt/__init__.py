@@ -1,13 +1,15 @@
 """fastopt: fused, in-place, compiled optimizer updates for large flat arrays.
 
 Each rule is a class with torch.optim's names, defaults and formulas (``SGD``, ``Adagrad``,
-``RMSprop``, ``Adam``, ``AdamW``, ``Adamax``, ``NAdam``) and a functional step (``adam_step``
-and so on) for code that manages its own state. The updates are numba kernels: one
-multithreaded, vectorized, in-place pass over parameter, gradient and state.
+``RMSprop``, ``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``Adadelta``, ``Rprop``,
+``ASGD``; ``Lion``, ``AdEMAMix`` and ``Adan`` as their reference packages compute them) and a
+functional step (``adam_step`` and so on) for code that manages its own state. Every rule is
+declared once (:mod:`fastopt.rule`) and its kernels, class and step are derived. The updates are
+numba kernels: one multithreaded, vectorized, in-place pass over parameter, gradient and state.
 ``fastopt.reference`` holds the plain NumPy implementation of every rule. ``FlatParams`` packs
-many arrays into one buffer so that one launch updates all of them (every parameter group
-with its own settings); ``fastopt.torch`` (imported on its own, torch optional) steps PyTorch
-models with the same kernels.
+many arrays into one buffer so that one launch updates all of them (every parameter group with
+its own settings); ``fastopt.torch`` (imported on its own, torch optional) steps PyTorch models
+with the same kernels.
 
 Around the step: non-finite gradient policies, loss unscaling and gradient clipping fused into
 one read pass plus the update (:mod:`fastopt.gradients`), dynamic loss scaling

@@ -1,12 +1,13 @@
 """PyTorch adapter: ``torch.optim`` optimizers whose step is one fastopt launch.
 
-``fastopt.torch.Adam(model.parameters(), lr=1e-3)`` (and ``AdamW``, ``SGD``, ``Adagrad``,
-``RMSprop``, ``Adamax``, ``NAdam``) is a :class:`torch.optim.Optimizer` with torch's signature,
-parameter groups, ``zero_grad``, ``state_dict`` format, hooks and learning-rate scheduler
-support. On
-construction it copies the parameters into one :class:`~fastopt.FlatParams` and rebinds each
-``p.data`` to its view (zero copy, through :func:`torch.from_numpy`). ``step()`` is then one
-fused kernel launch over every parameter and group instead of one per tensor.
+``fastopt.torch.Adam(model.parameters(), lr=1e-3)`` (and every other rule of :mod:`fastopt`:
+``AdamW``, ``SGD``, ``Adagrad``, ``RMSprop``, ``Adamax``, ``NAdam``, ``RAdam``, ``Adadelta``,
+``Rprop``, ``ASGD``, ``Lion``, ``AdEMAMix``, ``Adan``) is a :class:`torch.optim.Optimizer` with
+torch's signature (the NumPy class's for rules torch lacks), parameter groups, ``zero_grad``,
+``state_dict`` format, hooks and learning-rate scheduler support. On construction it copies the
+parameters into one :class:`~fastopt.FlatParams` and rebinds each ``p.data`` to its view (zero
+copy, through :func:`torch.from_numpy`). ``step()`` is then one fused kernel launch over every
+parameter and group instead of one per tensor.
 
 Notes
 -----
