@@ -318,8 +318,8 @@ def test_stream_step_parallel_path_matches(monkeypatch):
 
 def test_stream_step_rejects_too_many_arrays():
     a = np.zeros(4)
-    with pytest.raises(ValueError, match="at most 3"):
-        stream_step(a, a.copy(), *(a.copy() for _ in range(4)))
+    with pytest.raises(ValueError, match=f"at most {MAX_STATE}"):
+        stream_step(a, a.copy(), *(a.copy() for _ in range(MAX_STATE + 1)))
 
 
 def test_time_call_warms_up_and_reports_per_call_times():
@@ -779,3 +779,7 @@ def test_interleaved_timing_samples_every_implementation_in_turn():
     assert {name: t.samples for name, t in timings.items()} == {"a": 4, "b": 4}
     # Warm-up and calibration of each, then one batch of a and one of b per round.
     assert order[4:] == ["a", "b"] * 4
+
+
+def test_the_ceiling_streams_as_many_state_arrays_as_any_rule_has():
+    assert max(case.n_state for case in RULES.values()) <= MAX_STATE

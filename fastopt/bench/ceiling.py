@@ -21,13 +21,13 @@ from fastopt.rule import Hyperparameter, Rule, State, build
 
 __all__ = ["MAX_STATE", "STREAM", "STREAM_KERNELS", "STREAM_ROWS", "stream_step"]
 
-#: Most state arrays a rule reads and writes (AMSGrad, centered RMSprop with momentum: 3).
-MAX_STATE = 3
+#: Most state arrays a rule reads and writes (Adan: 4; AMSGrad, AdEMAMix: 3).
+MAX_STATE = 4
 
-_NAMES = ("first", "second", "third")
+_NAMES = ("first", "second", "third", "fourth")
 
 
-def stream_update(p, g, first, second, third, h):
+def stream_update(p, g, first, second, third, fourth, h):
     """Read every value, add the gradient, write back all but the gradient."""
     if first is not None:
         first = first + g
@@ -35,7 +35,9 @@ def stream_update(p, g, first, second, third, h):
         second = second + g
     if third is not None:
         third = third + g
-    return p + g, first, second, third
+    if fourth is not None:
+        fourth = fourth + g
+    return p + g, first, second, third, fourth
 
 
 def _present(name: str):

@@ -19,7 +19,7 @@ import numpy as np
 from fastopt import __version__
 from fastopt._jit import PARALLEL_THRESHOLD
 from fastopt._launch import single_segment
-from fastopt.bench.ceiling import STREAM_KERNELS, STREAM_ROWS, stream_step
+from fastopt.bench.ceiling import MAX_STATE, STREAM_KERNELS, STREAM_ROWS, stream_step
 from fastopt.bench.runner import TimingPolicy, time_call
 
 __all__ = ["cuda_status", "machine_info", "measure_bandwidth", "simd_flags"]
@@ -108,9 +108,7 @@ def threading_layer() -> str:
         STREAM_ROWS[0],
         a,
         a.copy(),
-        None,
-        None,
-        None,
+        *(None,) * MAX_STATE,
     )
     return numba.threading_layer()
 
