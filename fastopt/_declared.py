@@ -16,7 +16,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fastopt._checks import check_disjoint, check_grad, check_param, check_state, check_step
+from fastopt._checks import (
+    check_disjoint,
+    check_grad,
+    check_param,
+    check_real,
+    check_state,
+    check_step,
+)
 from fastopt._codegen import LazyKernels
 from fastopt._launch import RuleKernels, launch, single_segment
 from fastopt.gradients import kernel_gradient_terms
@@ -38,6 +45,9 @@ __all__ = [
 PREAMBLE_WIDTH = 3
 
 
+_NO_SCALARS: Mapping[str, float] = MappingProxyType({})
+
+
 def check_hyperparameters(rule: Rule, group: Mapping[str, Any]) -> None:
     """Each hyperparameter's own check, then the rule's checks across them."""
     for hyperparameter in rule.hyperparameters:
@@ -56,9 +66,9 @@ def row_of(
     scalars: Mapping[str, float] | None = None,
 ) -> tuple[float, ...]:
     """The kernel's float64 row: the gradient preamble, then the rule's fields."""
-    maximize = bool(group[rule.maximize]) if rule.maximize is not None else False
-    fields = rule.row(group, step, created, scalars or {})
-    return (grad_scale, clip_value, float(maximize), *fields)
+    maximize = rule.maximize is not None and group[rule.maximize]
+    fields = rule.row(group, step, created, _NO_SCALARS if scalars is None else scalars)
+    return (grad_scale, clip_value, 1.0 if maximize else 0.0, *fields)
 
 
 def advance_scalars(
@@ -90,16 +100,12 @@ def advance_scalars(
     return stored, seen
 
 
-_NO_SCALARS: Mapping[str, float] = MappingProxyType({})
-
-
 class DeclaredOptimizer(Optimizer):
     """An :class:`~fastopt.Optimizer` whose rule interface is read from a declaration."""
 
     _rule: ClassVar[Rule]
     _kernels: ClassVar[RuleKernels]
     #: Read from the declaration once (the step reads them on every call).
-    _maximize: ClassVar[str | None]
     _required_states: ClassVar[tuple[str, ...]]
     _optional_states: ClassVar[tuple[tuple[str, Callable[[Mapping[str, Any]], bool]], ...]]
     #: Hyperparameters a variant fixes (AdamW's ``decoupled_weight_decay=True``).
@@ -141,7 +147,6 @@ class DeclaredOptimizer(Optimizer):
         return float(state.initial(group))
 
     def _row(self, group, step, created, grad_scale, clip_value, scalars=()) -> tuple[float, ...]:
-        # Called on every step: row_of's work, without its generality.
         rule = self._rule
         named = _NO_SCALARS
         if rule.scalars:
@@ -152,9 +157,7 @@ class DeclaredOptimizer(Optimizer):
                 initial = {s.name: s.initial_value(group, dtype) for s in rule.scalars}
                 fresh = self._fresh_scalar_dtype
                 named = advance_scalars(rule, group, step, initial, dtype, fresh)[1]
-        maximize = self._maximize is not None and group[self._maximize]
-        fields = rule.row(group, step, created, named)
-        return (grad_scale, clip_value, 1.0 if maximize else 0.0, *fields)
+        return row_of(rule, group, step, created, grad_scale, clip_value, named)
 
     def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:
         return tuple(
@@ -236,7 +239,6 @@ def optimizer_class(
         "_fixed": fixed,
         "_hyper_width": PREAMBLE_WIDTH + len(rule.fields),
         "_scalar_names": rule.scalar_names,
-        "_maximize": rule.maximize,
         "_required_states": tuple(state.name for state in rule.state if not state.optional),
         "_optional_states": tuple(
             (state.name, state.present) for state in rule.state if state.optional
@@ -313,12 +315,9 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
         check_disjoint(arrays)
         step = check_step(arguments["step"]) if rule.counts_steps else 1
         grad_scale, clip = kernel_gradient_terms(arguments["loss_scale"], arguments["clip_value"])
-        previous = {}
-        for scalar in rule.scalars:
-            value = arguments[scalar.name]
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-                raise TypeError(f"{scalar.name} must be a real number, got {type(value).__name__}")
-            previous[scalar.name] = value
+        previous = {
+            scalar.name: check_real(scalar.name, arguments[scalar.name]) for scalar in rule.scalars
+        }
         scalars, seen = advance_scalars(rule, group, step, previous, np.dtype(np.float32))
         row = row_of(rule, group, step, rule.counts_steps and step == 1, grad_scale, clip, seen)
         flat = [None if array is None else array.reshape(-1) for array in state_arrays]

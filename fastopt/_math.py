@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastopt._jit import elementwise
 
-__all__ = ["lerp", "maximum"]
+__all__ = ["lerp", "maximum", "weight_decayed"]
 
 
 @elementwise
@@ -19,6 +19,19 @@ def lerp(start, end, weight):
         return start + weight * (end - start)
     # type(weight)(1.0): a 1 of the weight's type (an integer 1 would promote float32).
     return end - (end - start) * (type(weight)(1.0) - weight)
+
+
+@elementwise
+def weight_decayed(p, g, h):
+    """torch's weight decay of the Adam family, from the row's ``weight_decay``, ``decoupled``
+    and ``decay_factor`` (``1 - lr * weight_decay``): the parameter and the gradient after it,
+    ``p * decay_factor`` (decoupled, AdamW) or ``g + weight_decay * p`` (L2)."""
+    if h.weight_decay != 0:
+        if h.decoupled:
+            p = p * h.decay_factor
+        else:
+            g = g + h.weight_decay * p
+    return p, g
 
 
 @elementwise

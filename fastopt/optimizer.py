@@ -647,21 +647,13 @@ class Optimizer:
         created, (hyper, bounds, flat, state_arrays) = self._launch_plan(index, param, group)
         state = self.state[index]
         state["step"] += 1
-        if self._scalar_names:
-            scalars = self._advance(state, group)
-            key = (state["step"], created, scalars)
-            row = rows.get(key)
-            if row is None:
-                row = rows[key] = self._row(
-                    group, state["step"], created, outcome.grad_scale, outcome.clip_value, scalars
-                )
-        else:
-            key = (state["step"], created)
-            row = rows.get(key)
-            if row is None:
-                row = rows[key] = self._row(
-                    group, key[0], created, outcome.grad_scale, outcome.clip_value
-                )
+        scalars = self._advance(state, group) if self._scalar_names else ()
+        key = (state["step"], created, scalars)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = self._row(
+                group, key[0], created, outcome.grad_scale, outcome.clip_value, scalars
+            )
         # struct writes the float64 row straight into the (C-contiguous, native-endian)
         # buffer: about half the cost of NumPy converting a tuple, on every step.
         self._row_layout.pack_into(hyper, 0, *row)

@@ -45,6 +45,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from fastopt._checks import check_betas, check_bool, check_nonnegative
+
 if TYPE_CHECKING:
     from fastopt._codegen import LazyKernels
     from fastopt._launch import RuleKernels
@@ -103,22 +105,16 @@ class Hyperparameter:
 
 def real(name: str, default: float, *, scheduled: bool = False) -> Hyperparameter:
     """A hyperparameter that is a finite real number ``>= 0`` (a weight decay, an eps)."""
-    from fastopt._checks import check_nonnegative
-
     return Hyperparameter(name, default, check_nonnegative, scheduled=scheduled)
 
 
 def flag(name: str, default: bool = False, *, keyword_only: bool = False) -> Hyperparameter:
     """A hyperparameter that is a ``bool`` (``amsgrad``, ``maximize``, ...)."""
-    from fastopt._checks import check_bool
-
     return Hyperparameter(name, default, check_bool, keyword_only=keyword_only, annotation="bool")
 
 
 def betas(default: tuple[float, ...]) -> Hyperparameter:
     """``betas``: a tuple of decay rates in ``[0, 1)``, each of which a schedule may drive."""
-    from fastopt._checks import check_betas
-
     count = len(default)
     return Hyperparameter(
         "betas",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from fastopt._math import weight_decayed
 from fastopt.rule import Rule, State, betas, build, flag, real, variant
 
 __all__ = ["RULE", "Adam", "AdamW", "adam_step"]
@@ -14,11 +15,7 @@ __all__ = ["RULE", "Adam", "AdamW", "adam_step"]
 
 def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, h):
     """One element of an Adam step, on values."""
-    if h.weight_decay != 0:
-        if h.decoupled:
-            p = p * h.decay_factor
-        else:
-            g = g + h.weight_decay * p
+    p, g = weight_decayed(p, g, h)
     m = exp_avg + h.one_minus_beta1 * (g - exp_avg)
     v = h.beta2 * exp_avg_sq + h.one_minus_beta2 * g * g
     v_max = max_exp_avg_sq

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastopt._checks import check_nonnegative
-from fastopt._math import lerp
+from fastopt._math import lerp, weight_decayed
 from fastopt.rule import Hyperparameter, Rule, State, betas, build, flag, real
 
 __all__ = ["RULE", "AdEMAMix", "ademamix_step"]
@@ -19,11 +19,7 @@ __all__ = ["RULE", "AdEMAMix", "ademamix_step"]
 
 def ademamix_update(p, g, exp_avg, exp_avg_sq, exp_avg_slow, h):
     """One element of an AdEMAMix step, on values (the reference's order of operations)."""
-    if h.weight_decay != 0:
-        if h.decoupled:
-            p = p * h.decay_factor
-        else:
-            g = g + h.weight_decay * p
+    p, g = weight_decayed(p, g, h)
     m = lerp(exp_avg, g, h.one_minus_beta1)
     v = exp_avg_sq * h.beta2 + h.one_minus_beta2 * g * g
     s = lerp(exp_avg_slow, g, h.one_minus_beta3)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from fastopt._math import lerp
+from fastopt._math import lerp, weight_decayed
 from fastopt.rule import Rule, Scalar, State, betas, build, flag, real
 
 __all__ = ["RULE", "NAdam", "nadam_step"]
@@ -15,11 +15,7 @@ __all__ = ["RULE", "NAdam", "nadam_step"]
 
 def nadam_update(p, g, exp_avg, exp_avg_sq, h):
     """One element of an NAdam step, on values (torch's order of operations)."""
-    if h.weight_decay != 0:
-        if h.decoupled:
-            p = p * h.decay_factor
-        else:
-            g = g + h.weight_decay * p
+    p, g = weight_decayed(p, g, h)
     m = lerp(exp_avg, g, h.one_minus_beta1)
     v = exp_avg_sq * h.beta2 + h.one_minus_beta2 * g * g
     denom = math.sqrt(v / h.bias_correction2) + h.eps
