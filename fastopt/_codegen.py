@@ -315,11 +315,15 @@ class LazyKernels:
     nothing for the rules a program does not run). As a class attribute it is a descriptor
     that gives the :class:`~fastopt._launch.RuleKernels` themselves."""
 
-    __slots__ = ("_kernels", "rule")
+    __slots__ = ("_kernels", "_name", "rule")
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
         self._kernels: RuleKernels | None = None
+        self._name: str | None = None
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
 
     def get(self) -> RuleKernels:
         """The kernels (generated, written and imported the first time)."""
@@ -329,7 +333,11 @@ class LazyKernels:
         return kernels
 
     def __get__(self, instance: object, owner: type | None = None) -> RuleKernels:
-        return self.get()
+        kernels = self.get()
+        if owner is not None and self._name is not None and vars(owner).get(self._name) is self:
+            # From now on a plain class attribute: a step reads it without this call.
+            setattr(owner, self._name, kernels)
+        return kernels
 
 
 def kernels_of(rule: Rule) -> RuleKernels:

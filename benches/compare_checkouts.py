@@ -1,0 +1,132 @@
+"""Adam's step in two checkouts of fastopt, side by side: ``old`` and ``new``.
+
+Each checkout runs in its own long-lived process (``PYTHONPATH`` set to it), with the
+same-bytes stream and torch's fused Adam in processes of their own; every size is timed in
+turn, round after round, and the medians of the per-round ratios are printed. All processes
+wait passively (``OMP_WAIT_POLICY=PASSIVE``): a spinning OpenMP pool in one would steal the
+cores of the next. Run from anywhere::
+
+    python benches/compare_checkouts.py OLD_CHECKOUT NEW_CHECKOUT --rounds 9 --sizes 2^12 2^26
+    python benches/compare_checkouts.py OLD NEW --case flat200 --sizes 2^20
+
+``flat200``: Adam over 200 float32 arrays (sizes spread log-uniformly) in one FlatParams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+WORKER = r"""
+import json, sys, time
+import numpy as np
+kind, case = sys.argv[1], sys.argv[2]
+if kind == "torch":
+    import torch
+else:
+    import fastopt
+    from fastopt.bench.ceiling import stream_step
+
+def sizes(n):
+    weights = 10.0 ** np.random.default_rng(0).uniform(0, 3, 200)
+    return [int(k) for k in np.maximum(1, np.floor(weights / weights.sum() * n))]
+
+def setup(n):
+    rng = np.random.default_rng(0)
+    if kind == "torch":
+        shapes = sizes(n) if case == "flat200" else [n]
+        params = [torch.nn.Parameter(torch.randn(k)) for k in shapes]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        return torch.optim.Adam(params, lr=1e-3, fused=True).step
+    if case == "flat200":
+        flat = fastopt.FlatParams([(k,) for k in sizes(n)], np.float32)
+        flat.grad_buffer[...] = rng.standard_normal(flat.grad_buffer.size).astype(np.float32)
+        return fastopt.Adam(flat, lr=1e-3).step
+    w = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    if kind == "stream":
+        m, v = np.zeros_like(w), np.zeros_like(w)
+        return lambda: stream_step(w, g, m, v)
+    opt = fastopt.Adam(w, lr=1e-3)
+    return lambda: opt.step(g)
+
+steps = {}
+for line in sys.stdin:
+    n, reps = json.loads(line)
+    if n not in steps:
+        steps[n] = setup(n)
+        for _ in range(3):
+            steps[n]()
+    step = steps[n]
+    start = time.perf_counter()
+    for _ in range(reps):
+        step()
+    print(json.dumps((time.perf_counter() - start) / reps), flush=True)
+"""
+
+
+def parse_size(text: str) -> int:
+    base, _, power = text.partition("^")
+    return int(base) ** int(power) if power else int(base)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("--case", choices=["adam", "flat200"], default="adam")
+    parser.add_argument("--sizes", nargs="+", default=["2^12", "2^16", "2^20", "2^24", "2^26"])
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+    kinds = {
+        "old": ("fastopt", args.old),
+        "new": ("fastopt", args.new),
+        "torch": ("torch", args.new),
+    }
+    if args.case == "adam":
+        kinds["stream"] = ("stream", args.new)
+    workers = {}
+    for name, (kind, path) in kinds.items():
+        env = {**os.environ, "PYTHONPATH": path, "OMP_WAIT_POLICY": "PASSIVE"}
+        workers[name] = subprocess.Popen(
+            [sys.executable, "-c", WORKER, kind, args.case],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd="/",
+        )
+
+    def timed(name: str, n: int, reps: int) -> float:
+        worker = workers[name]
+        worker.stdin.write(json.dumps([n, reps]) + "\n")
+        worker.stdin.flush()
+        return json.loads(worker.stdout.readline())
+
+    for n in map(parse_size, args.sizes):
+        reps = max(3, int(2e8 // (n * 28)))
+        times = {name: [] for name in workers}
+        for _ in range(args.rounds):
+            for name in workers:
+                times[name].append(timed(name, n, reps))
+
+        def ratio(a: str, b: str, times: dict[str, list[float]] = times) -> float:
+            return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+        line = ", ".join(f"{k} {statistics.median(v) * 1e6:.1f} µs" for k, v in times.items())
+        line += f"; new/old {ratio('new', 'old'):.3f}; torch/new {ratio('torch', 'new'):.2f}"
+        if "stream" in times:
+            line += f"; new at {ratio('stream', 'new'):.0%} of the stream"
+        print(f"{args.case} n={n}: {line}", flush=True)
+    for worker in workers.values():
+        worker.stdin.close()
+        worker.wait()
+
+
+if __name__ == "__main__":
+    main()
