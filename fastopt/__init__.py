@@ -2,10 +2,12 @@
 
 Each rule is a class with torch.optim's names, defaults and formulas (``SGD``, ``Adagrad``,
 ``RMSprop``, ``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``Adadelta``, ``Rprop``,
-``ASGD``; ``Lion``, ``AdEMAMix`` and ``Adan`` as their reference packages compute them) and a
-functional step (``adam_step`` and so on) for code that manages its own state. Every rule is
-declared once (:mod:`fastopt.rule`) and its kernels, class and step are derived. The updates are
-numba kernels: one multithreaded, vectorized, in-place pass over parameter, gradient and state.
+``ASGD``; ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``, ``ScheduleFreeSGD`` and
+``ScheduleFreeAdamW`` as their reference packages compute them) and a functional step
+(``adam_step`` and so on) for code that manages its own state. Every rule is declared once
+(:mod:`fastopt.rule`) and its kernels, class and step are derived. The updates are numba
+kernels: one multithreaded, vectorized, in-place pass over parameter, gradient and state (two
+for the rules with per-tensor trust ratios).
 ``fastopt.reference`` holds the plain NumPy implementation of every rule. ``FlatParams`` packs
 many arrays into one buffer so that one launch updates all of them (every parameter group with
 its own settings); ``fastopt.torch`` (imported on its own, torch optional) steps PyTorch models
@@ -29,17 +31,22 @@ from fastopt.rules.adamax import Adamax, adamax_step
 from fastopt.rules.adan import Adan, adan_step
 from fastopt.rules.ademamix import AdEMAMix, ademamix_step
 from fastopt.rules.asgd import ASGD, asgd_step
+from fastopt.rules.lamb import Lamb, lamb_step
+from fastopt.rules.lars import LARS, lars_step
 from fastopt.rules.lion import Lion, lion_step
 from fastopt.rules.nadam import NAdam, nadam_step
 from fastopt.rules.radam import RAdam, radam_step
 from fastopt.rules.rmsprop import RMSprop, rmsprop_step
 from fastopt.rules.rprop import Rprop, rprop_step
+from fastopt.rules.schedule_free_adamw import ScheduleFreeAdamW, schedule_free_adamw_step
+from fastopt.rules.schedule_free_sgd import ScheduleFreeSGD, schedule_free_sgd_step
 from fastopt.rules.sgd import SGD, sgd_step
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ASGD",
+    "LARS",
     "SGD",
     "AdEMAMix",
     "Adadelta",
@@ -51,6 +58,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "FlatParams",
+    "Lamb",
     "Lion",
     "LossScaler",
     "NAdam",
@@ -59,6 +67,8 @@ __all__ = [
     "RAdam",
     "RMSprop",
     "Rprop",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "StepStats",
     "__version__",
     "adadelta_step",
@@ -69,6 +79,8 @@ __all__ = [
     "ademamix_step",
     "asgd_step",
     "global_norm",
+    "lamb_step",
+    "lars_step",
     "lion_step",
     "load",
     "nadam_step",
@@ -76,5 +88,7 @@ __all__ = [
     "rmsprop_step",
     "rprop_step",
     "save",
+    "schedule_free_adamw_step",
+    "schedule_free_sgd_step",
     "sgd_step",
 ]

@@ -30,6 +30,8 @@ class ArrayBackend(Protocol):
 
     def full_like(self, array: Any, value: float) -> Any: ...
 
+    def copy(self, array: Any) -> Any: ...
+
     def flat(self, array: Any) -> Any: ...
 
     def to_host(self, array: Any) -> np.ndarray: ...
@@ -77,6 +79,9 @@ class HostArrays:
 
     def full_like(self, array: np.ndarray, value: float) -> np.ndarray:
         return np.full_like(array, value)
+
+    def copy(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array, order="C", copy=True)
 
     def flat(self, array: np.ndarray) -> np.ndarray:
         if array.ndim == 1:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fastopt._backend import backend_of
 from fastopt._checks import (
     check_disjoint,
     check_grad,
@@ -68,6 +69,8 @@ def row_of(
     """The kernel's float64 row: the gradient preamble, then the rule's fields."""
     maximize = rule.maximize is not None and group[rule.maximize]
     fields = rule.row(group, step, created, _NO_SCALARS if scalars is None else scalars)
+    if rule.norms is not None:  # written by the read pass (fastopt._norms)
+        fields = (*fields, *[0.0] * len(rule.norms.fields))
     return (grad_scale, clip_value, 1.0 if maximize else 0.0, *fields)
 
 
@@ -130,6 +133,8 @@ class DeclaredOptimizer(Optimizer):
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         check_hyperparameters(self._rule, group)
+        for entry in self._rule.group_state:
+            entry.check(entry.name, group[entry.name])
 
     def _state_names(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         # Called on every step: the arrays every group has, then the optional ones present.
@@ -142,9 +147,9 @@ class DeclaredOptimizer(Optimizer):
     def _all_state_names(self) -> frozenset[str]:
         return frozenset(self._rule.state_names)
 
-    def _initial_value(self, name: str, group: Mapping[str, Any]) -> float:
+    def _initial_value(self, name: str, group: Mapping[str, Any]) -> float | None:
         (state,) = (state for state in self._rule.state if state.name == name)
-        return float(state.initial(group))
+        return None if state.from_param else float(state.initial(group))
 
     def _row(self, group, step, created, grad_scale, clip_value, scalars=()) -> tuple[float, ...]:
         rule = self._rule
@@ -224,6 +229,7 @@ def optimizer_class(
         self._check_gradient_keywords(gradient_options)
         values = {key: bound.arguments[key] for key in names} | fixed
         ordered = {h.name: values[h.name] for h in rule.hyperparameters}
+        ordered.update((entry.name, entry.initial) for entry in rule.group_state)
         Optimizer.__init__(self, params, ordered, **gradient_options)
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]
@@ -237,7 +243,12 @@ def optimizer_class(
         "_rule": rule,
         "_kernels": kernels,
         "_fixed": fixed,
-        "_hyper_width": PREAMBLE_WIDTH + len(rule.fields),
+        "_hyper_width": PREAMBLE_WIDTH + len(rule.all_fields),
+        "_ready_check": None if rule.ready is None else staticmethod(rule.ready),
+        "_group_advance": (
+            None if rule.advance_group is None else staticmethod(rule.advance_group)
+        ),
+        **rule.methods,
         "_scalar_names": rule.scalar_names,
         "_required_states": tuple(state.name for state in rule.state if not state.optional),
         "_optional_states": tuple(
@@ -275,6 +286,10 @@ def _step_signature(rule: Rule) -> Signature:
         Parameter(scalar.name, Parameter.KEYWORD_ONLY, annotation="float")
         for scalar in rule.scalars
     ]
+    parameters += [
+        Parameter(entry.name, Parameter.KEYWORD_ONLY, default=entry.initial)
+        for entry in _functional_group_state(rule)
+    ]
     if rule.counts_steps:
         parameters.append(Parameter("step", Parameter.KEYWORD_ONLY, annotation="int"))
     parameters += [
@@ -282,7 +297,13 @@ def _step_signature(rule: Rule) -> Signature:
         Parameter("clip_value", Parameter.KEYWORD_ONLY, default=None, annotation="float | None"),
     ]
     returns = "dict[str, float]" if rule.scalars else "None"
+    if _functional_group_state(rule):
+        returns = "dict[str, Any]"
     return Signature(parameters, return_annotation=returns)
+
+
+def _functional_group_state(rule: Rule) -> tuple[Any, ...]:
+    return tuple(entry for entry in rule.group_state if entry.functional)
 
 
 def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str, float] | None]:
@@ -300,6 +321,9 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
         param = check_param("param", arguments["param"])
         arrays = [("param", param), ("grad", check_grad("grad", arguments["grad"], param))]
         group = {h.name: arguments[h.name] for h in rule.hyperparameters}
+        for entry in rule.group_state:
+            group[entry.name] = arguments[entry.name] if entry.functional else entry.initial
+            entry.check(entry.name, group[entry.name])
         check_hyperparameters(rule, group)
         state_arrays = []
         for state in rule.state:
@@ -318,6 +342,8 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
         previous = {
             scalar.name: check_real(scalar.name, arguments[scalar.name]) for scalar in rule.scalars
         }
+        if rule.advance_group is not None:
+            rule.advance_group(group)
         scalars, seen = advance_scalars(rule, group, step, previous, np.dtype(np.float32))
         row = row_of(rule, group, step, rule.counts_steps and step == 1, grad_scale, clip, seen)
         flat = [None if array is None else array.reshape(-1) for array in state_arrays]
@@ -328,12 +354,15 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
             param.reshape(-1),
             arrays[1][1].reshape(-1),
             *flat,
+            ndims=np.array([len(backend_of(param).dtype_shape(param)[1])]),
         )
-        return scalars or None
+        returned = {**scalars, **{e.name: group[e.name] for e in _functional_group_state(rule)}}
+        return returned or None
 
     step_function.__signature__ = signature  # type: ignore[attr-defined]
     step_function.__name__ = step_function.__qualname__ = name
     step_function.__module__ = rule.update.__module__
+    kept = ", ".join(f"``{entry.name}``" for entry in _functional_group_state(rule))
     step_function.__doc__ = (
         f"One fused, in-place {rule.name} step on arrays whose state you manage.\n\n"
         f"The update is :class:`{rule.name}`'s, with the same hyperparameters; the state "
@@ -351,6 +380,12 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
             + " are passed in as they were after the previous update (float32, as torch "
             "keeps them) and returned, as a dict, as they are after this one."
             if rule.scalars
+            else ""
+        )
+        + (
+            f" The group's {kept} are passed in as they were before this update (their "
+            "defaults before the first) and returned, in a dict, as they are after it."
+            if kept
             else ""
         )
     )

@@ -93,6 +93,11 @@ class FlatStep:
             group_count + self.padding_group[self.padded]
         )
         self.hyper = np.zeros((kinds.size, optimizer._hyper_width))
+        # Per kernel segment, its array's number of dimensions (1 for padding).
+        self.ndims = np.array(
+            [len(flat.shapes[kind]) if kind >= 0 else 1 for kind in kinds.tolist()],
+            dtype=np.int64,
+        )
         self.buffers: dict[str, np.ndarray] = {}
         self.views: dict[str, tuple[np.ndarray, ...]] = {}
         self.all_params = np.arange(count)
@@ -161,7 +166,8 @@ class FlatStep:
             missing = [name for name in self.group_names[number] if name not in entry]
             for name in missing:
                 view = self._views_of(name)[self.segment_of_param[index]]
-                view[...] = optimizer._initial_value(name, groups[number])
+                value = optimizer._initial_value(name, groups[number])
+                view[...] = optimizer._params[index] if value is None else value
                 entry[name] = view
             created[index] = bool(missing)
             self.entries[index] = entry
@@ -235,8 +241,8 @@ class FlatStep:
             padding = self.padding[self.padded]
             self.hyper[padding] = np.array(neutral)[self.padding_group[self.padded]]
 
-        for arrays in self._plan(active, params):
-            launch(optimizer._kernels, *arrays)
+        for arrays, ndims in self._plan(active, params):
+            launch(optimizer._kernels, *arrays, ndims=ndims)
         return created is not None
 
     def _rows_with_scalars(
@@ -288,7 +294,8 @@ class FlatStep:
         self.hyper[self.launch_of_param[params]] = np.array(rows, dtype=np.float64)[inverse]
 
     def _plan(self, active: np.ndarray | None, params: np.ndarray) -> list[tuple[Any, ...]]:
-        """Launch arguments, one tuple per run of active segments sharing a state layout."""
+        """Launch arguments and the segments' numbers of dimensions, one pair per run of
+        active segments sharing a state layout."""
         optimizer = self.optimizer
         groups = optimizer.param_groups
         numbers = (
@@ -341,13 +348,12 @@ class FlatStep:
             state = self.optimizer._kernel_state(
                 groups[group], {name: buffer[lo:hi] for name, buffer in self.buffers.items()}
             )
-            plan.append(
-                (
-                    bounds[first : end + 1] - lo,
-                    self.hyper[first:end],
-                    self.flat.buffer[lo:hi],
-                    self.flat.grad_buffer[lo:hi],
-                    *state,
-                )
+            arrays = (
+                bounds[first : end + 1] - lo,
+                self.hyper[first:end],
+                self.flat.buffer[lo:hi],
+                self.flat.grad_buffer[lo:hi],
+                *state,
             )
+            plan.append((arrays, self.ndims[first:end]))
         return plan

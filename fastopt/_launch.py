@@ -12,7 +12,6 @@ from the same element-wise update (:class:`RuleKernels` carries it).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -21,8 +20,11 @@ import numba
 import numpy as np
 
 from fastopt._jit import PARALLEL_THRESHOLD, elementwise
+from fastopt._norms import measure_norms
+from fastopt._parallel import run_parallel
 
 __all__ = [
+    "NormKernels",
     "RuleKernels",
     "chunk_length",
     "first_segment",
@@ -32,18 +34,36 @@ __all__ = [
 ]
 
 
+class NormKernels(NamedTuple):
+    """The read pass of a rule with per-tensor norms (see :class:`fastopt.rule.Norms`).
+
+    ``serial`` and ``parallel`` take ``(starts, stops, segment_of_block, hyper, param, grad,
+    *state, lanes, out)`` and write the float64 sums of squares of block ``b`` to ``out[b]``;
+    ``measure(i, param, grad, *state, scalars)`` is the element function they inline (and
+    :mod:`fastopt.cuda` compiles); ``declaration`` and ``row_type`` are the rule's.
+    """
+
+    serial: Callable[..., None]
+    parallel: Callable[..., None]
+    measure: Callable[..., Any]
+    declaration: Any
+    row_type: type
+
+
 class RuleKernels(NamedTuple):
     """A rule's compiled CPU drivers and the plain-Python math every kernel is built from.
 
     ``update(i, param, grad, *state, scalars)`` is the element-wise update and
     ``unpack(h, param)`` turns a hyperparameter row into its ``scalars``; the CPU drivers
-    inline them, :mod:`fastopt.cuda` compiles them as CUDA device functions.
+    inline them, :mod:`fastopt.cuda` compiles them as CUDA device functions. ``norms`` is the
+    read pass of a rule whose update needs per-tensor norms, else None.
     """
 
     serial: Callable[..., None]
     parallel: Callable[..., None]
     update: Callable[..., None]
     unpack: Callable[..., Any]
+    norms: NormKernels | None = None
 
 
 @elementwise
@@ -65,34 +85,23 @@ def single_segment(n: int) -> np.ndarray:
     return np.array([0, n], dtype=np.int64)
 
 
-_PARALLEL_LOCK = threading.Lock()
-# None until the first parallel launch has started numba's threading layer (only then can it
-# be asked which one it chose); then whether that layer accepts concurrent launches.
-_layer_is_threadsafe: bool | None = None
-
-
-def run_parallel(kernel: Callable[..., object], *args: object) -> None:
-    """Call a ``prange`` kernel, serialized when the threading layer is not thread-safe."""
-    global _layer_is_threadsafe
-    if _layer_is_threadsafe:
-        kernel(*args)
-        return
-    with _PARALLEL_LOCK:
-        kernel(*args)
-        _layer_is_threadsafe = numba.threading_layer() != "workqueue"
-
-
-def launch(kernels: RuleKernels, bounds, hyper, param, *arrays) -> None:
+def launch(kernels: RuleKernels, bounds, hyper, param, *arrays, ndims=None) -> None:
     """Run a rule's update: serial or parallel driver by size, or the CUDA kernel.
 
     Host (NumPy) arrays run the CPU drivers; device arrays (validated beforehand to be all
-    on the device) run the rule's CUDA kernel.
+    on the device) run the rule's CUDA kernel. A rule with per-tensor norms first runs its
+    read pass, which writes the norm fields of ``hyper``; ``ndims`` (int64, one per segment)
+    then gives each segment's number of dimensions.
     """
     if not isinstance(param, np.ndarray):
         from fastopt.cuda._kernels import launch as launch_cuda
 
-        launch_cuda(kernels, bounds, hyper, param, *arrays)
-    elif param.size < PARALLEL_THRESHOLD:
+        launch_cuda(kernels, bounds, hyper, param, *arrays, ndims=ndims)
+        return
+    serial = param.size < PARALLEL_THRESHOLD
+    if kernels.norms is not None:
+        measure_norms(kernels.norms, bounds, hyper, param, arrays, ndims, serial)
+    if serial:
         kernels.serial(bounds, hyper, param, *arrays)
     else:
         run_parallel(kernels.parallel, numba.get_num_threads(), bounds, hyper, param, *arrays)

@@ -24,7 +24,7 @@ import numpy as np
 from numba import prange
 
 from fastopt._jit import PARALLEL_THRESHOLD, elementwise, kernel, parallel_kernel
-from fastopt._launch import run_parallel
+from fastopt._parallel import run_parallel
 
 __all__ = [
     "BLOCK",

@@ -241,9 +241,16 @@ class Optimizer:
         """Names of the state arrays a parameter of ``group`` needs."""
         raise NotImplementedError
 
-    def _initial_value(self, name: str, group: Mapping[str, Any]) -> float:
-        """The value a new state array ``name`` starts from."""
+    def _initial_value(self, name: str, group: Mapping[str, Any]) -> float | None:
+        """The value a new state array ``name`` starts from (None: a copy of its parameter)."""
         return 0.0
+
+    #: ``ready(param_groups)`` raises if the optimizer may not step now (a rule's
+    #: :attr:`fastopt.rule.Rule.ready`), checked before anything is read or written.
+    _ready_check: ClassVar[Callable[[list[dict[str, Any]]], None] | None] = None
+    #: ``advance(group)``: a rule's per-group values moved on by one update, once per group
+    #: and applied step, before the rows (:attr:`fastopt.rule.Rule.advance_group`).
+    _group_advance: ClassVar[Callable[[dict[str, Any]], None] | None] = None
 
     #: The rule's (serial, parallel) CPU drivers, see :mod:`fastopt._launch`.
     _kernels: ClassVar[tuple[Callable[..., None], Callable[..., None]]]
@@ -469,13 +476,22 @@ class Optimizer:
                 self._check_group(group)
                 checked[number] = _checked_values(values)
 
+    def _advance_groups(self) -> None:
+        """Move every group's per-group values on by one update (rules that keep some)."""
+        advance = self._group_advance
+        if advance is not None:
+            for group in self.param_groups:
+                advance(group)
+
     def _prepare_state(self, index: int, param: np.ndarray, group: Mapping[str, Any]) -> bool:
         state = self.state.get(index)
         if state is None:
             state = self.state[index] = self._new_entry(group)
         missing = [name for name in self._state_names(group) if name not in state]
         for name in missing:
-            state[name] = self._arrays.full_like(param, self._initial_value(name, group))
+            value = self._initial_value(name, group)
+            arrays = self._arrays
+            state[name] = arrays.copy(param) if value is None else arrays.full_like(param, value)
         if missing:
             self._state_version += 1
         if missing or index not in self._views:
@@ -540,12 +556,15 @@ class Optimizer:
         if grads is None:
             self._step_flat(None, loss_scale, nonfinite)
             return
+        if self._ready_check is not None:
+            self._ready_check(self.param_groups)
         paired = self._pair_grads(grads)
         outcome = self._prestep(paired, loss_scale, nonfinite)
         self.last_step = outcome.stats
         if not outcome.stats.applied:
             return
         self._refresh_hyperparameters()
+        self._advance_groups()
         index = 0
         for group in self.param_groups:
             # The parameters of a group usually share their update count: their row (bias
@@ -619,6 +638,8 @@ class Optimizer:
         skips those without a gradient. Returns whether state arrays were created (False
         also when the step was skipped).
         """
+        if self._ready_check is not None:
+            self._ready_check(self.param_groups)
         plan = self._flat_plan()
         outcome = self._prestep(
             plan.gradients(active), loss_scale, nonfinite, gradient_factor=plan.flat.grad_scale
@@ -627,6 +648,7 @@ class Optimizer:
         if not outcome.stats.applied:
             return False
         self._refresh_hyperparameters()
+        self._advance_groups()
         created = plan.step(active, outcome.grad_scale, outcome.clip_value)
         self.step_count += 1
         return created
@@ -644,7 +666,7 @@ class Optimizer:
 
         ``rows`` holds the group's hyperparameter rows made so far in this step, by update
         count and whether the state was just made."""
-        created, (hyper, bounds, flat, state_arrays) = self._launch_plan(index, param, group)
+        created, (hyper, bounds, flat, state_arrays, ndims) = self._launch_plan(index, param, group)
         state = self.state[index]
         state["step"] += 1
         scalars = self._advance(state, group) if self._scalar_names else ()
@@ -657,7 +679,9 @@ class Optimizer:
         # struct writes the float64 row straight into the (C-contiguous, native-endian)
         # buffer: about half the cost of NumPy converting a tuple, on every step.
         self._row_layout.pack_into(hyper, 0, *row)
-        launch(self._kernels, bounds, hyper, flat, self._arrays.flat(grad), *state_arrays)
+        launch(
+            self._kernels, bounds, hyper, flat, self._arrays.flat(grad), *state_arrays, ndims=ndims
+        )
 
     def _launch_plan(
         self, index: int, param: np.ndarray, group: Mapping[str, Any]
@@ -676,6 +700,7 @@ class Optimizer:
             single_segment(views["param"].size),
             views["param"],
             self._kernel_state(group, views),
+            np.array([len(self._arrays.dtype_shape(param)[1])]),
         )
         self._plans[index] = (names, plan)
         return created, plan

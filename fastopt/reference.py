@@ -10,6 +10,7 @@ hyperparameters do not promote float32 arrays (NumPy 2 scalar rules).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -22,11 +23,15 @@ __all__ = [
     "ademamix_step",
     "asgd_step",
     "clip_gradients",
+    "lamb_step",
+    "lars_step",
     "lion_step",
     "nadam_step",
     "radam_step",
     "rmsprop_step",
     "rprop_step",
+    "schedule_free_adamw_step",
+    "schedule_free_sgd_step",
     "sgd_step",
 ]
 
@@ -252,6 +257,161 @@ def lion_step(
     param -= lr * np.sign(exp_avg * beta1 + grad * (1 - beta1))
     exp_avg *= beta2
     exp_avg += grad * (1 - beta2)
+
+
+def lamb_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    weight_decouple: bool = True,
+    fixed_decay: bool = False,
+    grad_averaging: bool = True,
+    adam: bool = False,
+    eps: float = 1e-6,
+    maximize: bool = False,
+    step: int,
+) -> None:
+    """LAMB, Adam's direction times a per-tensor trust ratio (see ``fastopt.lamb_step``), as
+    ``pytorch_optimizer`` computes it: the parameter's norm clamped to 10, the first
+    moment's bias correction in the step size, none for the second."""
+    beta1, beta2 = betas
+    g = -grad if maximize else grad
+    exp_avg *= beta1
+    exp_avg += (1 - beta1 if grad_averaging else 1.0) * g
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+    if weight_decay != 0 and weight_decouple:
+        param *= 1 - weight_decay * (1.0 if fixed_decay else lr)
+    update = exp_avg / (np.sqrt(exp_avg_sq) + eps)
+    if weight_decay != 0 and not weight_decouple:
+        update += weight_decay * param
+    weight_norm = min(float(np.linalg.norm(param)), 10.0)
+    adam_norm = float(np.linalg.norm(update))
+    trust = 1.0 if weight_norm == 0 or adam_norm == 0 else weight_norm / (adam_norm + eps)
+    if adam:
+        trust = 1.0
+    param -= lr / (1 - beta1**step) * trust * update
+
+
+def lars_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    momentum_buffer: np.ndarray | None = None,
+    *,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    dampening: float = 0.0,
+    trust_coefficient: float = 1e-3,
+    nesterov: bool = False,
+    maximize: bool = False,
+) -> None:
+    """LARS, SGD with a per-tensor trust ratio (see ``fastopt.lars_step``), as
+    ``pytorch_optimizer`` computes it: tensors of one dimension or none take plain SGD; the
+    buffer starts at zero."""
+    g = -grad if maximize else grad
+    if param.ndim > 1:
+        param_norm = float(np.linalg.norm(param))
+        denominator = float(np.linalg.norm(g)) + weight_decay * param_norm
+        trust = 1.0
+        if param_norm > 0 and denominator > 0:
+            trust = trust_coefficient * param_norm / denominator
+        g = (g + weight_decay * param) * trust
+    if momentum > 0:
+        momentum_buffer *= momentum
+        momentum_buffer += (1 - dampening) * g
+        g = g + momentum * momentum_buffer if nesterov else momentum_buffer
+    param -= lr * g
+
+
+def _schedule_free_average(
+    lr: float,
+    warmup_steps: int,
+    r: float,
+    weight_lr_power: float,
+    k: int,
+    weight_sum: float,
+    lr_max: float,
+) -> tuple[dict[str, Any], float, float]:
+    """Schedule-Free's per-group bookkeeping for update ``k + 1``: the new group values and
+    the average's weight c of this update, with the warmed-up lr."""
+    lr = lr * ((k + 1) / warmup_steps if k < warmup_steps else 1.0)
+    lr_max = max(lr, lr_max)
+    weight = (k + 1) ** r * lr_max**weight_lr_power
+    weight_sum = weight_sum + weight
+    c = weight / weight_sum if weight_sum != 0 else 0.0
+    kept = {"k": k + 1, "weight_sum": weight_sum, "lr_max": lr_max, "scheduled_lr": lr}
+    return kept, c, lr
+
+
+def schedule_free_sgd_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    z: np.ndarray,
+    *,
+    lr: float = 1.0,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    r: float = 0.0,
+    weight_lr_power: float = 2.0,
+    k: int = 0,
+    weight_sum: float = 0.0,
+    lr_max: float = -1.0,
+    scheduled_lr: float = 0.0,
+) -> dict[str, Any]:
+    """Schedule-Free SGD on ``y`` (``param``) and ``z`` (see ``fastopt.schedule_free_sgd_step``),
+    as ``schedulefree`` computes it; returns the group's new ``k``, ``weight_sum``, ``lr_max``
+    and ``scheduled_lr``."""
+    kept, c, lr = _schedule_free_average(
+        lr, warmup_steps, r, weight_lr_power, k, weight_sum, lr_max
+    )
+    g = grad + weight_decay * param if weight_decay != 0 else grad
+    param += c * (z - param)
+    param += lr * (momentum * (1 - c) - 1) * g
+    z -= lr * g
+    return kept
+
+
+def schedule_free_adamw_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    z: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    lr: float = 0.0025,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    r: float = 0.0,
+    weight_lr_power: float = 2.0,
+    k: int = 0,
+    weight_sum: float = 0.0,
+    lr_max: float = -1.0,
+    scheduled_lr: float = 0.0,
+) -> dict[str, Any]:
+    """Schedule-Free AdamW on ``y`` (``param``), ``z`` and ``exp_avg_sq`` (see
+    ``fastopt.schedule_free_adamw_step``), as ``schedulefree`` computes it; returns the group's
+    new ``k``, ``weight_sum``, ``lr_max`` and ``scheduled_lr``."""
+    beta1, beta2 = betas
+    kept, c, lr = _schedule_free_average(
+        lr, warmup_steps, r, weight_lr_power, k, weight_sum, lr_max
+    )
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * grad * grad
+    u = grad / (np.sqrt(exp_avg_sq / (1 - beta2 ** (k + 1))) + eps)
+    if weight_decay != 0:
+        u = u + weight_decay * param
+    param += c * (z - param)
+    param += lr * (beta1 * (1 - c) - 1) * u
+    z -= lr * u
+    return kept
 
 
 def ademamix_step(

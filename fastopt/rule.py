@@ -54,7 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BuiltRule",
+    "GroupState",
     "Hyperparameter",
+    "Norms",
     "Rule",
     "Scalar",
     "State",
@@ -138,11 +140,14 @@ class State:
         maximum only with ``amsgrad=True``); an absent array is ``None`` in the update.
     initial : callable
         ``initial(group)``: the value a new array starts from.
+    from_param : bool
+        Whether a new array starts as a copy of its parameter instead (Schedule-Free's ``z``).
     """
 
     name: str
     present: Callable[[Mapping[str, Any]], bool] = _always
     initial: Callable[[Mapping[str, Any]], float] = _zero
+    from_param: bool = False
 
     @property
     def optional(self) -> bool:
@@ -190,6 +195,67 @@ class Scalar:
 
 
 @dataclass(frozen=True)
+class GroupState:
+    """A value kept per parameter group and advanced by every step, not a hyperparameter
+    (Schedule-Free's update count ``k`` and averaging weights, as its package keeps them in
+    the group): in ``param_groups`` and ``state_dict()``, out of the class signature.
+
+    Attributes
+    ----------
+    name : str
+        Its key in the group.
+    initial : object
+        Its value before the first step.
+    check : callable
+        ``check(name, value)``, as a hyperparameter's (a loaded checkpoint is checked).
+    functional : bool
+        Whether the functional step takes it (as before the update) and returns it (after);
+        a mode flag such as ``train_mode`` is the class's business only.
+    """
+
+    name: str
+    initial: Any
+    check: Callable[[str, Any], object]
+    functional: bool = True
+
+
+@dataclass(frozen=True)
+class Norms:
+    """Per-tensor L2 norms a rule's update needs (LAMB's and LARS's trust ratios), and the
+    row fields made from them.
+
+    Each update of a tensor is then two passes: ``measure`` reads the tensor (nothing is
+    written) and returns, per element, the quantities whose norms over the tensor are taken;
+    the host turns the norms into fields of the row (``finish``); the update runs with them.
+    The sums of squares are taken in float64 in the deterministic block scheme of
+    :mod:`fastopt._reduce` (fixed blocks per tensor, fixed lanes per block), so the norms, and
+    the results, are the same bits on every path and thread count.
+
+    Attributes
+    ----------
+    measure : callable
+        ``measure(p, g, *state, h) -> tuple of values``, on values: the same arguments as the
+        update (the gradient after the preamble, the state before the update; the norm fields
+        of ``h`` are 0), one returned value per name in ``names``.
+    names : tuple of str
+        The norms' names, in ``measure``'s order.
+    fields : tuple of str
+        The row fields made from the norms; they follow the rule's own fields in ``h``.
+    finish : callable
+        ``finish(h, norms, ndim) -> tuple of arrays``, on the host, vectorized over the
+        tensors of a launch: ``h`` is the row (a named tuple of float64 arrays, one entry per
+        tensor), ``norms`` maps each name to the float64 array of the tensors' norms, ``ndim``
+        is the tensors' numbers of dimensions (LARS leaves vectors alone); one array per
+        field.
+    """
+
+    measure: Callable[..., tuple[Any, ...]]
+    names: tuple[str, ...]
+    fields: tuple[str, ...]
+    finish: Callable[..., tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
 class Rule:
     """The declaration of an element-wise optimizer rule (see the module docstring).
 
@@ -223,6 +289,19 @@ class Rule:
     counts_steps : bool
         Whether the row depends on the update count (bias corrections, a first-step rule);
         the functional step then takes ``step=``.
+    norms : Norms, optional
+        The per-tensor norms the update reads through row fields (none for most rules).
+    group_state : tuple of GroupState
+        Values kept per group and advanced by each step (none for most rules).
+    advance_group : callable, optional
+        ``advance_group(group)``: moves the group's :class:`GroupState` values on by one
+        update, in place; every applied step calls it once per group before the rows.
+    ready : callable, optional
+        ``ready(param_groups)`` raises if the optimizer may not step now (Schedule-Free
+        outside training mode); checked before anything is read or written.
+    methods : mapping of str to callable
+        Extra methods of the class (``train``, ``eval``), each ``method(optimizer)``; the
+        torch adapter has them too.
     doc : str
         The class docstring (numpydoc, with the update formula).
     """
@@ -238,6 +317,11 @@ class Rule:
     check: Callable[[Mapping[str, Any]], None] | None = None
     maximize: str | None = "maximize"
     counts_steps: bool = True
+    norms: Norms | None = None
+    group_state: tuple[GroupState, ...] = ()
+    advance_group: Callable[[dict[str, Any]], None] | None = None
+    ready: Callable[[Any], None] | None = None
+    methods: Mapping[str, Callable[[Any], None]] = field(default_factory=dict)
     doc: str = ""
     row_type: type = field(init=False, repr=False, compare=False)
 
@@ -247,6 +331,18 @@ class Rule:
         names = [h.name for h in self.hyperparameters]
         if len(set(names)) != len(names):
             raise ValueError(f"{self.name} declares a hyperparameter twice: {names}")
+        kept = [entry.name for entry in self.group_state]
+        if set(kept) & set(names) or len(set(kept)) != len(kept):
+            raise ValueError(f"{self.name}'s group state {kept} repeats a name")
+        if (self.advance_group is None) != (not self.group_state):
+            raise ValueError(f"{self.name} needs advance_group exactly when it has group state")
+        from fastopt.optimizer import Optimizer
+
+        clashing = sorted(
+            name for name in self.methods if not name.isidentifier() or hasattr(Optimizer, name)
+        )
+        if clashing:
+            raise ValueError(f"{self.name}'s methods {clashing} are taken by the optimizer")
         if self.maximize is not None and self.maximize not in names:
             raise ValueError(f"{self.name}'s maximize={self.maximize!r} is no hyperparameter")
         from fastopt._codegen import RESERVED_NAMES
@@ -261,25 +357,35 @@ class Rule:
                 f"{self.name}'s state names {taken} are not identifiers or are taken by the "
                 "generated kernels (their template's names, builtins, and any 'new_...')"
             )
-        unknown = self.flags - set(self.fields)
+        unknown = self.flags - set(self.all_fields)
         if unknown:
             raise ValueError(f"{self.name}'s flags {sorted(unknown)} are not fields")
-        arguments = inspect.signature(self.update).parameters
-        if len(arguments) != len(self.state) + 3 or any(
-            a.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for a in arguments.values()
-        ):
-            raise ValueError(
-                f"{self.name}'s update must take (p, g, one value per state array, h): "
-                f"{len(self.state) + 3} plain arguments, got {list(arguments)}"
-            )
-        row_type = collections.namedtuple(f"{self.name}Row", self.fields)
+        functions = [("update", self.update)]
+        if self.norms is not None:
+            functions.append(("norms' measure", self.norms.measure))
+        for what, function in functions:
+            arguments = inspect.signature(function).parameters
+            if len(arguments) != len(self.state) + 3 or any(
+                a.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for a in arguments.values()
+            ):
+                raise ValueError(
+                    f"{self.name}'s {what} must take (p, g, one value per state array, h): "
+                    f"{len(self.state) + 3} plain arguments, got {list(arguments)}"
+                )
+        row_type = collections.namedtuple(f"{self.name}Row", self.all_fields)
         object.__setattr__(self, "row_type", row_type)
 
     @property
     def snake_name(self) -> str:
         """``"NAdam"`` -> ``"nadam"``, ``"ScheduleFreeSGD"`` -> ``"schedule_free_sgd"``,
-        ``"AdEMAMix"`` -> ``"ademamix"`` (a capital run inside a word stays in it)."""
-        return re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z]|[A-Z]+$)", "_", self.name).lower()
+        ``"ScheduleFreeAdamW"`` -> ``"schedule_free_adamw"``, ``"AdEMAMix"`` ->
+        ``"ademamix"`` (a capital run inside a word stays in it, as does one final capital)."""
+        return re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z]|[A-Z]{2,}$)", "_", self.name).lower()
+
+    @property
+    def all_fields(self) -> tuple[str, ...]:
+        """The fields of ``h``: the row's, then those made from the norms."""
+        return self.fields + (self.norms.fields if self.norms is not None else ())
 
     @property
     def state_names(self) -> tuple[str, ...]:

@@ -2,12 +2,13 @@
 
 ``fastopt.torch.Adam(model.parameters(), lr=1e-3)`` (and every other rule of :mod:`fastopt`:
 ``AdamW``, ``SGD``, ``Adagrad``, ``RMSprop``, ``Adamax``, ``NAdam``, ``RAdam``, ``Adadelta``,
-``Rprop``, ``ASGD``, ``Lion``, ``AdEMAMix``, ``Adan``) is a :class:`torch.optim.Optimizer` with
-torch's signature (the NumPy class's for rules torch lacks), parameter groups, ``zero_grad``,
-``state_dict`` format, hooks and learning-rate scheduler support. On construction it copies the
-parameters into one :class:`~fastopt.FlatParams` and rebinds each ``p.data`` to its view (zero
-copy, through :func:`torch.from_numpy`). ``step()`` is then one fused kernel launch over every
-parameter and group instead of one per tensor.
+``Rprop``, ``ASGD``, ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``, ``ScheduleFreeSGD``,
+``ScheduleFreeAdamW``) is a :class:`torch.optim.Optimizer` with torch's signature (the NumPy
+class's for rules torch lacks), parameter groups, ``zero_grad``, ``state_dict`` format, hooks
+and learning-rate scheduler support. On construction it copies the parameters into one
+:class:`~fastopt.FlatParams` and rebinds each ``p.data`` to its view (zero copy, through
+:func:`torch.from_numpy`). ``step()`` is then one fused kernel launch over every parameter and
+group instead of one per tensor.
 
 Notes
 -----
@@ -95,6 +96,7 @@ from fastopt.gradients import (
 
 __all__ = [
     "ASGD",
+    "LARS",
     "SGD",
     "AdEMAMix",
     "Adadelta",
@@ -103,11 +105,14 @@ __all__ = [
     "AdamW",
     "Adamax",
     "Adan",
+    "Lamb",
     "Lion",
     "NAdam",
     "RAdam",
     "RMSprop",
     "Rprop",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
 ]
 
 _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
@@ -194,6 +199,8 @@ class _FlatOptimizer(torch.optim.Optimizer):
     _step_in_state: ClassVar[bool] = True
     #: Whether torch creates the state in the constructor (Adagrad) rather than lazily.
     _state_at_init: ClassVar[bool] = False
+    #: The values a step advances per group, with their initial values (none for most).
+    _group_state: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self, params: ParamsT, defaults: dict[str, Any], gradient_options: dict[str, Any]
@@ -498,17 +505,12 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        inner = self._inner
-        for group, inner_group in zip(self.param_groups, inner.param_groups, strict=True):
-            for key in self._hyperparameters:
-                if key in group:
-                    value = _plain(group[key], key)
-                    # The same value keeps the checked object: the rule re-checks a new one.
-                    if not _same(value, inner_group[key]):
-                        inner_group[key] = value
+        inner = self._push_groups()
         inner._refresh_hyperparameters()
         active = self._active()
-        if inner._step_flat(active):
+        created = inner._step_flat(active)
+        self._pull_group_state()
+        if created:
             self._expose_state()
         elif inner.last_step.applied:
             if self._step_in_state:
@@ -518,15 +520,38 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     mirror[index] = inner.state[index][name]
         return loss
 
+    def _push_groups(self) -> fastopt.Optimizer:
+        """Copy the groups' settings (edited by the user, a scheduler or a loaded
+        checkpoint) to the fastopt optimizer; returns it."""
+        inner = self._inner
+        for group, inner_group in zip(self.param_groups, inner.param_groups, strict=True):
+            for key in self._hyperparameters:
+                if key in group:
+                    value = _plain(group[key], key)
+                    # The same value keeps the checked object: the rule re-checks a new one.
+                    if not _same(value, inner_group[key]):
+                        inner_group[key] = value
+        return inner
+
+    def _pull_group_state(self) -> None:
+        """Copy the values a step advances per group (Schedule-Free's ``k``...) back."""
+        if self._group_state:
+            for group, inner_group in zip(self.param_groups, self._inner.param_groups):
+                group.update((key, inner_group[key]) for key in self._group_state)
+
     # ------------------------------------------------------------------ checkpoints
     @classmethod
     def _group_defaults(cls) -> dict[str, Any]:
         """The constructor's defaults: what a group key an older checkpoint lacks becomes."""
-        return {
-            name: parameter.default
-            for name, parameter in inspect.signature(cls.__init__).parameters.items()
-            if parameter.default is not inspect.Parameter.empty
-        } | cls._fixed
+        return (
+            {
+                name: parameter.default
+                for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                if parameter.default is not inspect.Parameter.empty
+            }
+            | cls._group_state
+            | cls._fixed
+        )
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint in torch's format (from this class or from ``torch.optim``).
@@ -635,14 +660,20 @@ class _FlatOptimizer(torch.optim.Optimizer):
 
 
 def _declared_adapter(
-    rule_class: type[fastopt.Optimizer], *, step_in_state: bool = True, state_at_init: bool = False
+    rule_class: type[fastopt.Optimizer],
+    *,
+    step_in_state: bool = True,
+    state_at_init: bool = False,
+    group_keys: Mapping[str, Any] | None = None,
 ) -> type[_FlatOptimizer]:
     """The ``torch.optim`` class of a declared rule (or variant): torch's signature where
     torch has the rule (implementation switches included), the NumPy class's otherwise.
 
     ``step_in_state`` and ``state_at_init`` say what torch's class does: whether it keeps a
     ``"step"`` per parameter (SGD does not) and whether it makes the state in its constructor
-    (Adagrad) rather than at the first step.
+    (Adagrad) rather than at the first step. ``group_keys`` are constant group entries the
+    reference's checkpoints carry and its class reads (Schedule-Free's ``foreach``), so that
+    it loads this class's checkpoints.
     """
     rule = rule_class._rule
     name = rule_class.__name__
@@ -665,7 +696,8 @@ def _declared_adapter(
         arguments = dict(bound.arguments)
         gradient_options = arguments.pop("gradient_options")
         del arguments["params"]
-        _FlatOptimizer.__init__(self, params, arguments, gradient_options)
+        defaults = {**arguments, **self._group_state}
+        _FlatOptimizer.__init__(self, params, defaults, gradient_options)
 
     self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     __init__.__signature__ = signature.replace(
@@ -682,13 +714,31 @@ def _declared_adapter(
         "__module__": __name__,
         "__qualname__": name,
         "_rule": rule_class,
-        "_hyperparameters": tuple(h.name for h in rule.hyperparameters),
+        "_hyperparameters": tuple(h.name for h in rule.hyperparameters)
+        + tuple(entry.name for entry in rule.group_state),
+        "_group_state": {entry.name: entry.initial for entry in rule.group_state},
         "_implementation": tuple(key for key in _IMPLEMENTATION if key in source.parameters),
-        "_fixed": dict(rule_class._fixed),
+        "_fixed": {**rule_class._fixed, **(group_keys or {})},
         "_step_in_state": step_in_state,
         "_state_at_init": state_at_init,
     }
+    namespace.update(
+        (method, _forwarded(method, function)) for method, function in rule.methods.items()
+    )
     return type(name, (_FlatOptimizer,), namespace)
+
+
+def _forwarded(name: str, function: Callable[..., None]) -> Callable[[_FlatOptimizer], None]:
+    """A rule's extra method (Schedule-Free's ``train``/``eval``) on the torch class: run on
+    the fastopt optimizer, whose parameters the tensors view, with the groups kept in step."""
+
+    def method(self: _FlatOptimizer) -> None:
+        getattr(self._push_groups(), name)()
+        self._pull_group_state()
+
+    method.__name__ = name
+    method.__doc__ = function.__doc__
+    return method
 
 
 SGD = _declared_adapter(fastopt.SGD, step_in_state=False)
@@ -704,4 +754,14 @@ Rprop = _declared_adapter(fastopt.Rprop)
 Lion = _declared_adapter(fastopt.Lion)
 AdEMAMix = _declared_adapter(fastopt.AdEMAMix)
 Adan = _declared_adapter(fastopt.Adan)
+Lamb = _declared_adapter(fastopt.Lamb)
+LARS = _declared_adapter(fastopt.LARS)
+# schedulefree's classes read "foreach" from their groups: False (its per-tensor loop) lets
+# them load these checkpoints.
+ScheduleFreeSGD = _declared_adapter(
+    fastopt.ScheduleFreeSGD, step_in_state=False, group_keys={"foreach": False}
+)
+ScheduleFreeAdamW = _declared_adapter(
+    fastopt.ScheduleFreeAdamW, step_in_state=False, group_keys={"foreach": False}
+)
 ASGD = _declared_adapter(fastopt.ASGD)

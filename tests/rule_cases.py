@@ -7,12 +7,30 @@ reference can be compared array by array after any number of steps.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
 
 import fastopt
 from fastopt import reference
+
+
+def in_training(cls: type[fastopt.Optimizer]) -> type[fastopt.Optimizer]:
+    """A Schedule-Free class whose optimizers start in training mode: the package's classes
+    start in evaluation mode, and every test here steps right after construction."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        cls.__init__(self, *args, **kwargs)
+        self.train()
+
+    __init__.__signature__ = inspect.signature(cls.__init__)  # type: ignore[attr-defined]
+    namespace = {"__init__": __init__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (cls,), {**namespace, "__module__": cls.__module__})
+
+
+SCHEDULE_FREE_SGD = in_training(fastopt.ScheduleFreeSGD)
+SCHEDULE_FREE_ADAMW = in_training(fastopt.ScheduleFreeAdamW)
 
 # (rule id, class, constructor keyword arguments)
 CASES: list[tuple[str, type[fastopt.Optimizer], dict[str, Any]]] = [
@@ -64,6 +82,26 @@ CASES: list[tuple[str, type[fastopt.Optimizer], dict[str, Any]]] = [
     ("adan", fastopt.Adan, {"lr": 0.01, "weight_decay": 0.1}),
     ("adan", fastopt.Adan, {"lr": 0.01, "weight_decay": 0.1, "weight_decouple": True}),
     ("adan", fastopt.Adan, {"lr": 0.01, "betas": (0.9, 0.8, 0.95), "maximize": True}),
+    ("lamb", fastopt.Lamb, {"lr": 0.01}),
+    ("lamb", fastopt.Lamb, {"lr": 0.01, "weight_decay": 0.1}),
+    ("lamb", fastopt.Lamb, {"lr": 0.01, "weight_decay": 0.1, "weight_decouple": False}),
+    ("lamb", fastopt.Lamb, {"lr": 0.01, "weight_decay": 0.1, "fixed_decay": True}),
+    ("lamb", fastopt.Lamb, {"lr": 0.01, "grad_averaging": False, "adam": True, "maximize": True}),
+    ("lars", fastopt.LARS, {"lr": 0.1}),
+    ("lars", fastopt.LARS, {"lr": 0.1, "weight_decay": 0.1, "trust_coefficient": 0.02}),
+    ("lars", fastopt.LARS, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    ("lars", fastopt.LARS, {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.1}),
+    ("lars", fastopt.LARS, {"lr": 0.1, "dampening": 0.5, "maximize": True}),
+    ("schedule_free_sgd", SCHEDULE_FREE_SGD, {"lr": 0.1}),
+    ("schedule_free_sgd", SCHEDULE_FREE_SGD, {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.1}),
+    ("schedule_free_sgd", SCHEDULE_FREE_SGD, {"lr": 0.1, "warmup_steps": 4, "r": 1.0}),
+    ("schedule_free_adamw", SCHEDULE_FREE_ADAMW, {"lr": 0.01}),
+    ("schedule_free_adamw", SCHEDULE_FREE_ADAMW, {"lr": 0.01, "weight_decay": 0.1}),
+    (
+        "schedule_free_adamw",
+        SCHEDULE_FREE_ADAMW,
+        {"lr": 0.01, "betas": (0.5, 0.9), "warmup_steps": 3, "weight_lr_power": 1.0},
+    ),
     ("adadelta", fastopt.Adadelta, {"lr": 1.0}),
     ("adadelta", fastopt.Adadelta, {"lr": 0.5, "rho": 0.5, "weight_decay": 0.1}),
     ("adadelta", fastopt.Adadelta, {"lr": 1.0, "eps": 1e-4, "maximize": True}),
@@ -109,15 +147,23 @@ def run_reference(
     scalars: dict[str, float] = {}
     for step, grad in enumerate(grads, start=1):
         _declared_reference(cls._rule, hp, param, grad, state, scalars, step)
-    return ReferenceState(state, scalars)
+    group = state.pop("group", {})
+    return ReferenceState(state, scalars, group)
 
 
 class ReferenceState(dict):
-    """The reference's state arrays by name; ``scalars``: its host scalars by name."""
+    """The reference's state arrays by name; ``scalars``: its host scalars by name;
+    ``group``: the group values its steps advanced (Schedule-Free's ``k``...)."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], scalars: dict[str, float]) -> None:
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        scalars: dict[str, float],
+        group: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(arrays)
         self.scalars = scalars
+        self.group = group or {}
 
 
 def _declared_reference(rule, hp, param, grad, state, scalars, step) -> None:
@@ -125,17 +171,23 @@ def _declared_reference(rule, hp, param, grad, state, scalars, step) -> None:
     arrays and host scalars come from the declaration."""
     for declared in rule.state:
         if declared.present(hp) and declared.name not in state:
-            state[declared.name] = np.full_like(param, declared.initial(hp))
+            initial = (
+                param.copy() if declared.from_param else np.full_like(param, declared.initial(hp))
+            )
+            state[declared.name] = initial
     for declared in rule.scalars:
         scalars.setdefault(declared.name, declared.initial_value(hp, np.dtype(np.float32)))
     arrays = [state.get(declared.name) for declared in rule.state]
     options = {h.name: hp[h.name] for h in rule.hyperparameters}
+    # The group's values a step advances (Schedule-Free's k...), kept with the arrays.
+    kept = state.setdefault("group", {}) if rule.group_state else {}
     if rule.counts_steps:
         options["step"] = step
     returned = getattr(reference, f"{rule.snake_name}_step")(
-        param, grad, *arrays, **options, **scalars
+        param, grad, *arrays, **options, **scalars, **kept
     )
-    scalars.update(returned or {})
+    for name, value in (returned or {}).items():
+        (scalars if name in rule.scalar_names else kept)[name] = value
 
 
 def assert_close(actual: np.ndarray, desired: np.ndarray, err_msg: str = "") -> None:

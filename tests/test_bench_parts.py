@@ -1,5 +1,6 @@
 """The benchmark's building blocks: cases, ceiling kernel, timing, tables, seed problems."""
 
+import inspect
 import io
 import itertools
 import math
@@ -72,10 +73,10 @@ def test_size_label():
     assert size_label(1000) == "1000"
 
 
-def _state_count(cls, options):
+def _state_count(case):
     """State arrays the class actually creates (an independent count of the traffic)."""
     param = np.zeros(3, np.float32)
-    opt = cls(param, **options)
+    opt = case.make(param)
     opt.step(np.ones(3, np.float32))
     return sum(isinstance(v, np.ndarray) for v in opt.state[0].values())
 
@@ -83,10 +84,11 @@ def _state_count(cls, options):
 @pytest.mark.parametrize("name", list(RULES))
 def test_bytes_per_element_counts_every_array_read_and_written(name):
     case = RULES[name]
-    n_state = _state_count(case.optimizer, case.options)
+    n_state = _state_count(case)
     assert case.n_state == n_state
-    # read param, grad, state; write param, state
-    assert case.bytes_per_element("float32") == 4 * (2 + n_state + 1 + n_state)
+    # read param, grad, state (and, for a rule with norms, what its read pass reads);
+    # write param, state
+    assert case.bytes_per_element("float32") == 4 * (2 + n_state + 1 + n_state + case.read_pass)
     assert case.bytes_per_element("float64") == 2 * case.bytes_per_element("float32")
 
 
@@ -97,6 +99,9 @@ def test_bytes_per_element_of_the_headline_rules():
     assert per_element["sgd"] == 12
     assert per_element["amsgrad"] == 36
     assert per_element["adamax"] == per_element["nadam"] == per_element["nadam_decoupled"] == 28
+    # The read pass: LAMB reads the parameter, gradient and both moments again, LARS the
+    # parameter and gradient (its momentum buffer is not in its norms).
+    assert (per_element["lamb"], per_element["lars"]) == (28 + 16, 20 + 8)
 
 
 @pytest.mark.parametrize("name", list(RULES))
@@ -106,7 +111,7 @@ def test_numpy_baseline_runs_the_same_update_as_fastopt(name):
     start = rng.standard_normal(300)
     grads = [rng.standard_normal(300) for _ in range(4)]
     ours, theirs = start.copy(), start.copy()
-    opt = case.optimizer(ours, **case.options)
+    opt = case.make(ours)
     state = case.new_state(theirs)
     for step, grad in enumerate(grads, start=1):
         opt.step(grad)
@@ -136,6 +141,10 @@ CASES = {
     "lion": (("exp_avg",), {"lr": 1e-4}),
     "ademamix": (("exp_avg", "exp_avg_sq", "exp_avg_slow"), {"lr": 1e-3}),
     "adan": (("exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"), {"lr": 1e-3}),
+    "lamb": (("exp_avg", "exp_avg_sq"), {"lr": 1e-3}),
+    "lars": (("momentum_buffer",), {"lr": 1e-3}),
+    "schedule_free_sgd": (("z",), {"lr": 1.0}),
+    "schedule_free_adamw": (("z", "exp_avg_sq"), {"lr": 2.5e-3}),
     "adadelta": (("square_avg", "acc_delta"), {"lr": 1.0}),
     "radam": (("exp_avg", "exp_avg_sq"), {"lr": 1e-3}),
     "rprop": (("prev", "step_size"), {"lr": 1e-2}),
@@ -177,7 +186,7 @@ def test_a_declared_class_derives_a_reference_equal_to_its_step(name, dtype):
     rng = np.random.default_rng(2)
     ours = rng.standard_normal(257).astype(dtype)
     theirs = ours.copy()
-    opt = case.optimizer(ours, **case.options)
+    opt = case.make(ours)
     state = derived.new_state(theirs)
     for step in range(1, 7):
         grad = rng.standard_normal(257).astype(dtype)
@@ -196,7 +205,7 @@ def test_a_declared_reference_keeps_host_scalars_for_every_array_and_run():
     params = [rng.standard_normal(50) for _ in range(2)]
     grads = [[rng.standard_normal(50) for _ in params] for _ in range(5)]
     ours = [p.copy() for p in params]
-    opt = case.optimizer(ours, **case.options)
+    opt = case.make(ours)
     theirs = [p.copy() for p in params]
     states = [case.new_state(p) for p in theirs]
     for step, grad in enumerate(grads, start=1):
@@ -246,18 +255,25 @@ def test_declared_case_defaults_and_refusals():
 
 @pytest.mark.parametrize("name", DECLARED)
 def test_declared_torch_options_build_the_torch_class_and_run_the_same_update(name):
+    """torch.optim's class, or a reference package's for a rule torch lacks (skipped where
+    the package is not installed)."""
     torch = pytest.importorskip("torch")
     case = RULES[name]
-    if not hasattr(torch.optim, case.torch_class):
-        pytest.skip(f"torch.optim has no {case.torch_class} (see tests/test_reference_packages.py)")
+    try:
+        twin_class = torch_child.twin_class(case.torch_class)
+    except ValueError as error:
+        pytest.skip(str(error))
     rng = np.random.default_rng(4)
-    start = rng.standard_normal(64)
+    start = rng.standard_normal((8, 8))  # a matrix: LARS's and LAMB's trust ratios apply
     ours = start.copy()
-    opt = case.optimizer(ours, **case.options)
+    opt = case.make(ours)
     param = torch.tensor(start, requires_grad=True)
-    twin = getattr(torch.optim, case.torch_class)([param], **case.torch_options, foreach=True)
+    flags = {"foreach": True} if "foreach" in inspect.signature(twin_class).parameters else {}
+    twin = twin_class([param], **case.torch_options, **flags)
+    if hasattr(twin, "train"):
+        twin.train()
     for _ in range(5):
-        grad = rng.standard_normal(64)
+        grad = rng.standard_normal((8, 8))
         opt.step(grad)
         param.grad = torch.tensor(grad)
         twin.step()
@@ -783,3 +799,29 @@ def test_interleaved_timing_samples_every_implementation_in_turn():
 
 def test_the_ceiling_streams_as_many_state_arrays_as_any_rule_has():
     assert max(case.n_state for case in RULES.values()) <= MAX_STATE
+
+
+def test_rules_torch_lacks_are_timed_against_their_reference_package():
+    """The torch-side run of Lion, LARS and Schedule-Free AdamW: the reference package's
+    foreach path where it has one, its per-tensor loop otherwise, and no fused kernel."""
+    if not torch_child.torch_installed():
+        pytest.skip("torch is not installed")
+    for package in ("lion_pytorch", "pytorch_optimizer", "schedulefree"):
+        pytest.importorskip(package, reason=f"{package} is not installed")
+    rules = ("lion", "lars", "schedule_free_adamw")
+    requests = [
+        {"case": "single", "rule": rule, "dtype": "float32", "size": 64, "implementation": impl}
+        for rule in rules
+        for impl in ("torch-fused", "torch-foreach")
+    ]
+    policy = TimingPolicy(warmup=1, repeats=2, min_repeats=1, sample_seconds=0.0)
+    results, _ = torch_child.run(requests, 1, policy, 0, Progress(enabled=False))
+    fused, foreach = results[0::2], results[1::2]
+    assert [r["status"] for r in fused] == ["unavailable"] * 3
+    assert fused[0]["note"] == "TypeError: lion_pytorch.Lion has no fused implementation"
+    assert all(r["status"] == "ok" and r["median_ns"] > 0 for r in foreach)
+    assert [r["note"] for r in foreach] == [
+        "lion_pytorch.Lion (its per-tensor loop)",
+        "pytorch_optimizer.LARS (its foreach path)",
+        "schedulefree.AdamWScheduleFree (its foreach path)",
+    ]

@@ -522,3 +522,25 @@ def test_checkpoint_of_a_device_optimizer_round_trips(tmp_path):
                 restored.state[0][name].copy_to_host().tobytes() == value.copy_to_host().tobytes()
             )
     assert restored.step_count == opt.step_count
+
+
+@pytest.mark.parametrize("cls", [fastopt.ScheduleFreeSGD, fastopt.ScheduleFreeAdamW])
+def test_schedule_free_train_and_eval_move_device_parameters(cls):
+    """``eval()`` and ``train()`` blend the device parameters with the device ``z``, as the
+    host class does."""
+    param, grads = problem(200, np.float64, STEPS)
+    host = param.copy()
+    device = cuda.to_device(param)
+    on_host, on_device = cls(host, lr=0.1), cls(device, lr=0.1)
+    for opt in (on_host, on_device):
+        opt.train()
+    for grad in grads:
+        on_host.step(grad)
+        on_device.step(cuda.to_device(grad))
+    for opt in (on_host, on_device):
+        opt.eval()
+    assert_close(device.copy_to_host(), host)
+    assert on_device.param_groups[0]["train_mode"] is False
+    for opt in (on_host, on_device):
+        opt.train()
+    assert_close(device.copy_to_host(), host)

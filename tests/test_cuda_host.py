@@ -115,3 +115,31 @@ def test_every_kernel_compiles_to_ptx(segmented, monkeypatch):
                 assert not promoted, f"{name} {present}: float64 arithmetic {promoted[:3]}"
             else:  # the pattern does find double-precision arithmetic where there is some
                 assert promoted, f"{name} {present}: no float64 arithmetic in a float64 kernel"
+
+
+def test_every_read_pass_of_the_per_tensor_norms_compiles_to_ptx(monkeypatch):
+    """The norms' read pass of LAMB and LARS (one thread per block, float64 lanes in local
+    memory): compiled for a device, the simulator aside."""
+    _ptx_compiler_or_skip((8, 0))
+    import numba.cuda.dispatcher
+    from numba import cuda
+    from numba.core import types as nbtypes
+
+    from fastopt.cuda import _kernels
+
+    if not hasattr(numba.cuda.dispatcher, "get_current_device"):
+        pytest.skip("this numba.cuda compiles device functions differently")
+    device = types.SimpleNamespace(compute_capability=(8, 0))
+    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", lambda: device)
+
+    measured = [variant for variant in _variants() if variant[1].norms is not None]
+    assert {name for name, *_ in measured} == {"Lamb", "LARS"}
+    for name, kernels, present, _ in measured:
+        dispatcher = _kernels._kernel(kernels, present, True, True)
+        for dtype in (nbtypes.float32, nbtypes.float64):
+            array = dtype[::1]
+            table = nbtypes.int64[::1]
+            head = (table, table, table, nbtypes.float64[:, ::1])
+            signature = (*head, array, array, *[array] * sum(present), nbtypes.float64[:, ::1])
+            ptx, _ = cuda.compile_ptx(dispatcher.py_func, signature, cc=(8, 0))
+            assert ".entry" in ptx and ".local" in ptx, f"{name} {present}"

@@ -248,7 +248,9 @@ LAYOUT_CASES = [
 def test_groups_with_different_state_layouts(cls, kwargs, second, monkeypatch):
     calls = []
     original = flatstep.launch
-    monkeypatch.setattr(flatstep, "launch", lambda *a: calls.append(a[3].size) or original(*a))
+    monkeypatch.setattr(
+        flatstep, "launch", lambda *a, **k: calls.append(a[3].size) or original(*a, **k)
+    )
     flat, flat_opt, plain, plain_opt = run_both(cls, kwargs, SHAPES, np.float64, second=second)
     for view, array in zip(flat.params, plain, strict=True):
         np.testing.assert_array_equal(view, array)

@@ -28,15 +28,15 @@ def test_quick_start_has_exactly_two_commands():
 
 
 def _literal(value):
-    """A default as the README writes it: 1e-3, 0, 0.99, (0.9, 0.999), False."""
+    """A default as the README writes it: 1e-3, 2.5e-3, 0, 0.99, (0.9, 0.999), False."""
     if isinstance(value, tuple):
         return "(" + ", ".join(_literal(item) for item in value) + ")"
     if isinstance(value, float):
         if value == 0:
             return "0"
         if abs(value) < 0.1:
-            mantissa, exponent = f"{value:.0e}".split("e")
-            return f"{mantissa}e{int(exponent)}"
+            mantissa, exponent = f"{value:.12e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
         return repr(value)
     return repr(value)
 

@@ -55,7 +55,59 @@ RULES = {
             {"lr": 0.01, "maximize": True},
         ],
     ),
+    "Lamb": (
+        "pytorch_optimizer",
+        "Lamb",
+        [
+            {},
+            {"lr": 0.01},
+            {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-8},
+            {"lr": 0.01, "weight_decay": 0.1},
+            {"lr": 0.01, "weight_decay": 0.1, "weight_decouple": False},
+            {"lr": 0.01, "weight_decay": 0.1, "fixed_decay": True},
+            {"lr": 0.01, "grad_averaging": False},
+            {"lr": 0.01, "adam": True},
+            {"lr": 0.01, "maximize": True},
+        ],
+    ),
+    "LARS": (
+        "pytorch_optimizer",
+        "LARS",
+        [
+            {},
+            {"lr": 0.1},
+            {"lr": 0.1, "weight_decay": 0.1},
+            {"lr": 0.1, "weight_decay": 0.1, "trust_coefficient": 0.05},
+            {"lr": 0.1, "momentum": 0.0},
+            {"lr": 0.1, "momentum": 0.9, "dampening": 0.5},
+            {"lr": 0.1, "nesterov": True},
+            {"lr": 0.1, "maximize": True},
+        ],
+    ),
+    "ScheduleFreeSGD": (
+        "schedulefree",
+        "SGDScheduleFree",
+        [
+            {},
+            {"lr": 0.1},
+            {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.1},
+            {"lr": 0.1, "warmup_steps": 5, "r": 1.0, "weight_lr_power": 1.0},
+        ],
+    ),
+    "ScheduleFreeAdamW": (
+        "schedulefree",
+        "AdamWScheduleFree",
+        [
+            {},
+            {"lr": 0.01},
+            {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1},
+            {"lr": 0.01, "warmup_steps": 5, "r": 1.0, "weight_lr_power": 1.0},
+        ],
+    ),
 }
+
+# Diagnostics a reference keeps in its state and fastopt does not.
+DIAGNOSTICS = {"Lamb": {"weight_norm", "adam_norm", "trust_ratio"}}
 
 CASES = [
     pytest.param(name, options, id=f"{name}({','.join(f'{k}={v}' for k, v in options.items())})")
@@ -87,18 +139,30 @@ def run_reference(name, options, params, grads):
         # difference is then -2g, not 0): maximizing is minimizing with the negated gradient.
         negate = True
     tensors = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
-    opt = reference_class(name)(tensors, **options)
+    opt = training(reference_class(name)(tensors, **options))
     for step_grads in grads:
         for tensor, grad in zip(tensors, step_grads, strict=True):
             tensor.grad = torch.from_numpy(-grad if negate else grad.copy())
         opt.step()
     states = []
     for tensor in tensors:
-        state = {k: v.detach().numpy().copy() for k, v in opt.state[tensor].items()}
+        state = {
+            k: v.detach().numpy().copy()
+            for k, v in opt.state[tensor].items()
+            if k not in DIAGNOSTICS.get(name, ())
+        }
         if name == "Adan":
             state["previous_grad"] = -state["previous_grad"]  # the package keeps -g
         states.append(state)
     return [t.detach().numpy() for t in tensors], states
+
+
+def training(opt):
+    """A Schedule-Free optimizer put in training mode (its package's classes and fastopt's
+    start in evaluation mode); any other optimizer as it is."""
+    if hasattr(opt, "train"):
+        opt.train()
+    return opt
 
 
 def check(params, states, expected_params, expected_states):
@@ -117,7 +181,7 @@ def test_numpy_class_matches_the_reference_package(name, options, dtype):
     params, grads = problem(dtype)
     expected_params, expected_states = run_reference(name, options, params, grads)
 
-    opt = getattr(fastopt, name)(params, **options)
+    opt = training(getattr(fastopt, name)(params, **options))
     for step_grads in grads:
         opt.step(step_grads)
 
@@ -135,7 +199,7 @@ def test_torch_class_matches_the_reference_package(name, options, dtype):
     expected_params, expected_states = run_reference(name, options, params, grads)
 
     tensors = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
-    opt = getattr(ft, name)(tensors, **options)
+    opt = training(getattr(ft, name)(tensors, **options))
     for step_grads in grads:
         for tensor, grad in zip(tensors, step_grads, strict=True):
             tensor.grad = torch.from_numpy(grad.copy())
@@ -169,7 +233,9 @@ def test_defaults_are_the_reference_packages(name):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("foreach", [False, True])
-@pytest.mark.parametrize("name", ["AdEMAMix", "Adan"])
+@pytest.mark.parametrize(
+    "name", ["AdEMAMix", "Adan", "Lamb", "LARS", "ScheduleFreeSGD", "ScheduleFreeAdamW"]
+)
 def test_both_reference_implementations_agree_with_fastopt(name, foreach, dtype):
     """pytorch_optimizer's per-parameter and foreach paths, against one fastopt run."""
     options = {"lr": 0.01, "weight_decay": 0.1}
@@ -177,7 +243,7 @@ def test_both_reference_implementations_agree_with_fastopt(name, foreach, dtype)
     expected_params, expected_states = run_reference(
         name, {**options, "foreach": foreach}, params, grads
     )
-    opt = getattr(fastopt, name)(params, **options)
+    opt = training(getattr(fastopt, name)(params, **options))
     for step_grads in grads:
         opt.step(step_grads)
     states = [
@@ -185,3 +251,118 @@ def test_both_reference_implementations_agree_with_fastopt(name, foreach, dtype)
         for i in range(len(params))
     ]
     check(params, states, expected_params, expected_states)
+
+
+# ---------------------------------------------------------------------- Schedule-Free
+
+
+SCHEDULE_FREE = ["ScheduleFreeSGD", "ScheduleFreeAdamW"]
+
+
+def _schedule_free_pair(name, options, dtype=np.float64, seed=3):
+    params, grads = problem(dtype, seed=seed)
+    theirs = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
+    ours = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
+    return (
+        params,
+        grads,
+        (theirs, reference_class(name)(theirs, **options)),
+        (ours, getattr(ft, name)(ours, **options)),
+    )
+
+
+@pytest.mark.parametrize("name", SCHEDULE_FREE)
+def test_schedule_free_train_eval_cycles_match_the_package(name):
+    """Steps in training mode, eval() and train() between them (the parameters move between
+    y and x), both APIs: the package's parameters, state and group values."""
+    params, grads, (theirs, reference), (ours, adapter) = _schedule_free_pair(
+        name, {"lr": 0.05, "warmup_steps": 3, "weight_decay": 0.01}
+    )
+    numpy_params = [p.copy() for p in params]
+    numpy_opt = getattr(fastopt, name)(numpy_params, lr=0.05, warmup_steps=3, weight_decay=0.01)
+    for opt in (reference, adapter, numpy_opt):
+        opt.train()
+    for step, step_grads in enumerate(grads):
+        for tensors in (theirs, ours):
+            for tensor, grad in zip(tensors, step_grads, strict=True):
+                tensor.grad = torch.from_numpy(grad.copy())
+        reference.step()
+        adapter.step()
+        numpy_opt.step(step_grads)
+        if step % 4 == 3:
+            for opt in (reference, adapter, numpy_opt):
+                opt.eval()
+            for mine, numpy_param, expected in zip(ours, numpy_params, theirs, strict=True):
+                assert_close(mine.detach().numpy(), expected.detach().numpy(), err_msg="x")
+                assert_close(numpy_param, expected.detach().numpy(), err_msg="x, numpy")
+            for opt in (reference, adapter, numpy_opt):
+                opt.train()
+    for mine, expected in zip(ours, theirs, strict=True):
+        assert_close(mine.detach().numpy(), expected.detach().numpy())
+        for key, value in reference.state[expected].items():
+            assert_close(adapter.state[mine][key].numpy(), value.numpy(), err_msg=key)
+    for group, expected, numpy_group in zip(
+        adapter.param_groups, reference.param_groups, numpy_opt.param_groups, strict=True
+    ):
+        for key in ("k", "train_mode", "weight_sum", "lr_max", "scheduled_lr"):
+            assert group[key] == pytest.approx(expected[key], rel=1e-12), key
+            assert numpy_group[key] == group[key], key
+
+
+@pytest.mark.parametrize("name", SCHEDULE_FREE)
+def test_schedule_free_state_dicts_hold_what_the_package_holds_and_load_both_ways(name):
+    _, grads, (theirs, reference), (ours, adapter) = _schedule_free_pair(name, {"lr": 0.05})
+    for opt in (reference, adapter):
+        opt.train()
+    for step_grads in grads[:5]:
+        for tensors in (theirs, ours):
+            for tensor, grad in zip(tensors, step_grads, strict=True):
+                tensor.grad = torch.from_numpy(grad.copy())
+        reference.step()
+        adapter.step()
+    saved_theirs, saved_ours = reference.state_dict(), adapter.state_dict()
+    assert set(saved_ours["param_groups"][0]) == set(saved_theirs["param_groups"][0])
+    assert saved_ours["param_groups"][0]["foreach"] is False  # the package's per-tensor loop
+    assert [sorted(entry) for entry in saved_ours["state"].values()] == [
+        sorted(entry) for entry in saved_theirs["state"].values()
+    ]
+    # Each loads the other's checkpoint into a fresh optimizer over the same parameters, and
+    # the runs continue alike.
+    fresh_ours = [torch.nn.Parameter(t.detach().clone()) for t in theirs]
+    fresh_theirs = [torch.nn.Parameter(t.detach().clone()) for t in ours]
+    continued_ours = getattr(ft, name)(fresh_ours, lr=0.05)
+    continued_ours.load_state_dict(saved_theirs)
+    continued_theirs = reference_class(name)(fresh_theirs, lr=0.05)
+    continued_theirs.load_state_dict(saved_ours)
+    for step_grads in grads[5:]:
+        for tensors in (theirs, fresh_ours, fresh_theirs):
+            for tensor, grad in zip(tensors, step_grads, strict=True):
+                tensor.grad = torch.from_numpy(grad.copy())
+        for opt in (reference, continued_ours, continued_theirs):
+            opt.step()
+    for expected, mine, other in zip(theirs, fresh_ours, fresh_theirs, strict=True):
+        assert_close(mine.detach().numpy(), expected.detach().numpy())
+        assert_close(other.detach().numpy(), expected.detach().numpy())
+
+
+@pytest.mark.parametrize("name", SCHEDULE_FREE)
+def test_schedule_free_step_outside_training_mode_is_an_error_and_changes_nothing(name):
+    params, grads = problem(np.float64)
+    arrays = [p.copy() for p in params]
+    opt = getattr(fastopt, name)(arrays, lr=0.1)
+    with pytest.raises(RuntimeError, match="not in train mode"):
+        opt.step(grads[0])
+    for array, param in zip(arrays, params, strict=True):
+        np.testing.assert_array_equal(array, param)
+    assert opt.state == {} and opt.param_groups[0]["k"] == 0
+    tensors = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
+    adapter = getattr(ft, name)(tensors, lr=0.1)
+    for tensor, grad in zip(tensors, grads[0], strict=True):
+        tensor.grad = torch.from_numpy(grad.copy())
+    with pytest.raises(RuntimeError, match="not in train mode"):
+        adapter.step()
+    adapter.train()
+    adapter.step()
+    adapter.eval()
+    with pytest.raises(RuntimeError, match="not in train mode"):
+        adapter.step()

@@ -34,6 +34,8 @@ def test_matches_reference(case, size, dtype):
         assert_close(value, expected_state[name], err_msg=name)
     for name, value in expected_state.scalars.items():
         assert state[name] == value, name
+    for name, value in expected_state.group.items():  # per-group values the steps advanced
+        assert opt.param_groups[0][name] == value, name
     if size:
         assert not np.array_equal(param, problem(size, dtype, 0)[0]), "nothing moved"
 

@@ -5,7 +5,8 @@ NumPy reference call that runs the same update, the ``torch.optim`` class and op
 match it, and the number of state arrays it reads and writes. From that count follows the
 memory traffic of one update: every rule reads the parameter, the gradient and each state
 array and writes back the parameter and each state array, so an update moves
-``(3 + 2 * n_state) * itemsize`` bytes per element (Adam, float32: 28).
+``(3 + 2 * n_state) * itemsize`` bytes per element (Adam, float32: 28), plus what the read
+pass of a rule with per-tensor norms reads before the update (LAMB: 16 more).
 
 Every case is read from its rule's declaration (:mod:`fastopt.rule`) by
 :func:`declared_case`: the state arrays, the reference step and the ``torch.optim`` class.
@@ -13,6 +14,8 @@ Every case is read from its rule's declaration (:mod:`fastopt.rule`) by
 
 from __future__ import annotations
 
+import dis
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,9 +62,16 @@ class RuleCase:
     reference_step
         ``reference_step(param, grad, *state, step=t)`` runs one NumPy reference update.
     torch_class, torch_options
-        The matching ``torch.optim`` class name and keywords (``lr`` included).
+        The matching ``torch.optim`` class name (or a reference package's ``"package.Class"``)
+        and keywords (``lr`` included).
     initial
-        The state arrays' starting values, in ``state``'s order; empty for all zeros.
+        The state arrays' starting values, in ``state``'s order (None: a copy of the
+        parameter); empty for all zeros.
+    read_pass
+        Arrays read per element by the read pass before the update of a rule with per-tensor
+        norms (LAMB: parameter, gradient and both moments), 0 for the others.
+    prepare
+        What a new optimizer needs before its first step (Schedule-Free's ``train()``).
     """
 
     name: str
@@ -72,7 +82,9 @@ class RuleCase:
     reference_step: Callable[..., None] = field(repr=False)
     torch_class: str
     torch_options: dict[str, Any]
-    initial: tuple[float, ...] = ()
+    initial: tuple[float | None, ...] = ()
+    read_pass: int = 0
+    prepare: Callable[[fastopt.Optimizer], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.initial and len(self.initial) != len(self.state):
@@ -81,6 +93,13 @@ class RuleCase:
                 "state arrays"
             )
 
+    def make(self, params: Any) -> fastopt.Optimizer:
+        """A fastopt optimizer over ``params`` with the case's options, ready to step."""
+        optimizer = self.optimizer(params, **self.options)
+        if self.prepare is not None:
+            self.prepare(optimizer)
+        return optimizer
+
     @property
     def n_state(self) -> int:
         """Number of state arrays read and written per element."""
@@ -88,8 +107,9 @@ class RuleCase:
 
     @property
     def reads(self) -> int:
-        """Arrays read per element: parameter, gradient and every state array."""
-        return 2 + self.n_state
+        """Arrays read per element: parameter, gradient and every state array (and those
+        the read pass reads again)."""
+        return 2 + self.n_state + self.read_pass
 
     @property
     def writes(self) -> int:
@@ -103,7 +123,7 @@ class RuleCase:
     def new_state(self, param: np.ndarray) -> list[np.ndarray]:
         """Fresh state arrays for the reference, shaped like ``param``, at their initial values."""
         initial = self.initial or (0.0,) * self.n_state
-        return [np.full_like(param, value) for value in initial]
+        return [param.copy() if value is None else np.full_like(param, value) for value in initial]
 
 
 class _DeclaredReference:
@@ -126,6 +146,10 @@ class _DeclaredReference:
             scalar.name: scalar.initial_value(group, np.dtype(np.float32))
             for scalar in rule.scalars
         }
+        # The group values a step advances (Schedule-Free's k...) go along like the scalars.
+        self._initial.update(
+            (entry.name, entry.initial) for entry in rule.group_state if entry.functional
+        )
         # A rule whose row ignores the update count (RMSprop) has a reference without step=.
         self._counts_steps = getattr(rule, "counts_steps", True)
         # The host scalars each remembered update starts from, by update number.
@@ -191,7 +215,9 @@ def declared_case(
         as it is).
     torch_class
         The ``torch.optim`` class (default: the class's name, which is torch's where torch has
-        the rule; where it has none, the torch run marks the case unavailable).
+        the rule), or for a rule torch lacks its reference package's class as
+        ``"package.Class"`` (its ``foreach`` path, or its per-tensor loop where it has none,
+        is timed as ``torch-foreach``).
 
     Returns
     -------
@@ -232,6 +258,14 @@ def declared_case(
     probe = optimizer(np.zeros(1), **options)
     group = {key: probe.defaults[key] for key in names}
     present = [state for state in rule.state if state.present(group)]
+    read_pass = 0
+    if rule.norms is not None:
+        names = list(inspect.signature(rule.norms.measure).parameters)
+        loaded = _loaded_names(rule.norms.measure)
+        arrays = [names[0], names[1]] + [
+            name for name, state in zip(names[2:], rule.state) if state.present(group)
+        ]
+        read_pass = sum(name in loaded for name in arrays)
     return RuleCase(
         name=optimizer.__name__.lower() if name is None else name,
         label=optimizer.__name__ if label is None else label,
@@ -241,8 +275,26 @@ def declared_case(
         reference_step=_DeclaredReference(rule, group),
         torch_class=optimizer.__name__ if torch_class is None else torch_class,
         torch_options=dict(options),
-        initial=tuple(float(state.initial(group)) for state in present),
+        initial=tuple(
+            None if state.from_param else float(state.initial(group)) for state in present
+        ),
+        read_pass=read_pass,
+        prepare=_train if "train" in rule.methods else None,
     )
+
+
+def _train(optimizer: fastopt.Optimizer) -> None:
+    optimizer.train()  # type: ignore[attr-defined]
+
+
+def _loaded_names(function: Callable[..., Any]) -> set[str]:
+    """The local names a function reads (the arguments its body uses)."""
+    names: set[str] = set()
+    for instruction in dis.get_instructions(function):
+        if instruction.opname.startswith("LOAD_FAST"):
+            value = instruction.argval
+            names.update(value if isinstance(value, tuple) else (value,))
+    return names
 
 
 RULES: dict[str, RuleCase] = {
@@ -267,9 +319,24 @@ RULES: dict[str, RuleCase] = {
         ),
         declared_case(fastopt.Adamax, {"lr": 2e-3}),
         declared_case(fastopt.NAdam, {"lr": 2e-3}),
-        declared_case(fastopt.Lion, {"lr": 1e-4}),
-        declared_case(fastopt.AdEMAMix, {"lr": 1e-3}),
-        declared_case(fastopt.Adan, {"lr": 1e-3}),
+        # Rules torch lacks: the twin is the reference package's class.
+        declared_case(fastopt.Lion, {"lr": 1e-4}, torch_class="lion_pytorch.Lion"),
+        declared_case(fastopt.AdEMAMix, {"lr": 1e-3}, torch_class="pytorch_optimizer.AdEMAMix"),
+        declared_case(fastopt.Adan, {"lr": 1e-3}, torch_class="pytorch_optimizer.Adan"),
+        declared_case(fastopt.Lamb, {"lr": 1e-3}, torch_class="pytorch_optimizer.Lamb"),
+        declared_case(fastopt.LARS, {"lr": 1e-3}, torch_class="pytorch_optimizer.LARS"),
+        declared_case(
+            fastopt.ScheduleFreeSGD,
+            {"lr": 1.0},
+            name="schedule_free_sgd",
+            torch_class="schedulefree.SGDScheduleFree",
+        ),
+        declared_case(
+            fastopt.ScheduleFreeAdamW,
+            {"lr": 2.5e-3},
+            name="schedule_free_adamw",
+            torch_class="schedulefree.AdamWScheduleFree",
+        ),
         declared_case(fastopt.Adadelta, {"lr": 1.0}),
         declared_case(fastopt.RAdam, {"lr": 1e-3}),
         declared_case(fastopt.Rprop, {"lr": 1e-2}),

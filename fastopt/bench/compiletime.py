@@ -46,7 +46,7 @@ times = {{"import_numpy_s": t1 - t0, "import_numba_s": t2 - t1, "import_fastopt_
 for label, n in (("first_step_serial_s", {small}), ("first_step_parallel_s", {large})):
     param = np.ones(n, np.float32)
     grad = np.full(n, 0.5, np.float32)
-    opt = case.optimizer(param, **case.options)
+    opt = case.make(param)
     start = time.perf_counter()
     opt.step(grad)
     times[label] = time.perf_counter() - start

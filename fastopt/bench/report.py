@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +266,27 @@ def rule_table(results: Results, dtype: str) -> Table:
                     *(_ratio_cell(results, "single", rule, dtype, size, b) for b in baselines),
                 )
             )
-    return _table(f"fastopt, {dtype}", headers, rows)
+    table = _table(f"fastopt, {dtype}", headers, rows)
+    return replace(table, notes=table.notes + _twin_notes(results, dtype))
+
+
+def _twin_notes(results: Results, dtype: str) -> tuple[str, ...]:
+    """Which torch-side figures come from a reference package (rules torch lacks)."""
+    notes = {}
+    for row in results.rows:
+        if (
+            row["dtype"] == dtype
+            and row["case"] == "single"
+            and row["implementation"].startswith("torch-")
+            and row["status"] == "ok"
+            and row["note"]
+        ):
+            notes.setdefault(RULES[row["rule"]].label, row["note"])
+    return tuple(
+        f"{_IMPL_NAMES['torch-foreach']} of {label}: {note}, the rule's reference package "
+        "(torch.optim has no such rule)"
+        for label, note in notes.items()
+    )
 
 
 def times_table(results: Results, dtype: str) -> Table:

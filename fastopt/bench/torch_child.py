@@ -10,6 +10,7 @@ of threads as fastopt.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import json
@@ -33,6 +34,8 @@ __all__ = [
     "make_torch_step",
     "run",
     "torch_installed",
+    "twin_class",
+    "twin_note",
 ]
 
 ISOLATION = "separate process (torch and numba never share one)"
@@ -149,19 +152,58 @@ def make_torch_step(
     import torch
 
     case = RULES[rule]
-    optimizer_class = getattr(torch.optim, case.torch_class, None)
-    if optimizer_class is None:
-        raise ValueError(f"torch {torch.__version__} has no torch.optim.{case.torch_class}")
+    optimizer_class = twin_class(case.torch_class)
+    reference = "." in case.torch_class
+    flags = {flavour: True}
     if flavour not in inspect.signature(optimizer_class).parameters:
-        raise TypeError(f"torch.optim.{case.torch_class} has no {flavour} implementation")
+        if not (reference and flavour == "foreach"):
+            where = case.torch_class if reference else f"torch.optim.{case.torch_class}"
+            raise TypeError(f"{where} has no {flavour} implementation")
+        flags = {}  # a reference package's own per-tensor loop stands in for foreach
     torch_dtype = getattr(torch, dtype)
     params = []
     for n in sizes:
         param = torch.randn(n, dtype=torch_dtype, generator=generator)
         param.grad = torch.randn(n, dtype=torch_dtype, generator=generator)
         params.append(param)
-    optimizer = optimizer_class(params, **case.torch_options, **{flavour: True})
+    optimizer = optimizer_class(params, **case.torch_options, **flags)
+    if hasattr(optimizer, "train"):
+        optimizer.train()  # Schedule-Free's classes step in training mode only
     return optimizer.step
+
+
+def twin_class(name: str) -> type:
+    """The torch class a case is compared with: ``torch.optim.<name>``, or for a rule torch
+    lacks its reference package's class, named ``"package.Class"``.
+
+    Raises
+    ------
+    ValueError
+        When there is no such class (or package).
+    """
+    import torch
+
+    module_name, _, class_name = name.rpartition(".")
+    if not module_name:
+        found = getattr(torch.optim, name, None)
+        if found is None:
+            raise ValueError(f"torch {torch.__version__} has no torch.optim.{name}")
+        return found
+    if importlib.util.find_spec(module_name) is None:
+        raise ValueError(f"{module_name} is not installed (pip install 'fastopt[references]')")
+    found = getattr(importlib.import_module(module_name), class_name, None)
+    if found is None:
+        raise ValueError(f"{module_name} has no {class_name}")
+    return found
+
+
+def twin_note(name: str, flavour: str) -> str:
+    """How a torch-side row was run, when it is not plain torch.optim."""
+    if "." not in name:
+        return ""
+    takes_flavour = flavour in inspect.signature(twin_class(name)).parameters
+    how = f"its {flavour} path" if takes_flavour else "its per-tensor loop"
+    return f"{name} ({how})"
 
 
 def _step_for(request: dict[str, Any], generator: Any) -> Callable[[], object]:
@@ -188,7 +230,8 @@ def _serve() -> None:
             # e.g. no fused kernel for this optimizer or dtype in this torch version
             result = {"status": "unavailable", "note": f"{type(error).__name__}: {error}"}
         else:
-            result = {"status": "ok", "note": "", **time_call(step, policy).as_dict()}
+            note = twin_note(RULES[request["rule"]].torch_class, request["implementation"][6:])
+            result = {"status": "ok", "note": note, **time_call(step, policy).as_dict()}
         # Free this case's tensors before the next case allocates its own.
         step = None
         print(json.dumps(result), flush=True)

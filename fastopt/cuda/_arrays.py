@@ -153,6 +153,13 @@ class CudaArrays:
         cuda.synchronize()
         return out
 
+    def copy(self, array: Any) -> Any:
+        where = layout(array)
+        out = cuda.device_array(where.shape, where.dtype)
+        out.copy_to_device(as_kernel_array(array))
+        cuda.synchronize()
+        return out
+
     def flat(self, array: Any) -> Any:
         view = as_kernel_array(array)
         return view.reshape(view.size)

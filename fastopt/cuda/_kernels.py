@@ -30,11 +30,13 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from numba import cuda
+from numba import cuda, float64
 from numba.core import config
 
 from fastopt._jit import cuda_device, cuda_kernel
 from fastopt._launch import RuleKernels
+from fastopt._norms import blocks_of, finish_rows
+from fastopt._reduce import LANES
 
 __all__ = [
     "SIMULATOR",
@@ -91,6 +93,31 @@ def {name}(bounds, hyper, param, grad{arrays}):
 '''
 
 
+_MEASURE = '''
+def {name}(starts, stops, segment_of_block, hyper, param, grad{arrays}, out):
+    """{rule}'s norms: the sums of squares of block b, lane by lane as on the CPU."""
+    b = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while b < starts.size:
+        scalars = unpack(hyper[segment_of_block[b]], param)
+        acc = cuda.local.array(({lanes}, {count}), float64)
+        for j in range({lanes}):
+            for k in range({count}):
+                acc[j, k] = 0.0
+        lo = starts[b]
+        for t in range(stops[b] - lo):
+            values = measure(lo + t, param, grad{state}, scalars)
+            j = t % {lanes}
+{accumulate}
+        for k in range({count}):
+            total = 0.0
+            for j in range({lanes}):
+                total += acc[j, k]
+            out[b, k] = total
+        b += stride
+'''
+
+
 def segment_of(bounds, index, lo):
     """The segment holding element ``index``, knowing ``bounds[lo] <= index``.
 
@@ -120,8 +147,11 @@ def state_names(kernels: RuleKernels) -> tuple[str, ...]:
     return tuple(names[3:-1])
 
 
-def kernel_source(kernels: RuleKernels, present: tuple[bool, ...], segmented: bool) -> str:
-    """Python source of the CUDA kernel for a rule and a set of present state arrays."""
+def kernel_source(
+    kernels: RuleKernels, present: tuple[bool, ...], segmented: bool, measure: bool = False
+) -> str:
+    """Python source of the CUDA kernel for a rule and a set of present state arrays (the
+    update's, or with ``measure`` its norms' read pass)."""
     names = state_names(kernels)
     if len(present) != len(names):
         raise ValueError(f"{_rule_name(kernels)} has {len(names)} state arrays, got {present}")
@@ -130,6 +160,21 @@ def kernel_source(kernels: RuleKernels, present: tuple[bool, ...], segmented: bo
         f", {name}" if here else ", None" for name, here in zip(names, present, strict=True)
     )
     rule = _rule_name(kernels)
+    if measure:
+        count = len(kernels.norms.declaration.names)
+        accumulate = "\n".join(
+            f"            v = float64(values[{k}])\n            acc[j, {k}] += v * v"
+            for k in range(count)
+        )
+        return _MEASURE.format(
+            name=f"_{rule}_cuda_norms",
+            rule=rule,
+            arrays=arrays,
+            state=state,
+            lanes=LANES,
+            count=count,
+            accumulate=accumulate,
+        )
     template = _SEGMENTED if segmented else _ONE_SEGMENT
     name = f"_{rule}_cuda_segmented" if segmented else f"_{rule}_cuda"
     return template.format(name=name, rule=rule, arrays=arrays, state=state)
@@ -141,16 +186,21 @@ def _device_functions(kernels: RuleKernels) -> tuple[Any, Any]:
 
 
 @cache
-def _kernel(kernels: RuleKernels, present: tuple[bool, ...], segmented: bool):
+def _kernel(
+    kernels: RuleKernels, present: tuple[bool, ...], segmented: bool, measure: bool = False
+):
     update, unpack = _device_functions(kernels)
     namespace = {
         "__name__": __name__,
         "cuda": cuda,
+        "float64": float64,
         "update": update,
         "unpack": unpack,
         "segment_of": _segment_of,
     }
-    source = kernel_source(kernels, present, segmented)
+    if measure:
+        namespace["measure"] = cuda_device(kernels.norms.measure)
+    source = kernel_source(kernels, present, segmented, measure)
     (name,) = re.findall(r"^def (\w+)", source, flags=re.MULTILINE)
     # Registered with linecache so that compiler errors and tracebacks can show the source.
     filename = f"<fastopt.cuda {name} {present}>"
@@ -204,7 +254,25 @@ def stream_of(array) -> Any:
     return getattr(array, "stream", 0) or 0
 
 
-def launch(kernels: RuleKernels, bounds, hyper, param, grad, *state) -> None:
+def _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream, ndims) -> None:
+    """The norms' read pass on the device, then the norm fields of ``hyper`` on the host."""
+    starts, stops, segment = blocks_of(bounds)
+    count = len(kernels.norms.declaration.names)
+    sums = np.zeros((starts.size, count))
+    if starts.size:
+        out = cuda.device_array((starts.size, count), dtype=np.float64, stream=stream)
+        tables = [
+            cuda.to_device(np.ascontiguousarray(table), stream=stream)
+            for table in (starts, stops, segment, hyper)
+        ]
+        kernel = _kernel(kernels, present, True, True)
+        _run(kernel, starts.size, stream, (*tables, param, grad, *arrays, out))
+        sums = out.copy_to_host(stream=stream)
+        cuda.synchronize()
+    finish_rows(kernels.norms, hyper, segment, sums, ndims)
+
+
+def launch(kernels: RuleKernels, bounds, hyper, param, grad, *state, ndims=None) -> None:
     """Run a rule's CUDA kernel: same arguments as its CPU drivers (see fastopt._launch).
 
     ``param``, ``grad`` and the state are device arrays (numba's or CUDA Array Interface
@@ -222,6 +290,8 @@ def launch(kernels: RuleKernels, bounds, hyper, param, grad, *state) -> None:
     present = tuple(array is not None for array in state)
     arrays = tuple(as_kernel_array(array) for array in state if array is not None)
     param = as_kernel_array(param)
+    if kernels.norms is not None:
+        _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream, ndims)
     if bounds.size == 2:
         row = tuple(float(value) for value in hyper[0])
         _run(_kernel(kernels, present, False), size, stream, (row, param, grad, *arrays))
