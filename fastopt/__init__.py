@@ -2,7 +2,7 @@
 
 Each rule is a class with torch.optim's names, defaults and formulas (``SGD``, ``Adagrad``,
 ``RMSprop``, ``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``Adadelta``, ``Rprop``,
-``ASGD``; ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``, ``ScheduleFreeSGD`` and
+``ASGD``, ``Muon``; ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``, ``ScheduleFreeSGD`` and
 ``ScheduleFreeAdamW`` as their reference packages compute them) and a functional step
 (``adam_step`` and so on) for code that manages its own state. Every rule is declared once
 (:mod:`fastopt.rule`) and its kernels, class and step are derived. The updates are numba
@@ -34,6 +34,7 @@ from fastopt.rules.asgd import ASGD, asgd_step
 from fastopt.rules.lamb import Lamb, lamb_step
 from fastopt.rules.lars import LARS, lars_step
 from fastopt.rules.lion import Lion, lion_step
+from fastopt.rules.muon import Muon, muon_step
 from fastopt.rules.nadam import NAdam, nadam_step
 from fastopt.rules.radam import RAdam, radam_step
 from fastopt.rules.rmsprop import RMSprop, rmsprop_step
@@ -61,6 +62,7 @@ __all__ = [
     "Lamb",
     "Lion",
     "LossScaler",
+    "Muon",
     "NAdam",
     "NonfiniteGradientError",
     "Optimizer",
@@ -83,6 +85,7 @@ __all__ = [
     "lars_step",
     "lion_step",
     "load",
+    "muon_step",
     "nadam_step",
     "radam_step",
     "rmsprop_step",

@@ -38,7 +38,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-from fastopt._launch import NormKernels, RuleKernels
+from fastopt._launch import MatrixKernels, NormKernels, RuleKernels
 from fastopt.rule import Rule
 
 __all__ = [
@@ -187,6 +187,53 @@ def _measure_drivers(state: str, segments: str) -> str:
     )
 
 
+_DIRECTION = """
+
+rule_direction = elementwise(RULE.matrix.direction)
+
+
+def {snake}_direction(i, param, grad{state}, scalars):
+{preamble}
+{direction_body}
+
+
+_direction = elementwise({snake}_direction)
+
+
+@kernel
+def direction_block(h, param, grad{state}, out):
+    scalars = _unpack(h, param)
+    for i in range(param.size):
+        store(out, i, _direction(i, param, grad{state}, scalars))
+
+
+@kernel
+def direction_serial(bounds, hyper, param, grad{state}, out):
+    for s in range(bounds.size - 1):
+        lo, hi = bounds[s], bounds[s + 1]
+        direction_block(hyper[s], param[lo:hi], grad[lo:hi]{segments}, out[lo:hi])
+
+
+@parallel_kernel
+def direction_parallel(n_chunks, bounds, hyper, param, grad{state}, out):
+    n = param.size
+    chunk = chunk_length(n, n_chunks)
+    for c in prange(n_chunks):
+        lo = min(c * chunk, n)
+        hi = min(lo + chunk, n)
+        s = first_segment(bounds, lo)
+        while lo < hi:
+            end = min(hi, bounds[s + 1])
+            direction_block(hyper[s], param[lo:end], grad[lo:end]{chunk_segments}, out[lo:end])
+            lo = end
+            s += 1
+"""
+
+#: The array a matrix step's update reads its transformed element from (a driver argument
+#: after the state arrays).
+TRANSFORMED = "transformed"
+
+
 def _template_names() -> frozenset[str]:
     """Every name the generated module's code uses (globals, functions, arguments, locals,
     the builtins it calls), from the template rendered for a rule without state."""
@@ -222,7 +269,22 @@ def _template_names() -> frozenset[str]:
             names.add(node.arg)
         elif isinstance(node, (ast.FunctionDef, ast.alias)):
             names.add(node.asname or node.name if isinstance(node, ast.alias) else node.name)
-    return frozenset(names - {"x_update", "x_measure"})  # named after the rule: see Rule
+    text = _DIRECTION.format(
+        snake="x",
+        state="",
+        preamble=_PREAMBLE,
+        direction_body="    return g",
+        segments="",
+        chunk_segments="",
+    )
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+    names.add(TRANSFORMED)
+    # Named after the rule: see Rule.
+    return frozenset(names - {"x_update", "x_measure", "x_direction"})
 
 
 #: Names a state array may not take (the state arrays become arguments of the generated
@@ -261,8 +323,10 @@ def _branches(rule: Rule, leaf) -> str:
     return "\n".join(lines(0, (), "    "))
 
 
-def _arguments(rule: Rule, present: tuple[bool, ...]) -> str:
+def _arguments(rule: Rule, present: tuple[bool, ...], transformed: bool = False) -> str:
     values = [f"load({n}, i)" if here else "None" for n, here in zip(rule.state_names, present)]
+    if transformed:
+        values.append(f"load({TRANSFORMED}, i)")
     return ", ".join(["load(param, i)", "g", *values, "row"])
 
 
@@ -273,7 +337,8 @@ def _update_body(rule: Rule) -> str:
         names = rule.state_names
         results = [f"new_{n}" for n in names]
         targets = ", ".join(["p", *results]) + ("," if not results else "")
-        out = [f"{indent}({targets}) = rule_update({_arguments(rule, present)})"]
+        arguments = _arguments(rule, present, transformed=rule.matrix is not None)
+        out = [f"{indent}({targets}) = rule_update({arguments})"]
         out.append(f"{indent}store(param, i, p)")
         out += [
             f"{indent}store({n}, i, {r})" for n, r, here in zip(names, results, present) if here
@@ -312,6 +377,7 @@ def kernel_source(rule: Rule) -> str:
     """The text of ``rule``'s generated kernel module."""
     names = list(rule.state_names)
     state = "".join(f", {name}" for name in names)
+    arrays = names + ([TRANSFORMED] if rule.matrix is not None else [])
     fields = ", ".join(
         f"h[{3 + k}] != 0" if name in rule.flags else f"compute_scalar(h[{3 + k}], param)"
         for k, name in enumerate(rule.all_fields)
@@ -322,15 +388,29 @@ def kernel_source(rule: Rule) -> str:
         module=rule.update.__module__,
         key=_key(rule),
         snake=rule.snake_name,
-        state=state,
+        state="".join(f", {name}" for name in arrays),
         fields=fields,
         preamble=_PREAMBLE,
         body=_update_body(rule),
-        segments=segments,
-        chunk_segments="".join(f", segment({name}, lo, end)" for name in names),
+        segments="".join(f", segment({name}, lo, hi)" for name in arrays),
+        chunk_segments="".join(f", segment({name}, lo, end)" for name in arrays),
     )
     if rule.norms is not None:
         text += _measure_source(rule, state, segments)
+    if rule.matrix is not None:
+        text += _DIRECTION.format(
+            snake=rule.snake_name,
+            state=state,
+            preamble=_PREAMBLE,
+            direction_body=_branches(
+                rule,
+                lambda present, indent: [
+                    f"{indent}return rule_direction({_arguments(rule, present)})"
+                ],
+            ),
+            segments=segments,
+            chunk_segments="".join(f", segment({name}, lo, end)" for name in names),
+        )
     return text
 
 
@@ -381,6 +461,8 @@ def _fingerprint(rule: Rule, text: str) -> str:
     _modules_called(rule.update, modules, seen)
     if rule.norms is not None:
         _modules_called(rule.norms.measure, modules, seen)
+    if rule.matrix is not None:
+        _modules_called(rule.matrix.direction, modules, seen)
     modules.add(rule.update.__module__)
     digest = hashlib.sha256(text.encode())
     for name in sorted(modules):
@@ -485,11 +567,21 @@ def kernels_of(rule: Rule) -> RuleKernels:
                 declaration=rule.norms,
                 row_type=rule.row_type,
             )
+        matrix = None
+        if rule.matrix is not None:
+            matrix = MatrixKernels(
+                serial=module.direction_serial,
+                parallel=module.direction_parallel,
+                direction=getattr(module, f"{rule.snake_name}_direction"),
+                declaration=rule.matrix,
+                row_type=rule.row_type,
+            )
         built = _BUILT[key] = RuleKernels(
             serial=module.serial,
             parallel=module.parallel,
             update=getattr(module, f"{rule.snake_name}_update"),
             unpack=module.unpack,
             norms=norms,
+            matrix=matrix,
         )
         return built

@@ -245,6 +245,7 @@ def optimizer_class(
         "_fixed": fixed,
         "_hyper_width": PREAMBLE_WIDTH + len(rule.all_fields),
         "_ready_check": None if rule.ready is None else staticmethod(rule.ready),
+        "_param_ndim": None if rule.matrix is None else rule.matrix.ndim,
         "_group_advance": (
             None if rule.advance_group is None else staticmethod(rule.advance_group)
         ),
@@ -319,6 +320,11 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
         bound.apply_defaults()
         arguments = bound.arguments
         param = check_param("param", arguments["param"])
+        shape = backend_of(param).dtype_shape(param)[1]
+        if rule.matrix is not None and len(shape) != rule.matrix.ndim:
+            raise ValueError(
+                f"{name}() only supports {rule.matrix.ndim}-D parameters, got shape {shape}"
+            )
         arrays = [("param", param), ("grad", check_grad("grad", arguments["grad"], param))]
         group = {h.name: arguments[h.name] for h in rule.hyperparameters}
         for entry in rule.group_state:
@@ -354,7 +360,7 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
             param.reshape(-1),
             arrays[1][1].reshape(-1),
             *flat,
-            ndims=np.array([len(backend_of(param).dtype_shape(param)[1])]),
+            shapes=(shape,),
         )
         returned = {**scalars, **{e.name: group[e.name] for e in _functional_group_state(rule)}}
         return returned or None

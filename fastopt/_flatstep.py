@@ -93,11 +93,8 @@ class FlatStep:
             group_count + self.padding_group[self.padded]
         )
         self.hyper = np.zeros((kinds.size, optimizer._hyper_width))
-        # Per kernel segment, its array's number of dimensions (1 for padding).
-        self.ndims = np.array(
-            [len(flat.shapes[kind]) if kind >= 0 else 1 for kind in kinds.tolist()],
-            dtype=np.int64,
-        )
+        # Per kernel segment, its array's shape (None for padding).
+        self.shapes = tuple(flat.shapes[kind] if kind >= 0 else None for kind in kinds.tolist())
         self.buffers: dict[str, np.ndarray] = {}
         self.views: dict[str, tuple[np.ndarray, ...]] = {}
         self.all_params = np.arange(count)
@@ -241,8 +238,8 @@ class FlatStep:
             padding = self.padding[self.padded]
             self.hyper[padding] = np.array(neutral)[self.padding_group[self.padded]]
 
-        for arrays, ndims in self._plan(active, params):
-            launch(optimizer._kernels, *arrays, ndims=ndims)
+        for arrays, shapes in self._plan(active, params):
+            launch(optimizer._kernels, *arrays, shapes=shapes)
         return created is not None
 
     def _rows_with_scalars(
@@ -294,8 +291,8 @@ class FlatStep:
         self.hyper[self.launch_of_param[params]] = np.array(rows, dtype=np.float64)[inverse]
 
     def _plan(self, active: np.ndarray | None, params: np.ndarray) -> list[tuple[Any, ...]]:
-        """Launch arguments and the segments' numbers of dimensions, one pair per run of
-        active segments sharing a state layout."""
+        """Launch arguments and the segments' tensor shapes, one pair per run of active
+        segments sharing a state layout."""
         optimizer = self.optimizer
         groups = optimizer.param_groups
         numbers = (
@@ -355,5 +352,5 @@ class FlatStep:
                 self.flat.grad_buffer[lo:hi],
                 *state,
             )
-            plan.append((arrays, self.ndims[first:end]))
+            plan.append((arrays, self.shapes[first:end]))
         return plan

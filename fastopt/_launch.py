@@ -20,10 +20,12 @@ import numba
 import numpy as np
 
 from fastopt._jit import PARALLEL_THRESHOLD, elementwise
+from fastopt._matrix import transform_matrices
 from fastopt._norms import measure_norms
 from fastopt._parallel import run_parallel
 
 __all__ = [
+    "MatrixKernels",
     "NormKernels",
     "RuleKernels",
     "chunk_length",
@@ -50,6 +52,22 @@ class NormKernels(NamedTuple):
     row_type: type
 
 
+class MatrixKernels(NamedTuple):
+    """The first pass of a rule with a matrix step (see :class:`fastopt.rule.MatrixStep`).
+
+    ``serial`` and ``parallel`` take the update's driver arguments with ``out`` (a scratch
+    array like the parameter) in place of the transformed array and write the direction
+    there; ``direction(i, param, grad, *state, scalars)`` is the element function they
+    inline (and :mod:`fastopt.cuda` compiles).
+    """
+
+    serial: Callable[..., None]
+    parallel: Callable[..., None]
+    direction: Callable[..., Any]
+    declaration: Any
+    row_type: type
+
+
 class RuleKernels(NamedTuple):
     """A rule's compiled CPU drivers and the plain-Python math every kernel is built from.
 
@@ -64,6 +82,7 @@ class RuleKernels(NamedTuple):
     update: Callable[..., None]
     unpack: Callable[..., Any]
     norms: NormKernels | None = None
+    matrix: MatrixKernels | None = None
 
 
 @elementwise
@@ -85,22 +104,26 @@ def single_segment(n: int) -> np.ndarray:
     return np.array([0, n], dtype=np.int64)
 
 
-def launch(kernels: RuleKernels, bounds, hyper, param, *arrays, ndims=None) -> None:
+def launch(kernels: RuleKernels, bounds, hyper, param, *arrays, shapes=None) -> None:
     """Run a rule's update: serial or parallel driver by size, or the CUDA kernel.
 
     Host (NumPy) arrays run the CPU drivers; device arrays (validated beforehand to be all
-    on the device) run the rule's CUDA kernel. A rule with per-tensor norms first runs its
-    read pass, which writes the norm fields of ``hyper``; ``ndims`` (int64, one per segment)
-    then gives each segment's number of dimensions.
+    on the device) run the rule's CUDA kernel. ``shapes`` gives each segment's tensor shape
+    (None for padding): a rule with per-tensor norms first runs its read pass, which writes
+    the norm fields of ``hyper``; a rule with a matrix step first writes its directions and
+    transforms each tensor's matrix of them on the host.
     """
     if not isinstance(param, np.ndarray):
         from fastopt.cuda._kernels import launch as launch_cuda
 
-        launch_cuda(kernels, bounds, hyper, param, *arrays, ndims=ndims)
+        launch_cuda(kernels, bounds, hyper, param, *arrays, shapes=shapes)
         return
     serial = param.size < PARALLEL_THRESHOLD
     if kernels.norms is not None:
-        measure_norms(kernels.norms, bounds, hyper, param, arrays, ndims, serial)
+        measure_norms(kernels.norms, bounds, hyper, param, arrays, shapes, serial)
+    if kernels.matrix is not None:
+        matrix = kernels.matrix
+        arrays = (*arrays, transform_matrices(matrix, bounds, hyper, param, arrays, shapes, serial))
     if serial:
         kernels.serial(bounds, hyper, param, *arrays)
     else:

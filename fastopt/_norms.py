@@ -45,21 +45,21 @@ def finish_rows(
     hyper: np.ndarray,
     segment: np.ndarray,
     sums: np.ndarray,
-    ndims: np.ndarray | None,
+    shapes: Sequence[tuple[int, ...] | None] | None,
 ) -> None:
     """Write the norm fields of every row of ``hyper`` from the per-block sums of squares
-    ``sums`` (block ``b`` in segment ``segment[b]``)."""
+    ``sums`` (block ``b`` in segment ``segment[b]``); ``shapes``: each segment's tensor shape
+    (None for padding)."""
     declaration = norms.declaration
-    if ndims is None or len(ndims) != hyper.shape[0]:
-        raise ValueError(
-            "a rule with per-tensor norms needs ndims: one number of dimensions per segment"
-        )
+    if shapes is None or len(shapes) != hyper.shape[0]:
+        raise ValueError("a rule with per-tensor norms needs one tensor shape per segment")
+    ndims = np.array([1 if shape is None else len(shape) for shape in shapes], dtype=np.int64)
     totals = np.zeros((hyper.shape[0], len(declaration.names)))
     np.add.at(totals, segment, sums)  # block by block, in order
     values = np.sqrt(totals)
     width = len(norms.row_type._fields)
     h = norms.row_type(*hyper[:, hyper.shape[1] - width :].T)
-    fields = declaration.finish(h, dict(zip(declaration.names, values.T)), np.asarray(ndims))
+    fields = declaration.finish(h, dict(zip(declaration.names, values.T)), ndims)
     first = hyper.shape[1] - len(declaration.fields)
     for k, column in enumerate(fields):
         hyper[:, first + k] = column
@@ -71,7 +71,7 @@ def measure_norms(
     hyper: np.ndarray,
     param: np.ndarray,
     arrays: Sequence[Any],
-    ndims: np.ndarray | None,
+    shapes: Sequence[tuple[int, ...] | None] | None,
     serial: bool,
 ) -> None:
     """The read pass over NumPy arrays (by the serial or the parallel driver): per-segment
@@ -83,4 +83,4 @@ def measure_norms(
         norms.serial(*args)
     else:
         run_parallel(norms.parallel, *args)
-    finish_rows(norms, hyper, segment, sums, ndims)
+    finish_rows(norms, hyper, segment, sums, shapes)

@@ -245,6 +245,9 @@ class Optimizer:
         """The value a new state array ``name`` starts from (None: a copy of its parameter)."""
         return 0.0
 
+    #: The number of dimensions every parameter must have (a rule with a matrix step: 2),
+    #: or None for any.
+    _param_ndim: ClassVar[int | None] = None
     #: ``ready(param_groups)`` raises if the optimizer may not step now (a rule's
     #: :attr:`fastopt.rule.Rule.ready`), checked before anything is read or written.
     _ready_check: ClassVar[Callable[[list[dict[str, Any]]], None] | None] = None
@@ -322,6 +325,14 @@ class Optimizer:
         for i, param in enumerate(params):
             check_param(f"param_groups[{number}]['params'][{i}]", param)
         arrays = self._check_one_place(number, params)
+        if self._param_ndim is not None:
+            for i, param in enumerate(params):
+                shape = arrays.dtype_shape(param)[1]
+                if len(shape) != self._param_ndim:
+                    raise ValueError(
+                        f"{type(self).__name__} only supports {self._param_ndim}-D parameters, "
+                        f"but param_groups[{number}]['params'][{i}] has shape {shape}"
+                    )
         unknown = set(group) - set(self.defaults) - {"params", "schedules"}
         if unknown:
             raise ValueError(f"param_groups[{number}] has unknown keys {sorted(unknown)}")
@@ -480,8 +491,10 @@ class Optimizer:
         """Move every group's per-group values on by one update (rules that keep some)."""
         advance = self._group_advance
         if advance is not None:
-            for group in self.param_groups:
+            for number, group in enumerate(self.param_groups):
                 advance(group)
+                # What the rule advanced is valid: the next step need not check it again.
+                self._checked[number] = _checked_values(self._hyper_values(group))
 
     def _prepare_state(self, index: int, param: np.ndarray, group: Mapping[str, Any]) -> bool:
         state = self.state.get(index)
@@ -666,7 +679,9 @@ class Optimizer:
 
         ``rows`` holds the group's hyperparameter rows made so far in this step, by update
         count and whether the state was just made."""
-        created, (hyper, bounds, flat, state_arrays, ndims) = self._launch_plan(index, param, group)
+        created, (hyper, bounds, flat, state_arrays, shapes) = self._launch_plan(
+            index, param, group
+        )
         state = self.state[index]
         state["step"] += 1
         scalars = self._advance(state, group) if self._scalar_names else ()
@@ -680,7 +695,13 @@ class Optimizer:
         # buffer: about half the cost of NumPy converting a tuple, on every step.
         self._row_layout.pack_into(hyper, 0, *row)
         launch(
-            self._kernels, bounds, hyper, flat, self._arrays.flat(grad), *state_arrays, ndims=ndims
+            self._kernels,
+            bounds,
+            hyper,
+            flat,
+            self._arrays.flat(grad),
+            *state_arrays,
+            shapes=shapes,
         )
 
     def _launch_plan(
@@ -700,7 +721,7 @@ class Optimizer:
             single_segment(views["param"].size),
             views["param"],
             self._kernel_state(group, views),
-            np.array([len(self._arrays.dtype_shape(param)[1])]),
+            (self._arrays.dtype_shape(param)[1],),
         )
         self._plans[index] = (names, plan)
         return created, plan

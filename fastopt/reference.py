@@ -26,6 +26,7 @@ __all__ = [
     "lamb_step",
     "lars_step",
     "lion_step",
+    "muon_step",
     "nadam_step",
     "radam_step",
     "rmsprop_step",
@@ -412,6 +413,41 @@ def schedule_free_adamw_step(
     param += lr * (beta1 * (1 - c) - 1) * u
     z -= lr * u
     return kept
+
+
+def muon_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    momentum_buffer: np.ndarray,
+    *,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
+    eps: float = 1e-7,
+    ns_steps: int = 5,
+    adjust_lr_fn: str | None = None,
+) -> None:
+    """Muon on a 2-D ``param`` (see ``fastopt.muon_step``), as ``torch.optim.Muon`` computes
+    it but with the Newton-Schulz iterations in the parameter's dtype (torch: bfloat16)."""
+    momentum_buffer += (1 - momentum) * (grad - momentum_buffer)
+    update = grad + momentum * (momentum_buffer - grad) if nesterov else momentum_buffer
+    a, b, c = ns_coefficients
+    rows, columns = param.shape
+    x = update.T if rows > columns else update
+    x = x / max(float(np.linalg.norm(x)), eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if rows > columns:
+        x = x.T
+    if adjust_lr_fn == "match_rms_adamw":
+        adjusted = lr * 0.2 * math.sqrt(max(rows, columns))
+    else:
+        adjusted = lr * math.sqrt(max(1, rows / columns))
+    param *= 1 - lr * weight_decay
+    param -= adjusted * x.astype(param.dtype)
 
 
 def ademamix_step(

@@ -56,6 +56,7 @@ __all__ = [
     "BuiltRule",
     "GroupState",
     "Hyperparameter",
+    "MatrixStep",
     "Norms",
     "Rule",
     "Scalar",
@@ -256,6 +257,32 @@ class Norms:
 
 
 @dataclass(frozen=True)
+class MatrixStep:
+    """Matrix work on the host between two element-wise passes (Muon's Newton-Schulz
+    iterations on its momentum).
+
+    A step then reads the tensor once to write ``direction`` into a scratch buffer, the host
+    transforms each tensor's matrix of it (``transform``, NumPy), and the update runs with
+    the transformed element ``o`` as an argument: ``update(p, g, *state, o, h)``.
+
+    Attributes
+    ----------
+    direction : callable
+        ``direction(p, g, *state, h) -> value``, on values: read-only, the same arguments as
+        the update but ``o``.
+    transform : callable
+        ``transform(matrix, h) -> matrix``: the tensor's directions as a 2-D array of the
+        parameters' dtype and the tensor's row (``h``, float64 fields), on the host.
+    ndim : int
+        The parameters' number of dimensions (2 for Muon); others are refused.
+    """
+
+    direction: Callable[..., Any]
+    transform: Callable[[Any, Any], Any]
+    ndim: int = 2
+
+
+@dataclass(frozen=True)
 class Rule:
     """The declaration of an element-wise optimizer rule (see the module docstring).
 
@@ -291,6 +318,8 @@ class Rule:
         the functional step then takes ``step=``.
     norms : Norms, optional
         The per-tensor norms the update reads through row fields (none for most rules).
+    matrix : MatrixStep, optional
+        Matrix work on the host whose result the update reads as ``o`` (Muon).
     group_state : tuple of GroupState
         Values kept per group and advanced by each step (none for most rules).
     advance_group : callable, optional
@@ -318,6 +347,7 @@ class Rule:
     maximize: str | None = "maximize"
     counts_steps: bool = True
     norms: Norms | None = None
+    matrix: MatrixStep | None = None
     group_state: tuple[GroupState, ...] = ()
     advance_group: Callable[[dict[str, Any]], None] | None = None
     ready: Callable[[Any], None] | None = None
@@ -360,17 +390,24 @@ class Rule:
         unknown = self.flags - set(self.all_fields)
         if unknown:
             raise ValueError(f"{self.name}'s flags {sorted(unknown)} are not fields")
-        functions = [("update", self.update)]
+        transformed = self.matrix is not None
+        functions = [("update", self.update, transformed)]
         if self.norms is not None:
-            functions.append(("norms' measure", self.norms.measure))
-        for what, function in functions:
+            functions.append(("norms' measure", self.norms.measure, False))
+        if self.matrix is not None:
+            functions.append(("matrix step's direction", self.matrix.direction, False))
+            if self.norms is not None:
+                raise ValueError(f"{self.name} may have norms or a matrix step, not both")
+        for what, function, takes_o in functions:
             arguments = inspect.signature(function).parameters
-            if len(arguments) != len(self.state) + 3 or any(
+            count = len(self.state) + 3 + takes_o
+            if len(arguments) != count or any(
                 a.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for a in arguments.values()
             ):
+                o = ", o" if takes_o else ""
                 raise ValueError(
-                    f"{self.name}'s {what} must take (p, g, one value per state array, h): "
-                    f"{len(self.state) + 3} plain arguments, got {list(arguments)}"
+                    f"{self.name}'s {what} must take (p, g, one value per state array{o}, h): "
+                    f"{count} plain arguments, got {list(arguments)}"
                 )
         row_type = collections.namedtuple(f"{self.name}Row", self.all_fields)
         object.__setattr__(self, "row_type", row_type)

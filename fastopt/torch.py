@@ -2,13 +2,13 @@
 
 ``fastopt.torch.Adam(model.parameters(), lr=1e-3)`` (and every other rule of :mod:`fastopt`:
 ``AdamW``, ``SGD``, ``Adagrad``, ``RMSprop``, ``Adamax``, ``NAdam``, ``RAdam``, ``Adadelta``,
-``Rprop``, ``ASGD``, ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``, ``ScheduleFreeSGD``,
-``ScheduleFreeAdamW``) is a :class:`torch.optim.Optimizer` with torch's signature (the NumPy
-class's for rules torch lacks), parameter groups, ``zero_grad``, ``state_dict`` format, hooks
-and learning-rate scheduler support. On construction it copies the parameters into one
-:class:`~fastopt.FlatParams` and rebinds each ``p.data`` to its view (zero copy, through
-:func:`torch.from_numpy`). ``step()`` is then one fused kernel launch over every parameter and
-group instead of one per tensor.
+``Rprop``, ``ASGD``, ``Muon``, ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``,
+``ScheduleFreeSGD``, ``ScheduleFreeAdamW``) is a :class:`torch.optim.Optimizer` with torch's
+signature (the NumPy class's for rules torch lacks), parameter groups, ``zero_grad``,
+``state_dict`` format, hooks and learning-rate scheduler support. On construction it copies the
+parameters into one :class:`~fastopt.FlatParams` and rebinds each ``p.data`` to its view (zero
+copy, through :func:`torch.from_numpy`). ``step()`` is then one fused kernel launch over every
+parameter and group instead of one per tensor.
 
 Notes
 -----
@@ -107,6 +107,7 @@ __all__ = [
     "Adan",
     "Lamb",
     "Lion",
+    "Muon",
     "NAdam",
     "RAdam",
     "RMSprop",
@@ -755,6 +756,7 @@ Lion = _declared_adapter(fastopt.Lion)
 AdEMAMix = _declared_adapter(fastopt.AdEMAMix)
 Adan = _declared_adapter(fastopt.Adan)
 Lamb = _declared_adapter(fastopt.Lamb)
+Muon = _declared_adapter(fastopt.Muon, step_in_state=False)
 LARS = _declared_adapter(fastopt.LARS)
 # schedulefree's classes read "foreach" from their groups: False (its per-tensor loop) lets
 # them load these checkpoints.

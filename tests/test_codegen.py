@@ -412,6 +412,8 @@ def test_generated_cpu_loop_vectorizes(rule_class, dtype):
     layouts = {tuple(True for _ in rule.state), tuple(not s.optional for s in rule.state)}
     for present in sorted(layouts):
         state = [array if here else types.none for here in present]
+        if rule.matrix is not None:  # the transformed directions the update reads
+            state.append(array)
         lanes = vector_lanes(fresh_llvm(block.py_func, (row, array, array, *state)), ELEMENT[dtype])
         assert max(lanes, default=0) >= (4 if dtype == np.float32 else 2), (
             f"{rule.name} with state {present}: no SIMD arithmetic"

@@ -135,7 +135,7 @@ def test_every_read_pass_of_the_per_tensor_norms_compiles_to_ptx(monkeypatch):
     measured = [variant for variant in _variants() if variant[1].norms is not None]
     assert {name for name, *_ in measured} == {"Lamb", "LARS"}
     for name, kernels, present, _ in measured:
-        dispatcher = _kernels._kernel(kernels, present, True, True)
+        dispatcher = _kernels._kernel(kernels, present, True, "norms")
         for dtype in (nbtypes.float32, nbtypes.float64):
             array = dtype[::1]
             table = nbtypes.int64[::1]

@@ -35,6 +35,7 @@ from numba.core import config
 
 from fastopt._jit import cuda_device, cuda_kernel
 from fastopt._launch import RuleKernels
+from fastopt._matrix import transform_segments
 from fastopt._norms import blocks_of, finish_rows
 from fastopt._reduce import LANES
 
@@ -118,6 +119,26 @@ def {name}(starts, stops, segment_of_block, hyper, param, grad{arrays}, out):
 '''
 
 
+_DIRECTION = '''
+def {name}(bounds, hyper, param, grad{arrays}, out):
+    """{rule}'s matrix step, first pass: the directions, segments cut by bounds."""
+    i = cuda.grid(1)
+    if i >= param.size:
+        return
+    stride = cuda.gridsize(1)
+    s = segment_of(bounds, i, 0)
+    end = bounds[s + 1]
+    scalars = unpack(hyper[s], param)
+    while i < param.size:
+        if i >= end:
+            s = segment_of(bounds, i, s + 1)
+            end = bounds[s + 1]
+            scalars = unpack(hyper[s], param)
+        out[i] = direction(i, param, grad{state}, scalars)
+        i += stride
+'''
+
+
 def segment_of(bounds, index, lo):
     """The segment holding element ``index``, knowing ``bounds[lo] <= index``.
 
@@ -148,11 +169,14 @@ def state_names(kernels: RuleKernels) -> tuple[str, ...]:
 
 
 def kernel_source(
-    kernels: RuleKernels, present: tuple[bool, ...], segmented: bool, measure: bool = False
+    kernels: RuleKernels, present: tuple[bool, ...], segmented: bool, stage: str = "update"
 ) -> str:
-    """Python source of the CUDA kernel for a rule and a set of present state arrays (the
-    update's, or with ``measure`` its norms' read pass)."""
+    """Python source of the CUDA kernel for a rule and a set of present state arrays: the
+    update's, or the read pass of its norms (``stage="norms"``) or the first pass of its
+    matrix step (``"direction"``, segmented)."""
     names = state_names(kernels)
+    if stage == "direction":
+        names = tuple(list(inspect.signature(kernels.matrix.direction).parameters)[3:-1])
     if len(present) != len(names):
         raise ValueError(f"{_rule_name(kernels)} has {len(names)} state arrays, got {present}")
     arrays = "".join(f", {name}" for name, here in zip(names, present, strict=True) if here)
@@ -160,7 +184,11 @@ def kernel_source(
         f", {name}" if here else ", None" for name, here in zip(names, present, strict=True)
     )
     rule = _rule_name(kernels)
-    if measure:
+    if stage == "direction":
+        return _DIRECTION.format(
+            name=f"_{rule}_cuda_direction", rule=rule, arrays=arrays, state=state
+        )
+    if stage == "norms":
         count = len(kernels.norms.declaration.names)
         accumulate = "\n".join(
             f"            v = float64(values[{k}])\n            acc[j, {k}] += v * v"
@@ -187,7 +215,7 @@ def _device_functions(kernels: RuleKernels) -> tuple[Any, Any]:
 
 @cache
 def _kernel(
-    kernels: RuleKernels, present: tuple[bool, ...], segmented: bool, measure: bool = False
+    kernels: RuleKernels, present: tuple[bool, ...], segmented: bool, stage: str = "update"
 ):
     update, unpack = _device_functions(kernels)
     namespace = {
@@ -198,9 +226,11 @@ def _kernel(
         "unpack": unpack,
         "segment_of": _segment_of,
     }
-    if measure:
+    if stage == "norms":
         namespace["measure"] = cuda_device(kernels.norms.measure)
-    source = kernel_source(kernels, present, segmented, measure)
+    if stage == "direction":
+        namespace["direction"] = cuda_device(kernels.matrix.direction)
+    source = kernel_source(kernels, present, segmented, stage)
     (name,) = re.findall(r"^def (\w+)", source, flags=re.MULTILINE)
     # Registered with linecache so that compiler errors and tracebacks can show the source.
     filename = f"<fastopt.cuda {name} {present}>"
@@ -254,7 +284,7 @@ def stream_of(array) -> Any:
     return getattr(array, "stream", 0) or 0
 
 
-def _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream, ndims) -> None:
+def _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream, shapes) -> None:
     """The norms' read pass on the device, then the norm fields of ``hyper`` on the host."""
     starts, stops, segment = blocks_of(bounds)
     count = len(kernels.norms.declaration.names)
@@ -265,14 +295,33 @@ def _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream,
             cuda.to_device(np.ascontiguousarray(table), stream=stream)
             for table in (starts, stops, segment, hyper)
         ]
-        kernel = _kernel(kernels, present, True, True)
+        kernel = _kernel(kernels, present, True, "norms")
         _run(kernel, starts.size, stream, (*tables, param, grad, *arrays, out))
         sums = out.copy_to_host(stream=stream)
         cuda.synchronize()
-    finish_rows(kernels.norms, hyper, segment, sums, ndims)
+    finish_rows(kernels.norms, hyper, segment, sums, shapes)
 
 
-def launch(kernels: RuleKernels, bounds, hyper, param, grad, *state, ndims=None) -> None:
+def _transformed(kernels, present, bounds, hyper, param, grad, arrays, stream, shapes):
+    """The matrix step on the device: the directions, transformed per tensor on the host
+    (NumPy) and copied back; the device array the update reads ``o`` from."""
+    out = cuda.device_array(param.size, dtype=param.dtype, stream=stream)
+    tables = [cuda.to_device(np.ascontiguousarray(t), stream=stream) for t in (bounds, hyper)]
+    _run(
+        _kernel(kernels, present, True, "direction"),
+        param.size,
+        stream,
+        (*tables, param, grad, *arrays, out),
+    )
+    directions = out.copy_to_host(stream=stream)
+    cuda.synchronize()
+    transform_segments(kernels.matrix, bounds, hyper, directions, shapes)
+    out.copy_to_device(directions, stream=stream)
+    cuda.synchronize()
+    return out
+
+
+def launch(kernels: RuleKernels, bounds, hyper, param, grad, *state, shapes=None) -> None:
     """Run a rule's CUDA kernel: same arguments as its CPU drivers (see fastopt._launch).
 
     ``param``, ``grad`` and the state are device arrays (numba's or CUDA Array Interface
@@ -291,7 +340,12 @@ def launch(kernels: RuleKernels, bounds, hyper, param, grad, *state, ndims=None)
     arrays = tuple(as_kernel_array(array) for array in state if array is not None)
     param = as_kernel_array(param)
     if kernels.norms is not None:
-        _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream, ndims)
+        _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream, shapes)
+    if kernels.matrix is not None:
+        transformed = _transformed(
+            kernels, present, bounds, hyper, param, grad, arrays, stream, shapes
+        )
+        present, arrays = (*present, True), (*arrays, transformed)
     if bounds.size == 2:
         row = tuple(float(value) for value in hyper[0])
         _run(_kernel(kernels, present, False), size, stream, (row, param, grad, *arrays))

@@ -1,0 +1,66 @@
+"""The host step of rules with a matrix step (Muon's Newton-Schulz iterations).
+
+Before the update of a launch, the rule's generated direction pass writes ``direction`` of
+every element into a scratch array shaped like the flat parameter buffer; the host then
+views each tensor's part of it in the tensor's shape and replaces it by ``transform`` of it
+(NumPy: matrix products, BLAS); the update reads the result as its ``o`` argument. Padding
+between a FlatParams' tensors is not transformed: its directions are those of zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numba
+import numpy as np
+
+from fastopt._parallel import run_parallel
+
+if TYPE_CHECKING:
+    from fastopt._launch import MatrixKernels
+
+__all__ = ["transform_matrices", "transform_segments"]
+
+
+def transform_segments(
+    matrix: MatrixKernels,
+    bounds: np.ndarray,
+    hyper: np.ndarray,
+    directions: np.ndarray,
+    shapes: Sequence[tuple[int, ...] | None] | None,
+) -> None:
+    """Replace each tensor's directions (segment ``s`` of ``bounds``, shape ``shapes[s]``,
+    None for padding) by their transform under the segment's row, in place."""
+    if shapes is None or len(shapes) != bounds.size - 1:
+        raise ValueError("a rule with a matrix step needs one tensor shape per segment")
+    width = len(matrix.row_type._fields)
+    for segment, shape in enumerate(shapes):
+        lo, hi = int(bounds[segment]), int(bounds[segment + 1])
+        if shape is None or lo == hi:
+            continue
+        h = matrix.row_type(*hyper[segment, hyper.shape[1] - width :].tolist())
+        result = matrix.declaration.transform(directions[lo:hi].reshape(shape), h)
+        directions[lo:hi] = np.asarray(result, dtype=directions.dtype).reshape(-1)
+
+
+def transform_matrices(
+    matrix: MatrixKernels,
+    bounds: np.ndarray,
+    hyper: np.ndarray,
+    param: np.ndarray,
+    arrays: Sequence[Any],
+    shapes: Sequence[tuple[int, ...] | None] | None,
+    serial: bool,
+) -> np.ndarray:
+    """The direction pass over NumPy arrays (serial or parallel driver), then the host's
+    transform of every tensor: the array the update reads ``o`` from."""
+    directions = np.empty_like(param)
+    if serial:
+        matrix.serial(bounds, hyper, param, *arrays, directions)
+    else:
+        run_parallel(
+            matrix.parallel, numba.get_num_threads(), bounds, hyper, param, *arrays, directions
+        )
+    transform_segments(matrix, bounds, hyper, directions, shapes)
+    return directions
