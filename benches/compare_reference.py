@@ -26,8 +26,10 @@ WORKER = r"""
 import inspect, json, sys, time
 import numpy as np
 kind, rule, case = sys.argv[1], sys.argv[2], sys.argv[3]
-from fastopt.bench.cases import RULES, many_tensor_sizes
-spec = RULES[rule]
+import fastopt
+from fastopt.bench.cases import RULES, declared_case, many_tensor_sizes
+# A benchmark case, or a fastopt class with its defaults (Muon: 2-D only, not a case).
+spec = RULES[rule] if rule in RULES else declared_case(getattr(fastopt, rule))
 
 def shapes(n):
     if case == "single":  # a matrix, as LARS's and LAMB's trust ratios (and Muon) want
@@ -56,12 +58,11 @@ def setup(n):
         if hasattr(opt, "train"):
             opt.train()
         return opt.step
-    import fastopt
-    from fastopt.bench.suite import make_step
+    from fastopt.bench.suite import _ceiling_step
     if kind == "ceiling":
         total = sum(int(np.prod(s)) for s in shapes(n))
         w = rng.standard_normal(total).astype(np.float32)
-        return make_step("ceiling", rule, w, rng.standard_normal(total).astype(np.float32))
+        return _ceiling_step(spec, w, rng.standard_normal(total).astype(np.float32))
     flat = fastopt.FlatParams(shapes(n), np.float32)
     flat.buffer[...] = rng.standard_normal(flat.buffer.size).astype(np.float32)
     flat.grad_buffer[...] = rng.standard_normal(flat.grad_buffer.size).astype(np.float32)
@@ -90,7 +91,9 @@ def parse_size(text: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("rule", help="a case of fastopt.bench.cases.RULES (lamb, lars, ...)")
+    parser.add_argument(
+        "rule", help="a case of fastopt.bench.cases.RULES (lamb, lars, ...) or a class (Muon)"
+    )
     parser.add_argument("--case", choices=["single", "many"], default="single")
     parser.add_argument("--sizes", nargs="+", default=["2^16", "2^20", "2^24", "2^26"])
     parser.add_argument("--rounds", type=int, default=7)

@@ -255,7 +255,7 @@ def declared_case(
             f"(its hyperparameters: {', '.join(names)})"
         )
     # What the class runs with these options: its defaults, a variant's fixed values, checked.
-    probe = optimizer(np.zeros(1), **options)
+    probe = optimizer(np.zeros((1,) * (rule.matrix.ndim if rule.matrix else 1)), **options)
     group = {key: probe.defaults[key] for key in names}
     present = [state for state in rule.state if state.present(group)]
     read_pass = 0
