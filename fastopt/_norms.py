@@ -21,7 +21,7 @@ from fastopt._reduce import LANES, block_table
 if TYPE_CHECKING:
     from fastopt._launch import NormKernels
 
-__all__ = ["blocks_of", "finish_rows", "measure_norms"]
+__all__ = ["blocks_of", "finish_rows", "measure_norms", "read_pass"]
 
 _TABLES: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 _MAX_TABLES = 64
@@ -77,10 +77,18 @@ def measure_norms(
     """The read pass over NumPy arrays (by the serial or the parallel driver): per-segment
     norms, then the norm fields of ``hyper``."""
     starts, stops, segment = blocks_of(bounds)
-    sums = np.empty((starts.size, len(norms.declaration.names)))
-    args = (starts, stops, segment, hyper, param, *arrays, LANES, sums)
+    needed = norms.declaration.needed
+    if shapes is not None and not any(shape is not None and needed(len(shape)) for shape in shapes):
+        sums = np.zeros((starts.size, len(norms.declaration.names)))  # no tensor needs them
+    else:
+        sums = np.empty((starts.size, len(norms.declaration.names)))
+        read_pass(norms, serial, starts, stops, segment, hyper, param, *arrays, LANES, sums)
+    finish_rows(norms, hyper, segment, sums, shapes)
+
+
+def read_pass(norms: NormKernels, serial: bool, *args: Any) -> None:
+    """Run the read pass's serial or parallel driver."""
     if serial:
         norms.serial(*args)
     else:
         run_parallel(norms.parallel, *args)
-    finish_rows(norms, hyper, segment, sums, shapes)

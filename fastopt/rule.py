@@ -77,6 +77,10 @@ def _zero(group: Mapping[str, Any]) -> float:
     return 0.0
 
 
+def _any_ndim(ndim: int) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Hyperparameter:
     """One hyperparameter of a rule, as its class and functional step take it.
@@ -248,12 +252,16 @@ class Norms:
         tensor), ``norms`` maps each name to the float64 array of the tensors' norms, ``ndim``
         is the tensors' numbers of dimensions (LARS leaves vectors alone); one array per
         field.
+    needed : callable
+        ``needed(ndim)``: whether a tensor of ``ndim`` dimensions needs its norms (LARS: 2 or
+        more); a launch of none of those skips the read pass (``finish`` sees norms of 0).
     """
 
     measure: Callable[..., tuple[Any, ...]]
     names: tuple[str, ...]
     fields: tuple[str, ...]
     finish: Callable[..., tuple[Any, ...]]
+    needed: Callable[[int], bool] = _any_ndim
 
 
 @dataclass(frozen=True)

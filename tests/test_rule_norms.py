@@ -367,3 +367,19 @@ def test_zero_parameters_and_gradients_keep_a_trust_ratio_of_one(cls):
         opt.step(np.zeros((3, 3)))
         opt.step(np.ones((3, 3)))
     assert np.all(np.isfinite(param)) and np.all(param < 0)
+
+
+def test_lars_skips_the_read_pass_when_no_tensor_is_a_matrix(monkeypatch):
+    """Vectors take plain momentum SGD: a launch of vectors only reads nothing twice."""
+    import fastopt._norms
+
+    runs = []
+    original = fastopt._norms.read_pass
+    monkeypatch.setattr(
+        fastopt._norms, "read_pass", lambda *args: runs.append(1) or original(*args)
+    )
+    vectors = [np.ones(5), np.ones(7)]
+    fastopt.LARS(vectors, lr=0.1).step([np.ones(5), np.ones(7)])
+    assert runs == []
+    fastopt.LARS([np.ones(5), np.ones((2, 3))], lr=0.1).step([np.ones(5), np.ones((2, 3))])
+    assert runs == [1]  # the matrix's launch

@@ -396,3 +396,56 @@ def assert_states_equal(reference, ours):
                 torch.testing.assert_close(actual[index][key], value, rtol=1e-12, atol=0)
             else:
                 assert actual[index][key] == value
+
+
+# ---------------------------------------------------------------------- Muon (matrices only)
+def matrix_params():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 6, bias=False), torch.nn.Linear(6, 3, bias=False)
+    ).double()
+    return list(model.parameters())
+
+
+def test_muon_follows_torch_signature_groups_and_gradients(monkeypatch):
+    """Muon's parameters are matrices: its share of the checks above, on a bias-free model
+    (torch's Newton-Schulz iteration made to run in float64, as fastopt's does here, instead
+    of bfloat16: see tests/test_muon.py)."""
+    import torch.optim._muon as muon_module
+
+    def iterate(grad, coefficients, steps, eps):
+        a, b, c = coefficients
+        x = grad.T if grad.size(0) > grad.size(1) else grad
+        x = x / x.norm().clamp(min=eps)
+        for _ in range(steps):
+            gram = x @ x.T
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        return x.T if grad.size(0) > grad.size(1) else x
+
+    monkeypatch.setattr(muon_module, "_zeropower_via_newtonschulz", iterate)
+    assert user_parameters(ft.Muon) == user_parameters(torch.optim.Muon)
+    reference_params = matrix_params()
+    params = copy.deepcopy(reference_params)
+    reference = torch.optim.Muon(reference_params, lr=0.02)
+    ours = ft.Muon(params, lr=0.02)
+    for expected, actual in zip(reference.param_groups, ours.param_groups, strict=True):
+        assert {k: v for k, v in actual.items() if k != "params"} == {
+            k: v for k, v in expected.items() if k != "params"
+        }
+    x = torch.randn(8, 4, dtype=torch.float64)
+    for step in range(4):
+        for opt in (reference, ours):
+            opt.zero_grad()
+            first, second = opt.param_groups[0]["params"]
+            hidden = torch.nn.functional.linear(x, first)
+            # The second layer gets no gradient on odd steps: torch skips it, and so do we.
+            out = torch.nn.functional.linear(hidden, second if step % 2 == 0 else second.detach())
+            out.sum().backward()
+            opt.step()
+        for expected, actual in both(reference, ours):
+            torch.testing.assert_close(actual.detach(), expected.detach(), rtol=1e-12, atol=1e-14)
+            assert (actual.grad is None) == (expected.grad is None)
+    with pytest.raises(TypeError, match=r"^Muon\.__init__\(\) got an unexpected keyword"):
+        ft.Muon(matrix_params(), learning_rate=1e-3)
+    with pytest.raises(ValueError, match=r"^Tensor lr must be 1-element$"):
+        ft.Muon(matrix_params(), lr=torch.tensor([0.1, 0.2]))

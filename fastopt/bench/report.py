@@ -351,7 +351,8 @@ def summary_table(results: Results) -> Table | None:
             )
         )
     title = f"{size_label(size)} {dtype} elements, {results.data['config']['threads']} threads"
-    return _table(title, headers, rows)
+    table = _table(title, headers, rows)
+    return replace(table, notes=table.notes + _twin_notes(results, dtype))
 
 
 def _check(measured: float | None, goal: float, higher_is_better: bool = True) -> str:

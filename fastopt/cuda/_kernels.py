@@ -289,7 +289,9 @@ def _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream,
     starts, stops, segment = blocks_of(bounds)
     count = len(kernels.norms.declaration.names)
     sums = np.zeros((starts.size, count))
-    if starts.size:
+    needed = kernels.norms.declaration.needed
+    wanted = shapes is None or any(s is not None and needed(len(s)) for s in shapes)
+    if starts.size and wanted:
         out = cuda.device_array((starts.size, count), dtype=np.float64, stream=stream)
         tables = [
             cuda.to_device(np.ascontiguousarray(table), stream=stream)

@@ -60,6 +60,11 @@ def lars_trust(h, norms, ndim):
     return np.where(scaled, ratio, 1.0), scaled
 
 
+def _is_matrix(ndim: int) -> bool:
+    """Tensors of two or more dimensions take the trust ratio (vectors: plain SGD)."""
+    return ndim > 1
+
+
 RULE = Rule(
     name="LARS",
     update=lars_update,
@@ -78,6 +83,7 @@ RULE = Rule(
         names=("param", "grad"),
         fields=("trust_ratio", "scaled"),
         finish=lars_trust,
+        needed=_is_matrix,
     ),
     hyperparameters=(
         real("lr", 1e-3, scheduled=True),
