@@ -15,14 +15,11 @@ cores of the next. Run from anywhere::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
+
+from side_by_side import Workers, median_ratio, medians, parse_size
 
 WORKER = r"""
-import json, sys, time
+import sys
 import numpy as np
 kind, case = sys.argv[1], sys.argv[2]
 if kind == "torch":
@@ -54,25 +51,7 @@ def setup(n):
         return lambda: stream_step(w, g, m, v)
     opt = fastopt.Adam(w, lr=1e-3)
     return lambda: opt.step(g)
-
-steps = {}
-for line in sys.stdin:
-    n, reps = json.loads(line)
-    if n not in steps:
-        steps[n] = setup(n)
-        for _ in range(3):
-            steps[n]()
-    step = steps[n]
-    start = time.perf_counter()
-    for _ in range(reps):
-        step()
-    print(json.dumps((time.perf_counter() - start) / reps), flush=True)
 """
-
-
-def parse_size(text: str) -> int:
-    base, _, power = text.partition("^")
-    return int(base) ** int(power) if power else int(base)
 
 
 def main() -> None:
@@ -90,42 +69,21 @@ def main() -> None:
     }
     if args.case == "adam":
         kinds["stream"] = ("stream", args.new)
-    workers = {}
-    for name, (kind, path) in kinds.items():
-        env = {**os.environ, "PYTHONPATH": path, "OMP_WAIT_POLICY": "PASSIVE"}
-        workers[name] = subprocess.Popen(
-            [sys.executable, "-c", WORKER, kind, args.case],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd="/",
-        )
-
-    def timed(name: str, n: int, reps: int) -> float:
-        worker = workers[name]
-        worker.stdin.write(json.dumps([n, reps]) + "\n")
-        worker.stdin.flush()
-        return json.loads(worker.stdout.readline())
-
+    workers = Workers(
+        {
+            name: (WORKER, (kind, args.case), {"PYTHONPATH": path})
+            for name, (kind, path) in kinds.items()
+        }
+    )
     for n in map(parse_size, args.sizes):
-        reps = max(3, int(2e8 // (n * 28)))
-        times = {name: [] for name in workers}
-        for _ in range(args.rounds):
-            for name in workers:
-                times[name].append(timed(name, n, reps))
-
-        def ratio(a: str, b: str, times: dict[str, list[float]] = times) -> float:
-            return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
-
-        line = ", ".join(f"{k} {statistics.median(v) * 1e6:.1f} µs" for k, v in times.items())
-        line += f"; new/old {ratio('new', 'old'):.3f}; torch/new {ratio('torch', 'new'):.2f}"
+        times = workers.rounds(n, args.rounds)
+        line = ", ".join(medians(times))
+        line += f"; new/old {median_ratio(times, 'new', 'old'):.3f}"
+        line += f"; torch/new {median_ratio(times, 'torch', 'new'):.2f}"
         if "stream" in times:
-            line += f"; new at {ratio('stream', 'new'):.0%} of the stream"
+            line += f"; new at {median_ratio(times, 'stream', 'new'):.0%} of the stream"
         print(f"{args.case} n={n}: {line}", flush=True)
-    for worker in workers.values():
-        worker.stdin.close()
-        worker.wait()
+    workers.close()
 
 
 if __name__ == "__main__":

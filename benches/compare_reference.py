@@ -16,14 +16,11 @@ twin over the same tensors (its foreach path where it has one)::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
+
+from side_by_side import Workers, median_ratio, medians, parse_size
 
 WORKER = r"""
-import inspect, json, sys, time
+import inspect, sys
 import numpy as np
 kind, rule, case = sys.argv[1], sys.argv[2], sys.argv[3]
 import fastopt
@@ -68,25 +65,7 @@ def setup(n):
     flat.grad_buffer[...] = rng.standard_normal(flat.grad_buffer.size).astype(np.float32)
     opt = spec.make(list(flat.params))
     return opt.step
-
-steps = {}
-for line in sys.stdin:
-    n, reps = json.loads(line)
-    if n not in steps:
-        steps[n] = setup(n)
-        for _ in range(3):
-            steps[n]()
-    step = steps[n]
-    start = time.perf_counter()
-    for _ in range(reps):
-        step()
-    print(json.dumps((time.perf_counter() - start) / reps), flush=True)
 """
-
-
-def parse_size(text: str) -> int:
-    base, _, power = text.partition("^")
-    return int(base) ** int(power) if power else int(base)
 
 
 def main() -> None:
@@ -98,40 +77,19 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["2^16", "2^20", "2^24", "2^26"])
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    workers = {}
-    for kind in ("fastopt", "ceiling", "twin"):
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-        workers[kind] = subprocess.Popen(
-            [sys.executable, "-c", WORKER, kind, args.rule, args.case],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-
-    def timed(kind: str, n: int, reps: int) -> float:
-        worker = workers[kind]
-        worker.stdin.write(json.dumps([n, reps]) + "\n")
-        worker.stdin.flush()
-        return json.loads(worker.stdout.readline())
-
+    workers = Workers(
+        {
+            kind: (WORKER, (kind, args.rule, args.case), {})
+            for kind in ("fastopt", "ceiling", "twin")
+        }
+    )
     for n in map(parse_size, args.sizes):
-        reps = max(3, int(2e8 // (n * 28)))
-        times = {kind: [] for kind in workers}
-        for _ in range(args.rounds):
-            for kind in workers:
-                times[kind].append(timed(kind, n, reps))
-
-        def ratio(a: str, b: str, times: dict[str, list[float]] = times) -> float:
-            return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
-
-        line = ", ".join(f"{k} {statistics.median(v) * 1e6:.1f} µs" for k, v in times.items())
-        line += f"; twin/fastopt {ratio('twin', 'fastopt'):.2f}"
-        line += f"; fastopt at {ratio('ceiling', 'fastopt'):.0%} of the ceiling"
+        times = workers.rounds(n, args.rounds)
+        line = ", ".join(medians(times))
+        line += f"; twin/fastopt {median_ratio(times, 'twin', 'fastopt'):.2f}"
+        line += f"; fastopt at {median_ratio(times, 'ceiling', 'fastopt'):.0%} of the ceiling"
         print(f"{args.rule} {args.case} n={n}: {line}", flush=True)
-    for worker in workers.values():
-        worker.stdin.close()
-        worker.wait()
+    workers.close()
 
 
 if __name__ == "__main__":

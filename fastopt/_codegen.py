@@ -55,6 +55,53 @@ _BUILT: dict[str, RuleKernels] = {}
 _SOURCES: dict[str, tuple[int, bytes]] = {}
 _LOCK = threading.Lock()
 
+# The drivers of an element function: a block over a slice, the serial walk over the segments,
+# the parallel one over one contiguous chunk per thread (the update's, and a matrix step's
+# direction pass with its output array).
+_DRIVERS = """
+
+@kernel
+def {prefix}block(h, param, grad{arrays}):
+    # Unpacked before the loop: as far as LLVM knows, h could alias the arrays.
+    scalars = _unpack(h, param)
+    for i in range(param.size):
+        {element}
+
+
+@kernel
+def {prefix}serial(bounds, hyper, param, grad{arrays}):
+    for s in range(bounds.size - 1):
+        lo, hi = bounds[s], bounds[s + 1]
+        {prefix}block(hyper[s], param[lo:hi], grad[lo:hi]{segments})
+
+
+@parallel_kernel
+def {prefix}parallel(n_chunks, bounds, hyper, param, grad{arrays}):
+    n = param.size
+    chunk = chunk_length(n, n_chunks)
+    for c in prange(n_chunks):
+        lo = min(c * chunk, n)
+        hi = min(lo + chunk, n)
+        s = first_segment(bounds, lo)
+        while lo < hi:
+            end = min(hi, bounds[s + 1])
+            {prefix}block(hyper[s], param[lo:end], grad[lo:end]{chunk_segments})
+            lo = end
+            s += 1
+"""
+
+
+def _drivers(prefix: str, names: list[str], element: str) -> str:
+    """The drivers of ``element`` (a statement on index ``i``) over arrays ``names``."""
+    return _DRIVERS.format(
+        prefix=prefix,
+        arrays="".join(f", {name}" for name in names),
+        element=element,
+        segments="".join(f", segment({name}, lo, hi)" for name in names),
+        chunk_segments="".join(f", segment({name}, lo, end)" for name in names),
+    )
+
+
 # The gradient preamble of every element function, written into each (the CUDA device
 # functions are compiled from them, and the simulator runs them as Python: no helper call).
 _PREAMBLE = """    grad_scale, clip_value, maximize, row = scalars
@@ -99,34 +146,6 @@ _unpack = elementwise(unpack)
 _update = elementwise({snake}_update)
 
 
-@kernel
-def block(h, param, grad{state}):
-    # Unpacked before the loop: as far as LLVM knows, h could alias the arrays.
-    scalars = _unpack(h, param)
-    for i in range(param.size):
-        _update(i, param, grad{state}, scalars)
-
-
-@kernel
-def serial(bounds, hyper, param, grad{state}):
-    for s in range(bounds.size - 1):
-        lo, hi = bounds[s], bounds[s + 1]
-        block(hyper[s], param[lo:hi], grad[lo:hi]{segments})
-
-
-@parallel_kernel
-def parallel(n_chunks, bounds, hyper, param, grad{state}):
-    n = param.size
-    chunk = chunk_length(n, n_chunks)
-    for c in prange(n_chunks):
-        lo = min(c * chunk, n)
-        hi = min(lo + chunk, n)
-        s = first_segment(bounds, lo)
-        while lo < hi:
-            end = min(hi, bounds[s + 1])
-            block(hyper[s], param[lo:end], grad[lo:end]{chunk_segments})
-            lo = end
-            s += 1
 '''
 
 
@@ -198,35 +217,6 @@ def {snake}_direction(i, param, grad{state}, scalars):
 
 
 _direction = elementwise({snake}_direction)
-
-
-@kernel
-def direction_block(h, param, grad{state}, out):
-    scalars = _unpack(h, param)
-    for i in range(param.size):
-        store(out, i, _direction(i, param, grad{state}, scalars))
-
-
-@kernel
-def direction_serial(bounds, hyper, param, grad{state}, out):
-    for s in range(bounds.size - 1):
-        lo, hi = bounds[s], bounds[s + 1]
-        direction_block(hyper[s], param[lo:hi], grad[lo:hi]{segments}, out[lo:hi])
-
-
-@parallel_kernel
-def direction_parallel(n_chunks, bounds, hyper, param, grad{state}, out):
-    n = param.size
-    chunk = chunk_length(n, n_chunks)
-    for c in prange(n_chunks):
-        lo = min(c * chunk, n)
-        hi = min(lo + chunk, n)
-        s = first_segment(bounds, lo)
-        while lo < hi:
-            end = min(hi, bounds[s + 1])
-            direction_block(hyper[s], param[lo:end], grad[lo:end]{chunk_segments}, out[lo:end])
-            lo = end
-            s += 1
 """
 
 #: The array a matrix step's update reads its transformed element from (a driver argument
@@ -246,9 +236,8 @@ def _template_names() -> frozenset[str]:
         fields="",
         preamble=_PREAMBLE,
         body="    p = g",
-        segments="",
-        chunk_segments="",
     )
+    text += _drivers("", [], "_update(i, param, grad, scalars)")
     text += _MEASURE.format(
         snake="x",
         state="",
@@ -269,14 +258,8 @@ def _template_names() -> frozenset[str]:
             names.add(node.arg)
         elif isinstance(node, (ast.FunctionDef, ast.alias)):
             names.add(node.asname or node.name if isinstance(node, ast.alias) else node.name)
-    text = _DIRECTION.format(
-        snake="x",
-        state="",
-        preamble=_PREAMBLE,
-        direction_body="    return g",
-        segments="",
-        chunk_segments="",
-    )
+    text = _DIRECTION.format(snake="x", state="", preamble=_PREAMBLE, direction_body="    return g")
+    text += _drivers("direction_", ["out"], "store(out, i, _direction(i, param, grad, scalars))")
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.Name):
             names.add(node.id)
@@ -392,9 +375,9 @@ def kernel_source(rule: Rule) -> str:
         fields=fields,
         preamble=_PREAMBLE,
         body=_update_body(rule),
-        segments="".join(f", segment({name}, lo, hi)" for name in arrays),
-        chunk_segments="".join(f", segment({name}, lo, end)" for name in arrays),
     )
+    listed = "".join(f", {name}" for name in arrays)
+    text += _drivers("", arrays, f"_update(i, param, grad{listed}, scalars)")
     if rule.norms is not None:
         text += _measure_source(rule, state, segments)
     if rule.matrix is not None:
@@ -408,9 +391,9 @@ def kernel_source(rule: Rule) -> str:
                     f"{indent}return rule_direction({_arguments(rule, present)})"
                 ],
             ),
-            segments=segments,
-            chunk_segments="".join(f", segment({name}, lo, end)" for name in names),
         )
+        element = f"store(out, i, _direction(i, param, grad{state}, scalars))"
+        text += _drivers("direction_", [*names, "out"], element)
     return text
 
 

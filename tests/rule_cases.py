@@ -198,3 +198,18 @@ def assert_close(actual: np.ndarray, desired: np.ndarray, err_msg: str = "") -> 
     finite = np.abs(desired[np.isfinite(desired)])
     scale = float(np.max(finite, initial=1.0))
     np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * scale, err_msg=err_msg)
+
+
+def newton_schulz_in_dtype(grad, coefficients, steps, eps):
+    """``torch.optim._muon._zeropower_via_newtonschulz`` in the gradient's dtype instead of
+    bfloat16, with torch's own operations: what fastopt's Muon computes (a test patches it in
+    to compare with torch tightly)."""
+    import torch
+
+    a, b, c = coefficients
+    x = grad.T if grad.size(0) > grad.size(1) else grad
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if grad.size(0) > grad.size(1) else x

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from numba.core import config
-from rule_cases import assert_close
+from rule_cases import assert_close, newton_schulz_in_dtype
 
 import fastopt
 from fastopt import reference
@@ -110,16 +110,7 @@ def iteration_in_the_parameters_dtype(monkeypatch):
     """torch.optim.Muon with its Newton-Schulz iteration in the parameters' dtype."""
     import torch.optim._muon as muon_module
 
-    def iterate(grad, coefficients, steps, eps):
-        a, b, c = coefficients
-        x = grad.T if grad.size(0) > grad.size(1) else grad
-        x = x / x.norm().clamp(min=eps)
-        for _ in range(steps):
-            gram = x @ x.T
-            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-        return x.T if grad.size(0) > grad.size(1) else x
-
-    monkeypatch.setattr(muon_module, "_zeropower_via_newtonschulz", iterate)
+    monkeypatch.setattr(muon_module, "_zeropower_via_newtonschulz", newton_schulz_in_dtype)
 
 
 def run_torch(params, grads, options, cls=None):

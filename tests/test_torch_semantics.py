@@ -5,6 +5,7 @@ import copy
 import inspect
 
 import pytest
+from rule_cases import newton_schulz_in_dtype
 
 torch = pytest.importorskip("torch")
 
@@ -413,16 +414,7 @@ def test_muon_follows_torch_signature_groups_and_gradients(monkeypatch):
     of bfloat16: see tests/test_muon.py)."""
     import torch.optim._muon as muon_module
 
-    def iterate(grad, coefficients, steps, eps):
-        a, b, c = coefficients
-        x = grad.T if grad.size(0) > grad.size(1) else grad
-        x = x / x.norm().clamp(min=eps)
-        for _ in range(steps):
-            gram = x @ x.T
-            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-        return x.T if grad.size(0) > grad.size(1) else x
-
-    monkeypatch.setattr(muon_module, "_zeropower_via_newtonschulz", iterate)
+    monkeypatch.setattr(muon_module, "_zeropower_via_newtonschulz", newton_schulz_in_dtype)
     assert user_parameters(ft.Muon) == user_parameters(torch.optim.Muon)
     reference_params = matrix_params()
     params = copy.deepcopy(reference_params)

@@ -70,13 +70,13 @@ def {name}(row, param, grad{arrays}):
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     while i < param.size:
-        update(i, param, grad{state}, scalars)
+        {call}
         i += stride
 '''
 
 _SEGMENTED = '''
 def {name}(bounds, hyper, param, grad{arrays}):
-    """{rule}, segments cut by bounds, row s of hyper for segment s."""
+    """{rule}{what}, segments cut by bounds, row s of hyper for segment s."""
     i = cuda.grid(1)
     if i >= param.size:
         return
@@ -89,7 +89,7 @@ def {name}(bounds, hyper, param, grad{arrays}):
             s = segment_of(bounds, i, s + 1)
             end = bounds[s + 1]
             scalars = unpack(hyper[s], param)
-        update(i, param, grad{state}, scalars)
+        {call}
         i += stride
 '''
 
@@ -116,26 +116,6 @@ def {name}(starts, stops, segment_of_block, hyper, param, grad{arrays}, out):
                 total += acc[j, k]
             out[b, k] = total
         b += stride
-'''
-
-
-_DIRECTION = '''
-def {name}(bounds, hyper, param, grad{arrays}, out):
-    """{rule}'s matrix step, first pass: the directions, segments cut by bounds."""
-    i = cuda.grid(1)
-    if i >= param.size:
-        return
-    stride = cuda.gridsize(1)
-    s = segment_of(bounds, i, 0)
-    end = bounds[s + 1]
-    scalars = unpack(hyper[s], param)
-    while i < param.size:
-        if i >= end:
-            s = segment_of(bounds, i, s + 1)
-            end = bounds[s + 1]
-            scalars = unpack(hyper[s], param)
-        out[i] = direction(i, param, grad{state}, scalars)
-        i += stride
 '''
 
 
@@ -184,9 +164,13 @@ def kernel_source(
         f", {name}" if here else ", None" for name, here in zip(names, present, strict=True)
     )
     rule = _rule_name(kernels)
-    if stage == "direction":
-        return _DIRECTION.format(
-            name=f"_{rule}_cuda_direction", rule=rule, arrays=arrays, state=state
+    if stage == "direction":  # the segmented loop, writing the directions to out
+        return _SEGMENTED.format(
+            name=f"_{rule}_cuda_direction",
+            rule=rule,
+            what="'s matrix step, first pass",
+            arrays=f"{arrays}, out",
+            call=f"out[i] = direction(i, param, grad{state}, scalars)",
         )
     if stage == "norms":
         count = len(kernels.norms.declaration.names)
@@ -205,7 +189,8 @@ def kernel_source(
         )
     template = _SEGMENTED if segmented else _ONE_SEGMENT
     name = f"_{rule}_cuda_segmented" if segmented else f"_{rule}_cuda"
-    return template.format(name=name, rule=rule, arrays=arrays, state=state)
+    call = f"update(i, param, grad{state}, scalars)"
+    return template.format(name=name, rule=rule, what="", arrays=arrays, call=call)
 
 
 @cache
