@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import math
 import operator
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +25,7 @@ from fastopt._backend import HOST, ArrayBackend, backend_of, is_device_array, lo
 from fastopt._checks import check_grad, check_keywords, check_param, plural
 from fastopt._flatstep import FlatStep
 from fastopt._launch import launch, single_segment
+from fastopt._state_dict import read_state_dict
 from fastopt.flat import FlatParams
 from fastopt.gradients import (
     GRADIENT_OPTIONS,
@@ -766,69 +766,20 @@ class Optimizer:
             If the checkpoint does not match this optimizer: group count, parameter counts,
             hyperparameters, state array names, shapes or dtypes.
         """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        for key in ("state", "param_groups"):
-            if key not in state_dict:
-                raise ValueError(f"state_dict has no {key!r} entry")
-        saved_groups = state_dict["param_groups"]
-        if not isinstance(saved_groups, (list, tuple)) or not all(
-            isinstance(saved, Mapping) and isinstance(saved.get("params", ()), (list, tuple))
-            for saved in saved_groups
-        ):
-            raise ValueError("state_dict param_groups must be a list of dicts with a params list")
-        if not isinstance(state_dict["state"], Mapping) or not isinstance(
-            state_dict.get("attached", {}), Mapping
-        ):
-            raise ValueError("state_dict state and attached must be dicts")
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"state_dict has {plural(len(saved_groups), 'parameter group')}, "
-                f"the optimizer has {len(self.param_groups)}"
-            )
-        merged_groups = []
-        for number, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=False)):
-            if len(saved.get("params", ())) != len(group["params"]):
-                raise ValueError(
-                    f"state_dict param_groups[{number}] has "
-                    f"{plural(len(saved.get('params', ())), 'parameter')}, the optimizer's has "
-                    f"{len(group['params'])}"
-                )
-            merged = dict(group)
-            merged.update({k: v for k, v in saved.items() if k in self.defaults})
-            self._check_group(merged)
-            merged_groups.append(merged)
-        group_of = [g for g in merged_groups for _ in g["params"]]
-        new_state = {}
-        for raw_index, entry in dict(state_dict["state"]).items():
-            # Positions are ints, or their decimal strings once a checkpoint went through JSON.
-            is_int = isinstance(raw_index, (int, np.integer)) and not isinstance(raw_index, bool)
-            if not (is_int or (isinstance(raw_index, str) and raw_index.isdecimal())):
-                raise ValueError(f"state_dict state key {raw_index!r} is not a parameter position")
-            index = int(raw_index)
-            if not 0 <= index < len(self._params):
-                raise ValueError(f"state_dict has state for parameter {raw_index}, which is absent")
-            if not isinstance(entry, Mapping):
-                raise ValueError(f"state_dict state[{raw_index!r}] must be a dict")
-            new_state[index] = self._checked_entry(index, entry, group_of[index])
-        step_count = state_dict.get("step_count", 0)
-        if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)):
-            raise ValueError(f"state_dict step_count must be an int, got {step_count!r}")
-        if step_count < 0:
-            raise ValueError(f"state_dict step_count must be >= 0, got {step_count}")
-        self._load_attached(dict(state_dict.get("attached", {})))
-        for number, merged in enumerate(merged_groups):
+        loaded = read_state_dict(self, state_dict)
+        self._load_attached(loaded.attached)
+        for number, merged in enumerate(loaded.groups):
             self.param_groups[number].update(
                 {k: v for k, v in merged.items() if k in self.defaults}
             )
             self._checked[number] = _checked_values(self._hyper_values(self.param_groups[number]))
-        self.state = new_state
+        self.state = loaded.state
         self._state_version += 1
         self._views.clear()
         self._plans.clear()
         for index in self.state:
             self._refresh_views(index)
-        self.step_count = int(step_count)
+        self.step_count = loaded.step_count
 
     def _load_attached(self, attached: Mapping[str, Any]) -> None:
         """Load the attached objects' states, all or none: if one refuses its state, those
@@ -844,55 +795,6 @@ class Optimizer:
             for obj, previous in reversed(loaded):
                 obj.load_state_dict(previous)
             raise
-
-    def _checked_entry(
-        self, index: int, entry: Mapping[str, Any], group: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        param = self._params[index]
-        allowed = self._all_state_names()
-        checked: dict[str, Any] = {}
-        for name, value in entry.items():
-            where = f"state_dict state[{index}][{name!r}]"
-            if name == "step":
-                step = float(value) if isinstance(value, np.ndarray) else value
-                if isinstance(step, bool) or not isinstance(step, (int, float, np.number)):
-                    raise ValueError(f"{where} must be a number, got {type(value).__name__}")
-                if not (math.isfinite(step) and step >= 0 and step == int(step)):
-                    raise ValueError(f"{where} must be a whole number >= 0, got {step}")
-                checked[name] = int(step)
-                continue
-            if name in self._scalar_names:
-                checked[name] = self._checked_scalar(where, value)
-                continue
-            if name not in allowed:
-                raise ValueError(f"{where} is not a state of {type(self).__name__}")
-            value_backend = backend_of(value)
-            if value_backend is None:
-                raise ValueError(f"{where} must be an ndarray, got {type(value).__name__}")
-            if value_backend is not HOST:
-                value = value_backend.to_host(value)
-            dtype, shape = self._arrays.dtype_shape(param)
-            if value.dtype != dtype or value.shape != shape:
-                raise ValueError(
-                    f"{where} must have dtype {dtype} and shape {shape}, "
-                    f"got {value.dtype} {value.shape}"
-                )
-            checked[name] = self._arrays.from_host(value, like=param)
-        missing = (set(self._state_names(group)) | set(self._scalar_names)) - set(checked)
-        if missing and checked.get("step", 0) > 0:
-            raise ValueError(f"state_dict state[{index}] lacks {sorted(missing)}")
-        for key, value in self._new_entry(group).items():
-            checked.setdefault(key, value)
-        return checked
-
-    @staticmethod
-    def _checked_scalar(where: str, value: object) -> float:
-        """A host scalar from a checkpoint: a real number (or a one-element array of one)."""
-        if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "fiu":
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ValueError(f"{where} must be a number, got {type(value).__name__}")
-        return float(value)
 
     def _all_state_names(self) -> frozenset[str]:
         """Every state array name this rule may use, whatever the options."""
