@@ -54,8 +54,13 @@ def finish_rows(
     if shapes is None or len(shapes) != hyper.shape[0]:
         raise ValueError("a rule with per-tensor norms needs one tensor shape per segment")
     ndims = np.array([1 if shape is None else len(shape) for shape in shapes], dtype=np.int64)
-    totals = np.zeros((hyper.shape[0], len(declaration.names)))
-    np.add.at(totals, segment, sums)  # block by block, in order
+    if segment.size == hyper.shape[0] and (
+        segment.size < 2 or bool(np.all(segment[1:] > segment[:-1]))
+    ):
+        totals = sums  # one block per segment: its sums are the segment's
+    else:
+        totals = np.zeros((hyper.shape[0], len(declaration.names)))
+        np.add.at(totals, segment, sums)  # block by block, in order
     values = np.sqrt(totals)
     width = len(norms.row_type._fields)
     h = norms.row_type(*hyper[:, hyper.shape[1] - width :].T)

@@ -71,11 +71,11 @@ def lamb_trust(h, norms, ndim):
     ``adam=True``) times the step: the update's coefficient of u, one per tensor."""
     weight_norm = np.minimum(norms["param"], WEIGHT_NORM_CLAMP)
     adam_norm = norms["update"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(
-            (weight_norm != 0) & (adam_norm != 0), weight_norm / (adam_norm + h.eps), 1.0
-        )
-    ratio = np.where(h.adam != 0, 1.0, ratio)
+    # Divided only where both norms are nonzero (and the rule is not plain Adam): no warning
+    # for 0 / 0, and a NaN norm still propagates.
+    ratio = np.ones_like(weight_norm)
+    both = (weight_norm != 0) & (adam_norm != 0) & (h.adam == 0)
+    np.divide(weight_norm, adam_norm + h.eps, out=ratio, where=both)
     return (h.neg_step_size * ratio,)
 
 

@@ -50,14 +50,17 @@ def lars_trust(h, norms, ndim):
     dimensions: vectors and scalars take plain SGD, without the weight decay)."""
     param_norm, grad_norm = norms["param"], norms["grad"]
     denominator = grad_norm + h.weight_decay * param_norm
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(
-            param_norm > 0,
-            np.where(denominator > 0, h.trust_coefficient * param_norm / denominator, 1.0),
-            1.0,
-        )
     scaled = ndim > 1
-    return np.where(scaled, ratio, 1.0), scaled
+    # Divided only where it applies (no warning for 0 / 0; NaN norms give a ratio of 1, as the
+    # reference's comparisons do, and the NaN gradient propagates).
+    ratio = np.ones_like(param_norm)
+    np.divide(
+        h.trust_coefficient * param_norm,
+        denominator,
+        out=ratio,
+        where=scaled & (param_norm > 0) & (denominator > 0),
+    )
+    return ratio, scaled
 
 
 def _is_matrix(ndim: int) -> bool:
