@@ -13,12 +13,17 @@ many arrays into one buffer so that one launch updates all of them (every parame
 its own settings); ``fastopt.torch`` (imported on its own, torch optional) steps PyTorch models
 with the same kernels.
 
+Parameters may be float32, float64, bfloat16 (``ml_dtypes.bfloat16``) or float16, with state in
+float32 or bfloat16, a float32 master copy, Kahan summation or stochastic rounding, all in the
+one pass (:mod:`fastopt.precision`).
+
 Around the step: non-finite gradient policies, loss unscaling and gradient clipping fused into
 one read pass plus the update (:mod:`fastopt.gradients`), dynamic loss scaling
 (:class:`LossScaler`) and atomic, checksummed, pickle-free checkpoints (:func:`save`,
 :func:`load`).
 """
 
+from fastopt import precision
 from fastopt.checkpoint import Checkpoint, CheckpointError, load, save
 from fastopt.flat import FlatParams
 from fastopt.gradients import NonfiniteGradientError, StepStats, global_norm
@@ -87,6 +92,7 @@ __all__ = [
     "load",
     "muon_step",
     "nadam_step",
+    "precision",
     "radam_step",
     "rmsprop_step",
     "rprop_step",

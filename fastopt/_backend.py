@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fastopt._storage import kernel_view
 from fastopt._words import with_article
 
 __all__ = ["HOST", "ArrayBackend", "HostArrays", "backend_of", "is_device_array", "location_of"]
@@ -28,11 +29,14 @@ class ArrayBackend(Protocol):
 
     def dtype_shape(self, array: Any) -> tuple[np.dtype, tuple[int, ...]]: ...
 
-    def full_like(self, array: Any, value: float) -> Any: ...
+    def full_like(self, array: Any, value: float, dtype: np.dtype | None = None) -> Any: ...
 
-    def copy(self, array: Any) -> Any: ...
+    def copy(self, array: Any, dtype: np.dtype | None = None) -> Any: ...
 
-    def flat(self, array: Any) -> Any: ...
+    def flat(self, array: Any) -> Any:
+        """The one-dimensional view the kernels take (16-bit formats as their bits, see
+        :func:`fastopt._storage.kernel_view`)."""
+        ...
 
     def to_host(self, array: Any) -> np.ndarray: ...
 
@@ -77,18 +81,20 @@ class HostArrays:
     def dtype_shape(self, array: np.ndarray) -> tuple[np.dtype, tuple[int, ...]]:
         return array.dtype, array.shape
 
-    def full_like(self, array: np.ndarray, value: float) -> np.ndarray:
-        return np.full_like(array, value)
+    def full_like(
+        self, array: np.ndarray, value: float, dtype: np.dtype | None = None
+    ) -> np.ndarray:
+        return np.full(array.shape, value, dtype=array.dtype if dtype is None else dtype)
 
-    def copy(self, array: np.ndarray) -> np.ndarray:
-        return np.array(array, order="C", copy=True)
+    def copy(self, array: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
+        return np.array(array, dtype=dtype, order="C", copy=True)
 
     def flat(self, array: np.ndarray) -> np.ndarray:
-        if array.ndim == 1:
-            return array
-        flat = array.reshape(-1)
-        # numpy.matrix stays 2-D through reshape: its plain-ndarray view does not.
-        return flat if flat.ndim == 1 else array.view(np.ndarray).reshape(-1)
+        if array.ndim != 1:
+            flat = array.reshape(-1)
+            # numpy.matrix stays 2-D through reshape: its plain-ndarray view does not.
+            array = flat if flat.ndim == 1 else array.view(np.ndarray).reshape(-1)
+        return kernel_view(array)
 
     def to_host(self, array: np.ndarray) -> np.ndarray:
         return array.copy()

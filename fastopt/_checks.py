@@ -19,6 +19,7 @@ import math
 import reprlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from fastopt._backend import HOST, backend_of, location_of
@@ -26,6 +27,8 @@ from fastopt._words import plural, with_article
 
 __all__ = [
     "FLOAT_DTYPES",
+    "LOW_PRECISION_DTYPES",
+    "PARAM_DTYPES",
     "check_beta",
     "check_betas",
     "check_bool",
@@ -40,12 +43,20 @@ __all__ = [
     "check_state",
     "check_step",
     "describe",
+    "grad_dtypes",
     "plural",
     "shares_memory",
+    "state_dtypes",
     "with_article",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: The 16-bit floating-point formats (see :mod:`fastopt.precision`).
+LOW_PRECISION_DTYPES = (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
+#: The dtypes a parameter may have.
+PARAM_DTYPES = FLOAT_DTYPES + LOW_PRECISION_DTYPES
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+_FLOAT32 = np.dtype(np.float32)
 
 
 _ARRAY_KINDS = "a numpy.ndarray or a CUDA device array"
@@ -69,15 +80,36 @@ def _same_place(name: str, array: object, param: object):
     return backend
 
 
+def grad_dtypes(param_dtype: np.dtype) -> tuple[np.dtype, ...]:
+    """The dtypes a gradient of a ``param_dtype`` parameter may have: the parameter's, and
+    float32 for a 16-bit parameter."""
+    if param_dtype in LOW_PRECISION_DTYPES:
+        return (param_dtype, _FLOAT32)
+    return (param_dtype,)
+
+
+def state_dtypes(param_dtype: np.dtype) -> tuple[np.dtype, ...]:
+    """The dtypes a state array of a ``param_dtype`` parameter may have: the parameter's (or
+    float32 for a 16-bit parameter), and bfloat16."""
+    own = _FLOAT32 if param_dtype in LOW_PRECISION_DTYPES else param_dtype
+    return (own, _BFLOAT16)
+
+
+def _dtype_names(dtypes: Sequence[np.dtype]) -> str:
+    names = [str(dtype) for dtype in dtypes]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def check_param(name: str, array: object) -> np.ndarray:
-    """A parameter (or state) array: a writeable, C-contiguous float32/float64 ndarray.
+    """A parameter (or state) array: a writeable, C-contiguous ndarray of float32, float64,
+    bfloat16 or float16.
 
     A CUDA device array is checked the same way by its backend and returned as given.
     """
     if not isinstance(array, np.ndarray):
         return _device_or_raise(name, array).check_param(name, array)
-    if array.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}")
+    if array.dtype not in PARAM_DTYPES:
+        raise TypeError(f"{name} must have dtype {_dtype_names(PARAM_DTYPES)}, got {array.dtype}")
     if not array.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
     if not array.flags.writeable:
@@ -97,8 +129,9 @@ def check_grad(
         if backend is not HOST:
             return backend.check_grad(name, grad, param)
     assert isinstance(grad, np.ndarray)
-    if grad.dtype is not param.dtype and grad.dtype != param.dtype:
-        raise TypeError(f"{name} must have the parameter's dtype {param.dtype}, got {grad.dtype}")
+    if grad.dtype is not param.dtype and grad.dtype not in grad_dtypes(param.dtype):
+        allowed = _dtype_names(grad_dtypes(param.dtype))
+        raise TypeError(f"{name} must have the parameter's dtype {allowed}, got {grad.dtype}")
     if grad.shape != param.shape:
         raise ValueError(f"{name} must have the parameter's shape {param.shape}, got {grad.shape}")
     if not grad.flags.c_contiguous:
@@ -109,14 +142,16 @@ def check_grad(
 
 
 def check_state(name: str, array: object, param: np.ndarray) -> np.ndarray:
-    """A state array: writeable, C-contiguous, of its parameter's dtype and size."""
+    """A state array: writeable, C-contiguous, of its parameter's size and of one of the
+    :func:`state_dtypes` of its parameter's dtype."""
     backend = _same_place(name, array, param)
     if backend is not HOST:
         return backend.check_state(name, array, param)
     check_param(name, array)
     assert isinstance(array, np.ndarray)
-    if array.dtype != param.dtype:
-        raise TypeError(f"{name} must have the parameter's dtype {param.dtype}, got {array.dtype}")
+    if array.dtype not in state_dtypes(param.dtype):
+        allowed = _dtype_names(state_dtypes(param.dtype))
+        raise TypeError(f"{name} must have dtype {allowed}, got {array.dtype}")
     if array.size != param.size:
         raise ValueError(f"{name} must have the parameter's size {param.size}, got {array.size}")
     return array

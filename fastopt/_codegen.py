@@ -6,7 +6,8 @@ drivers of a :class:`~fastopt.rule.Rule` are written out as a real Python module
 and imported: every function in it is an ordinary module-level function that numba caches.
 
 The module's name carries a hash of its own text and of the sources it is compiled from (the
-rule's module, :mod:`fastopt._storage`, :mod:`fastopt._jit`, :mod:`fastopt._launch` and this
+rule's module, :mod:`fastopt._storage` and :mod:`fastopt._codecs`, :mod:`fastopt._jit`,
+:mod:`fastopt._launch` and this
 generator): numba does not notice when a function that a cached one inlines changes, so a
 changed source gives a new file instead of a stale cache. Files live in the kernel cache
 directory: ``$FASTOPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastopt`` (``~/.cache/fastopt``),
@@ -15,10 +16,15 @@ processes write the same text); older versions of a rule's file are removed.
 
 The generated functions, for a rule with state arrays ``s1 ... sk``:
 
-- ``unpack(h, param)``: the float64 row ``h`` as the kernel's scalars: the gradient's scale,
-  clip value and sign flag, and the rule's named row, each rounded once to the compute type;
-- ``<rule>_update(i, param, grad, s1, ..., sk, scalars)``: element ``i``: load, the gradient
-  preamble (scale, clip by value, maximize), the rule's update on values, store;
+- ``unpack(h, param, base, stochastic)``: the float64 row ``h`` as the kernel's scalars: the
+  gradient's scale, clip value and sign flag, the stores' rounding (``h[3]`` is the
+  segment's random key, used when ``stochastic`` is not None; ``base`` is the offset of the
+  kernel's element 0 inside its parameter) and the rule's named row, each rounded once to the
+  compute type;
+- ``<rule>_update(i, param, grad, s1, ..., sk, master, comp, scalars)``: element ``i``: load,
+  the gradient preamble (scale, clip by value, maximize), the rule's update on values, store
+  (see :mod:`fastopt._storage`; ``master`` and ``comp`` are None unless a low-precision
+  parameter has a master copy or a compensation buffer);
 - ``block``, ``serial``, ``parallel``: the CPU drivers of :mod:`fastopt._launch`.
 
 The CUDA kernels (:mod:`fastopt.cuda`) compile ``unpack`` and ``<rule>_update`` as device
@@ -61,22 +67,23 @@ _LOCK = threading.Lock()
 _DRIVERS = """
 
 @kernel
-def {prefix}block(h, param, grad{arrays}):
-    # Unpacked before the loop: as far as LLVM knows, h could alias the arrays.
-    scalars = _unpack(h, param)
+def {prefix}block(h, base, param, grad{arrays}, stochastic):
+    # Unpacked before the loop: as far as LLVM knows, h could alias the arrays. Element i
+    # of the slice is element base + i of its parameter.
+    scalars = _unpack(h, param, base, stochastic)
     for i in range(param.size):
         {element}
 
 
 @kernel
-def {prefix}serial(bounds, hyper, param, grad{arrays}):
+def {prefix}serial(bounds, hyper, param, grad{arrays}, stochastic):
     for s in range(bounds.size - 1):
         lo, hi = bounds[s], bounds[s + 1]
-        {prefix}block(hyper[s], param[lo:hi], grad[lo:hi]{segments})
+        {prefix}block(hyper[s], 0, param[lo:hi], grad[lo:hi]{segments}, stochastic)
 
 
 @parallel_kernel
-def {prefix}parallel(n_chunks, bounds, hyper, param, grad{arrays}):
+def {prefix}parallel(n_chunks, bounds, hyper, param, grad{arrays}, stochastic):
     n = param.size
     chunk = chunk_length(n, n_chunks)
     for c in prange(n_chunks):
@@ -85,7 +92,9 @@ def {prefix}parallel(n_chunks, bounds, hyper, param, grad{arrays}):
         s = first_segment(bounds, lo)
         while lo < hi:
             end = min(hi, bounds[s + 1])
-            {prefix}block(hyper[s], param[lo:end], grad[lo:end]{chunk_segments})
+            {prefix}block(
+                hyper[s], lo - bounds[s], param[lo:end], grad[lo:end]{chunk_segments}, stochastic
+            )
             lo = end
             s += 1
 """
@@ -104,7 +113,7 @@ def _drivers(prefix: str, names: list[str], element: str) -> str:
 
 # The gradient preamble of every element function, written into each (the CUDA device
 # functions are compiled from them, and the simulator runs them as Python: no helper call).
-_PREAMBLE = """    grad_scale, clip_value, maximize, row = scalars
+_PREAMBLE = """    grad_scale, clip_value, maximize, rounding, row = scalars
     g = load(grad, i) * grad_scale
     # Comparisons, not min/max: NaN propagates and the loop vectorizes.
     g = clip_value if g > clip_value else g
@@ -144,17 +153,18 @@ from numba import prange
 from fastopt._codegen import rule_named
 from fastopt._jit import elementwise, kernel, parallel_kernel, segment
 from fastopt._launch import chunk_length, first_segment
-from fastopt._storage import compute_scalar, load, store
+from fastopt._storage import compute_scalar, load, load_param, rounding_of, store, store_param
 
 RULE = rule_named({key!r})
 Row = RULE.row_type
 
 
-def unpack(h, param):
+def unpack(h, param, base, stochastic):
     return (
         compute_scalar(h[0], param),
         compute_scalar(h[1], param),
         h[2] != 0,
+        rounding_of(h[3], base, stochastic),
         Row({fields}),
     )
 
@@ -166,19 +176,19 @@ _unpack = elementwise(unpack)
 _MEASURE = """
 
 @kernel
-def measure_block(h, param, grad{state}, lanes, out):
+def measure_block(h, param, grad{state}, master, lanes, out):
     # Lane j sums elements j, j + lanes, ... of the block (see fastopt._reduce).
-    scalars = _unpack(h, param)
+    scalars = _unpack(h, param, 0, None)
 {zeros}
     rows = param.size // lanes
     for r in range(rows):
         base = r * lanes
         for j in range(lanes):
-            ({values},) = _measure(base + j, param, grad{state}, scalars)
+            ({values},) = _measure(base + j, param, grad{state}, master, scalars)
 {accumulate}
     base = rows * lanes
     for j in range(param.size - base):
-        ({values},) = _measure(base + j, param, grad{state}, scalars)
+        ({values},) = _measure(base + j, param, grad{state}, master, scalars)
 {accumulate_tail}
 {totals}
 
@@ -188,11 +198,18 @@ def measure_block(h, param, grad{state}, lanes, out):
 _MEASURE_DRIVER = """
 
 @{decorator}
-def measure_{kind}(starts, stops, segment_of_block, hyper, param, grad{state}, lanes, out):
+def measure_{kind}(
+    starts, stops, segment_of_block, hyper, param, grad{state}, master, lanes, out
+):
     for b in {loop}(starts.size):
         lo, hi = starts[b], stops[b]
         measure_block(
-            hyper[segment_of_block[b]], param[lo:hi], grad[lo:hi]{segments}, lanes, out[b]
+            hyper[segment_of_block[b]],
+            param[lo:hi],
+            grad[lo:hi]{segments},
+            segment(master, lo, hi),
+            lanes,
+            out[b],
         )
 """
 
@@ -213,14 +230,21 @@ def _measure_drivers(state: str, segments: str) -> str:
 #: after the state arrays).
 TRANSFORMED = "transformed"
 
+#: The arrays after the state (and the transformed array) in the update's arguments: the
+#: parameter's float32 master copy and its Kahan compensation buffer, each None when absent
+#: (see fastopt._storage.store_param).
+PRECISION = ("master", "comp")
+
+_DIRECTION_STORE = "store(out, i, _direction(i, param, grad{state}, master, scalars), None, 0)"
+
 
 def _template_names() -> frozenset[str]:
     """Every name the generated module's code uses (globals, functions, arguments, locals,
     the builtins it calls), from the templates rendered for a rule without state."""
     text = _HEADER.format(name="X", module="m", key="k", fields="")
-    text += _element("update", "update", "x", [], "    p = g")
-    text += _drivers("", [], "_update(i, param, grad, scalars)")
-    text += _element("measure", "norms.measure", "x", [], "    return (g,)")
+    text += _element("update", "update", "x", list(PRECISION), _update_body_of([], ()))
+    text += _drivers("", list(PRECISION), "_update(i, param, grad, master, comp, scalars)")
+    text += _element("measure", "norms.measure", "x", ["master"], "    return (g,)")
     text += _MEASURE.format(
         state="",
         zeros="    acc0 = np.zeros(lanes)",
@@ -230,8 +254,8 @@ def _template_names() -> frozenset[str]:
         totals="    out[0] = 0.0\n    for j in range(lanes):\n        out[0] += acc0[j]",
         drivers=_measure_drivers("", ""),
     )
-    text += _element("direction", "matrix.direction", "x", [], "    return g")
-    text += _drivers("direction_", ["out"], "store(out, i, _direction(i, param, grad, scalars))")
+    text += _element("direction", "matrix.direction", "x", ["master"], "    return g")
+    text += _drivers("direction_", ["master", "out"], _DIRECTION_STORE.format(state=""))
     names = {TRANSFORMED}
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.Name):
@@ -242,11 +266,6 @@ def _template_names() -> frozenset[str]:
             names.add(node.asname or node.name if isinstance(node, ast.alias) else node.name)
     # Named after the rule: see Rule.
     return frozenset(names - {"x_update", "x_measure", "x_direction"})
-
-
-#: Names a state array may not take (the state arrays become arguments of the generated
-#: functions): every name the generated code uses.
-RESERVED_NAMES = _template_names()
 
 
 def rule_named(key: str) -> Rule:
@@ -280,29 +299,51 @@ def _branches(rule: Rule, leaf) -> str:
     return "\n".join(lines(0, (), "    "))
 
 
-def _arguments(rule: Rule, present: tuple[bool, ...], transformed: bool = False) -> str:
-    values = [f"load({n}, i)" if here else "None" for n, here in zip(rule.state_names, present)]
+def _arguments(
+    names: tuple[str, ...], present: tuple[bool, ...], transformed: bool = False, param: str = ""
+) -> str:
+    values = [f"load({n}, i)" if here else "None" for n, here in zip(names, present)]
     if transformed:
         values.append(f"load({TRANSFORMED}, i)")
-    return ", ".join(["load(param, i)", "g", *values, "row"])
+    return ", ".join([param or "load_param(param, master, i)", "g", *values, "row"])
+
+
+def _update_leaf(names: tuple[str, ...], transformed: bool):
+    """The lines of one branch of the update: load, update, store (the parameter through
+    its master copy or compensation, state array k in random slot k + 1)."""
+
+    def leaf(present: tuple[bool, ...], indent: str) -> list[str]:
+        results = [f"new_{n}" for n in names]
+        targets = ", ".join(["p", *results]) + ("," if not results else "")
+        arguments = _arguments(names, present, transformed, param="p0")
+        out = [
+            f"{indent}p0 = load_param(param, master, i)",
+            f"{indent}({targets}) = rule_update({arguments})",
+            f"{indent}store_param(param, master, comp, i, p0, p, rounding)",
+        ]
+        out += [
+            f"{indent}store({n}, i, {r}, rounding, {slot})"
+            for slot, (n, r, here) in enumerate(zip(names, results, present), start=1)
+            if here
+        ]
+        return out
+
+    return leaf
+
+
+def _update_body_of(names: list[str], present: tuple[bool, ...]) -> str:
+    """The update's body for a rule without optional state (the template names' walk)."""
+    return "\n".join(_update_leaf(tuple(names), False)(present, "    "))
 
 
 def _update_body(rule: Rule) -> str:
     """Load, update, store."""
+    return _branches(rule, _update_leaf(rule.state_names, rule.matrix is not None))
 
-    def leaf(present: tuple[bool, ...], indent: str) -> list[str]:
-        names = rule.state_names
-        results = [f"new_{n}" for n in names]
-        targets = ", ".join(["p", *results]) + ("," if not results else "")
-        arguments = _arguments(rule, present, transformed=rule.matrix is not None)
-        out = [f"{indent}({targets}) = rule_update({arguments})"]
-        out.append(f"{indent}store(param, i, p)")
-        out += [
-            f"{indent}store({n}, i, {r})" for n, r, here in zip(names, results, present) if here
-        ]
-        return out
 
-    return _branches(rule, leaf)
+#: Names a state array may not take (the state arrays become arguments of the generated
+#: functions): every name the generated code uses.
+RESERVED_NAMES = _template_names()
 
 
 def _measure_source(rule: Rule, state: str, segments: str) -> str:
@@ -314,10 +355,12 @@ def _measure_source(rule: Rule, state: str, segments: str) -> str:
         "measure",
         "norms.measure",
         rule.snake_name,
-        list(rule.state_names),
+        [*rule.state_names, "master"],
         _branches(
             rule,
-            lambda present, indent: [f"{indent}return rule_measure({_arguments(rule, present)})"],
+            lambda present, indent: [
+                f"{indent}return rule_measure({_arguments(rule.state_names, present)})"
+            ],
         ),
     )
     return measure + _MEASURE.format(
@@ -338,9 +381,9 @@ def kernel_source(rule: Rule) -> str:
     """The text of ``rule``'s generated kernel module."""
     names = list(rule.state_names)
     state = "".join(f", {name}" for name in names)
-    arrays = names + ([TRANSFORMED] if rule.matrix is not None else [])
+    arrays = [*names, *([TRANSFORMED] if rule.matrix is not None else []), *PRECISION]
     fields = ", ".join(
-        f"h[{3 + k}] != 0" if name in rule.flags else f"compute_scalar(h[{3 + k}], param)"
+        f"h[{4 + k}] != 0" if name in rule.flags else f"compute_scalar(h[{4 + k}], param)"
         for k, name in enumerate(rule.all_fields)
     )
     segments = "".join(f", segment({name}, lo, hi)" for name in names)
@@ -355,11 +398,14 @@ def kernel_source(rule: Rule) -> str:
     if rule.matrix is not None:
         body = _branches(
             rule,
-            lambda present, indent: [f"{indent}return rule_direction({_arguments(rule, present)})"],
+            lambda present, indent: [
+                f"{indent}return rule_direction({_arguments(rule.state_names, present)})"
+            ],
         )
-        text += _element("direction", "matrix.direction", rule.snake_name, names, body)
-        element = f"store(out, i, _direction(i, param, grad{state}, scalars))"
-        text += _drivers("direction_", [*names, "out"], element)
+        text += _element("direction", "matrix.direction", rule.snake_name, [*names, "master"], body)
+        text += _drivers(
+            "direction_", [*names, "master", "out"], _DIRECTION_STORE.format(state=state)
+        )
     return text
 
 
@@ -405,7 +451,7 @@ def _fingerprint(rule: Rule, text: str) -> str:
     rule's module and the modules of what its update calls, the storage layer, the numba
     options, the drivers' helpers and this generator. numba's disk cache is keyed on the
     generated file alone, so a change to any of them must give a new file."""
-    modules = {"fastopt._storage", "fastopt._jit", "fastopt._launch", __name__}
+    modules = {"fastopt._storage", "fastopt._codecs", "fastopt._jit", "fastopt._launch", __name__}
     seen: set[object] = set()
     _modules_called(rule.update, modules, seen)
     if rule.norms is not None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from fastopt._backend import backend_of
 from fastopt._checks import (
+    check_bool,
     check_disjoint,
     check_grad,
     check_param,
@@ -27,8 +28,18 @@ from fastopt._checks import (
 )
 from fastopt._codegen import LazyKernels
 from fastopt._launch import RuleKernels, launch, single_segment
+from fastopt._storage import ROUNDING_KEY
 from fastopt.gradients import kernel_gradient_terms
 from fastopt.optimizer import Optimizer
+from fastopt.precision import (
+    KAHAN_COMP,
+    MASTER_PARAM,
+    PRECISION_DEFAULTS,
+    check_precision,
+    check_seed,
+    is_low_precision,
+    rounding_key,
+)
 from fastopt.rule import Rule
 
 __all__ = [
@@ -41,9 +52,10 @@ __all__ = [
     "row_of",
 ]
 
-#: Row entries before the rule's own fields: the gradient's scale, its clip value and the
-#: maximize flag (the generated kernels' gradient preamble).
-PREAMBLE_WIDTH = 3
+#: Row entries before the rule's own fields: the gradient's scale, its clip value, the
+#: maximize flag (the generated kernels' gradient preamble) and the segment's random key for
+#: stochastic rounding (column :data:`ROUNDING_KEY`, see :mod:`fastopt._storage`).
+PREAMBLE_WIDTH = ROUNDING_KEY + 1
 
 
 _NO_SCALARS: Mapping[str, float] = MappingProxyType({})
@@ -66,12 +78,13 @@ def row_of(
     clip_value: float = math.inf,
     scalars: Mapping[str, float] | None = None,
 ) -> tuple[float, ...]:
-    """The kernel's float64 row: the gradient preamble, then the rule's fields."""
+    """The kernel's float64 row: the gradient preamble (with a random key of 0), then the
+    rule's fields."""
     maximize = rule.maximize is not None and group[rule.maximize]
     fields = rule.row(group, step, created, _NO_SCALARS if scalars is None else scalars)
     if rule.norms is not None:  # written by the read pass (fastopt._norms)
         fields = (*fields, *[0.0] * len(rule.norms.fields))
-    return (grad_scale, clip_value, 1.0 if maximize else 0.0, *fields)
+    return (grad_scale, clip_value, 1.0 if maximize else 0.0, 0.0, *fields)
 
 
 def advance_scalars(
@@ -133,6 +146,7 @@ class DeclaredOptimizer(Optimizer):
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         check_hyperparameters(self._rule, group)
+        check_precision(group)
         for entry in self._rule.group_state:
             entry.check(entry.name, group[entry.name])
 
@@ -192,10 +206,24 @@ def _class_signature(
         parameters.append(
             Parameter(hyperparameter.name, kind, default=default, annotation=annotation)
         )
+    parameters += _PRECISION_PARAMETERS
+    parameters.append(Parameter("seed", Parameter.KEYWORD_ONLY, default=0, annotation="int"))
     parameters.append(
         Parameter("gradient_options", Parameter.VAR_KEYWORD, annotation="Unpack[GradientOptions]")
     )
     return Signature(parameters, return_annotation="None")
+
+
+#: The precision options every rule's class takes (see fastopt.precision), keyword-only.
+_PRECISION_PARAMETERS = [
+    Parameter(
+        name,
+        Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation="str | None" if name == "state_dtype" else "bool",
+    )
+    for name, default in PRECISION_DEFAULTS.items()
+]
 
 
 def optimizer_class(
@@ -230,7 +258,8 @@ def optimizer_class(
         values = {key: bound.arguments[key] for key in names} | fixed
         ordered = {h.name: values[h.name] for h in rule.hyperparameters}
         ordered.update((entry.name, entry.initial) for entry in rule.group_state)
-        Optimizer.__init__(self, params, ordered, **gradient_options)
+        ordered.update((key, bound.arguments[key]) for key in PRECISION_DEFAULTS)
+        Optimizer.__init__(self, params, ordered, seed=bound.arguments["seed"], **gradient_options)
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]
     __init__.__qualname__ = f"{name}.__init__"
@@ -296,11 +325,42 @@ def _step_signature(rule: Rule) -> Signature:
     parameters += [
         Parameter("loss_scale", Parameter.KEYWORD_ONLY, default=1.0, annotation="float"),
         Parameter("clip_value", Parameter.KEYWORD_ONLY, default=None, annotation="float | None"),
+        Parameter(
+            MASTER_PARAM, Parameter.KEYWORD_ONLY, default=None, annotation="np.ndarray | None"
+        ),
+        Parameter(KAHAN_COMP, Parameter.KEYWORD_ONLY, default=None, annotation="np.ndarray | None"),
+        Parameter("stochastic_rounding", Parameter.KEYWORD_ONLY, default=False, annotation="bool"),
+        Parameter("seed", Parameter.KEYWORD_ONLY, default=0, annotation="int"),
     ]
     returns = "dict[str, float]" if rule.scalars else "None"
     if _functional_group_state(rule):
         returns = "dict[str, Any]"
     return Signature(parameters, return_annotation=returns)
+
+
+def _precision_arrays(name: str, arguments: Mapping[str, Any], param: Any) -> tuple[Any, Any]:
+    """The functional step's master copy and compensation buffer, checked (16-bit
+    parameters only; a float32 copy, a buffer of the parameter's dtype; not both)."""
+    master, comp = arguments[MASTER_PARAM], arguments[KAHAN_COMP]
+    if master is None and comp is None:
+        return None, None
+    dtype = backend_of(param).dtype_shape(param)[0]
+    if not is_low_precision(dtype):
+        raise ValueError(
+            f"{name}(): master_param and kahan_comp are for bfloat16 and float16 parameters, "
+            f"not {dtype}"
+        )
+    if master is not None and comp is not None:
+        raise ValueError(f"{name}(): pass master_param or kahan_comp, not both")
+    if master is not None:
+        master = check_state(MASTER_PARAM, master, param)
+        if backend_of(master).dtype_shape(master)[0] != np.float32:
+            raise TypeError(f"{name}(): master_param must have dtype float32")
+    if comp is not None:
+        comp = check_param(KAHAN_COMP, comp)
+        if backend_of(comp).dtype_shape(comp) != backend_of(param).dtype_shape(param):
+            raise TypeError(f"{name}(): kahan_comp must have the parameter's dtype and shape")
+    return master, comp
 
 
 def _functional_group_state(rule: Rule) -> tuple[Any, ...]:
@@ -342,7 +402,11 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
             if array is not None:
                 arrays.append((state.name, check_state(state.name, array, param)))
             state_arrays.append(array)
+        master, comp = _precision_arrays(name, arguments, param)
+        arrays += [(n, a) for n, a in ((MASTER_PARAM, master), (KAHAN_COMP, comp)) if a is not None]
         check_disjoint(arrays)
+        stochastic = check_bool("stochastic_rounding", arguments["stochastic_rounding"])
+        seed = check_seed(arguments["seed"])
         step = check_step(arguments["step"]) if rule.counts_steps else 1
         grad_scale, clip = kernel_gradient_terms(arguments["loss_scale"], arguments["clip_value"])
         previous = {
@@ -352,14 +416,20 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
             rule.advance_group(group)
         scalars, seen = advance_scalars(rule, group, step, previous, np.dtype(np.float32))
         row = row_of(rule, group, step, rule.counts_steps and step == 1, grad_scale, clip, seen)
-        flat = [None if array is None else array.reshape(-1) for array in state_arrays]
+        hyper = np.array([row])
+        if stochastic:
+            hyper[0, ROUNDING_KEY] = rounding_key(seed, 0, step)
+        flat = backend_of(param).flat
         launch(
             kernels.get(),
             single_segment(param.size),
-            np.array([row]),
-            param.reshape(-1),
-            arrays[1][1].reshape(-1),
-            *flat,
+            hyper,
+            flat(param),
+            flat(arrays[1][1]),
+            *[None if array is None else flat(array) for array in state_arrays],
+            master=None if master is None else flat(master),
+            comp=None if comp is None else flat(comp),
+            stochastic=True if stochastic else None,
             shapes=(shape,),
         )
         returned = {**scalars, **{e.name: group[e.name] for e in _functional_group_state(rule)}}
@@ -379,7 +449,10 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
             else ""
         )
         + "``loss_scale`` divides the gradient and ``clip_value`` clamps it, inside the "
-        "kernel, as :meth:`fastopt.Optimizer.step` does."
+        "kernel, as :meth:`fastopt.Optimizer.step` does. A bfloat16 or float16 parameter may "
+        "come with its float32 ``master_param`` or its ``kahan_comp`` buffer, and "
+        "``stochastic_rounding`` rounds the 16-bit writes with random bits of ``seed`` and "
+        "``step`` (see :mod:`fastopt.precision`)."
         + (
             " The per-parameter numbers "
             + ", ".join(f"``{name}``" for name in rule.scalar_names)

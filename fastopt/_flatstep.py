@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastopt._launch import launch
+from fastopt._storage import ROUNDING_KEY, kernel_view
 from fastopt.flat import FlatParams
 from fastopt.gradients import FlatGradients
+from fastopt.precision import KAHAN_COMP, MASTER_PARAM, rounding_key
 
 if TYPE_CHECKING:
-    from fastopt.optimizer import Optimizer
+    from fastopt.optimizer import Optimizer, StateLayout
 
 __all__ = ["FlatStep"]
 
@@ -95,26 +97,38 @@ class FlatStep:
         self.hyper = np.zeros((kinds.size, optimizer._hyper_width))
         # Per kernel segment, its array's shape (None for padding).
         self.shapes = tuple(flat.shapes[kind] if kind >= 0 else None for kind in kinds.tolist())
-        self.buffers: dict[str, np.ndarray] = {}
-        self.views: dict[str, tuple[np.ndarray, ...]] = {}
+        # One flat buffer per state name and dtype (groups may keep their state in different
+        # dtypes), with its per-parameter views.
+        self.buffers: dict[tuple[str, np.dtype], np.ndarray] = {}
+        self.views: dict[tuple[str, np.dtype], tuple[np.ndarray, ...]] = {}
         self.all_params = np.arange(count)
         self.entries: list[dict[str, Any] | None] = [None] * count
         self.steps = np.zeros(count, dtype=np.int64)  # mirrors each entry's "step"
         self.uniform = True  # all steps equal
         self.complete = np.zeros(count, dtype=bool)
-        self.group_names: list[tuple[str, ...] | None] = [None] * len(optimizer.param_groups)
+        self.group_layouts: list[StateLayout | None] = [None] * len(optimizer.param_groups)
         self.synced_version: int | None = None
         self.synced_step_count: int | None = None
         self.plans: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
         self.read_plans: dict[bytes | None, FlatGradients] = {}
 
     # ------------------------------------------------------------------ state
-    def _views_of(self, name: str) -> tuple[np.ndarray, ...]:
-        views = self.views.get(name)
+    def _views_of(self, name: str, dtype: np.dtype) -> tuple[np.ndarray, ...]:
+        key = (name, dtype)
+        views = self.views.get(key)
         if views is None:
-            self.buffers[name] = self.flat.new_buffer()
-            views = self.views[name] = self.flat.split(self.buffers[name])
+            self.buffers[key] = self.flat.new_buffer(dtype)
+            views = self.views[key] = self.flat.split(self.buffers[key])
         return views
+
+    def _state_arrays(self, number: int) -> dict[str, np.ndarray]:
+        """Group ``number``'s state buffers by name (in the dtypes of its layout)."""
+        layout = self.group_layouts[number]
+        assert layout is not None
+        optimizer, group = self.optimizer, self.optimizer.param_groups[number]
+        names = layout.names + layout.precision
+        dtypes = [optimizer._state_dtype(name, group, self.flat.params[0]) for name in names]
+        return {name: self.buffers[(name, dtype)] for name, dtype in zip(names, dtypes)}
 
     def adopt(self) -> None:
         """Take the optimizer's state as it is now: move every state array into the flat
@@ -124,7 +138,7 @@ class FlatStep:
             segment = self.segment_of_param[index]
             for name, value in entry.items():
                 if isinstance(value, np.ndarray):
-                    view = self._views_of(name)[segment]
+                    view = self._views_of(name, value.dtype)[segment]
                     if value is not view:
                         view[...] = value
                         entry[name] = view
@@ -149,9 +163,9 @@ class FlatStep:
             self.adopt()
         groups = optimizer.param_groups
         for number, group in enumerate(groups):
-            names = optimizer._state_names(group)
-            if names != self.group_names[number]:
-                self.group_names[number] = names
+            layout = optimizer._layout(group, self.flat.dtype)
+            if layout != self.group_layouts[number]:
+                self.group_layouts[number] = layout
                 self.complete[self.group_of_param == number] = False
         todo = params[~self.complete[params]]
         if not todo.size:
@@ -159,14 +173,26 @@ class FlatStep:
         created = np.zeros(len(self.entries), dtype=bool)
         for index in todo.tolist():
             number = self.group_of_param[index]
-            entry = optimizer.state.setdefault(index, optimizer._new_entry(groups[number]))
-            missing = [name for name in self.group_names[number] if name not in entry]
-            for name in missing:
-                view = self._views_of(name)[self.segment_of_param[index]]
-                value = optimizer._initial_value(name, groups[number])
-                view[...] = optimizer._params[index] if value is None else value
+            group = groups[number]
+            entry = optimizer.state.setdefault(index, optimizer._new_entry(group))
+            layout = self.group_layouts[number]
+            assert layout is not None
+            param = optimizer._params[index]
+            missing = False
+            for name in layout.names + layout.precision:
+                dtype = optimizer._state_dtype(name, group, param)
+                view = self._views_of(name, dtype)[self.segment_of_param[index]]
+                if name in entry:  # kept in another dtype before: converted
+                    if entry[name] is not view:
+                        view[...] = entry[name]
+                elif name == MASTER_PARAM:
+                    view[...] = param
+                elif name != KAHAN_COMP:  # (the compensation starts at zero)
+                    value = optimizer._initial_value(name, group)
+                    view[...] = param if value is None else value
+                    missing = True
                 entry[name] = view
-            created[index] = bool(missing)
+            created[index] = missing
             self.entries[index] = entry
             optimizer._forget_views(index)
             self.complete[index] = True
@@ -238,9 +264,19 @@ class FlatStep:
             padding = self.padding[self.padded]
             self.hyper[padding] = np.array(neutral)[self.padding_group[self.padded]]
 
-        for arrays, shapes in self._plan(active, params):
-            launch(optimizer._kernels, *arrays, shapes=shapes)
+        self._rounding_keys(params, steps)
+        for arrays, shapes, precision in self._plan(active, params):
+            launch(optimizer._kernels, *arrays, shapes=shapes, **precision)
         return created is not None
+
+    def _rounding_keys(self, params: np.ndarray, steps: np.ndarray) -> None:
+        """Each segment's random key, for the groups whose stores round stochastically."""
+        stochastic = [bool(layout and layout.stochastic) for layout in self.group_layouts]
+        if not any(stochastic):
+            return
+        chosen = np.array(stochastic)[self.group_of_param[params]]
+        keys = rounding_key(self.optimizer.seed, params[chosen], steps[chosen])
+        self.hyper[self.launch_of_param[params[chosen]], ROUNDING_KEY] = keys
 
     def _rows_with_scalars(
         self,
@@ -300,10 +336,12 @@ class FlatStep:
             if active is None
             else np.unique(self.group_of_param[params]).tolist()
         )
-        layouts: dict[int, tuple[bool, ...]] = {}
+        layouts: dict[int, StateLayout] = {}
         for number in numbers:
-            state = optimizer._kernel_state(groups[number], self.buffers)
-            layouts[number] = tuple(array is None for array in state)
+            layout = self.group_layouts[number]
+            assert layout is not None
+            state = optimizer._kernel_state(groups[number], self._state_arrays(number))
+            layouts[number] = (tuple(array is None for array in state), layout)
         key = (
             None if active is None else active.tobytes(),
             tuple(layouts.items()),
@@ -317,7 +355,7 @@ class FlatStep:
         return plan
 
     def _build_plan(
-        self, active: np.ndarray | None, layouts: dict[int, tuple[bool, ...]]
+        self, active: np.ndarray | None, layouts: dict[int, tuple[Any, ...]]
     ) -> list[tuple[Any, ...]]:
         runs = []
         start, run_group = None, -1
@@ -342,15 +380,22 @@ class FlatStep:
         plan = []
         for first, end, group in runs:
             lo, hi = int(bounds[first]), int(bounds[end])
-            state = self.optimizer._kernel_state(
-                groups[group], {name: buffer[lo:hi] for name, buffer in self.buffers.items()}
-            )
+            buffers = {
+                name: kernel_view(buffer[lo:hi])
+                for name, buffer in self._state_arrays(group).items()
+            }
+            state = self.optimizer._kernel_state(groups[group], buffers)
             arrays = (
                 bounds[first : end + 1] - lo,
                 self.hyper[first:end],
-                self.flat.buffer[lo:hi],
-                self.flat.grad_buffer[lo:hi],
+                kernel_view(self.flat.buffer[lo:hi]),
+                kernel_view(self.flat.grad_buffer[lo:hi]),
                 *state,
             )
-            plan.append((arrays, self.shapes[first:end]))
+            precision = {
+                "master": buffers.get(MASTER_PARAM),
+                "comp": buffers.get(KAHAN_COMP),
+                "stochastic": True if layouts[group][1].stochastic else None,
+            }
+            plan.append((arrays, self.shapes[first:end], precision))
         return plan

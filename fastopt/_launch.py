@@ -104,8 +104,24 @@ def single_segment(n: int) -> np.ndarray:
     return np.array([0, n], dtype=np.int64)
 
 
-def launch(kernels: RuleKernels, bounds, hyper, param, *arrays, shapes=None) -> None:
+def launch(
+    kernels: RuleKernels,
+    bounds,
+    hyper,
+    param,
+    *arrays,
+    master=None,
+    comp=None,
+    stochastic=None,
+    shapes=None,
+) -> None:
     """Run a rule's update: serial or parallel driver by size, or the CUDA kernel.
+
+    ``arrays`` are the gradient and the state arrays (None for an absent one), all as the
+    kernels see them (:func:`fastopt._storage.kernel_view`). A low-precision parameter has a
+    float32 ``master`` copy or a Kahan compensation buffer ``comp``; ``stochastic=True``
+    rounds its stores (and those of low-precision state) stochastically, with the random key
+    of each segment in column 3 of ``hyper``.
 
     Host (NumPy) arrays run the CPU drivers; device arrays (validated beforehand to be all
     on the device) run the rule's CUDA kernel. ``shapes`` gives each segment's tensor shape
@@ -116,15 +132,28 @@ def launch(kernels: RuleKernels, bounds, hyper, param, *arrays, shapes=None) -> 
     if not isinstance(param, np.ndarray):
         from fastopt.cuda._kernels import launch as launch_cuda
 
-        launch_cuda(kernels, bounds, hyper, param, *arrays, shapes=shapes)
+        launch_cuda(
+            kernels,
+            bounds,
+            hyper,
+            param,
+            *arrays,
+            master=master,
+            comp=comp,
+            stochastic=stochastic,
+            shapes=shapes,
+        )
         return
     serial = param.size < PARALLEL_THRESHOLD
     if kernels.norms is not None:
-        measure_norms(kernels.norms, bounds, hyper, param, arrays, shapes, serial)
+        measure_norms(kernels.norms, bounds, hyper, param, (*arrays, master), shapes, serial)
     if kernels.matrix is not None:
-        matrix = kernels.matrix
-        arrays = (*arrays, transform_matrices(matrix, bounds, hyper, param, arrays, shapes, serial))
+        transformed = transform_matrices(
+            kernels.matrix, bounds, hyper, param, arrays, shapes, serial, master
+        )
+        arrays = (*arrays, transformed)
+    arguments = (bounds, hyper, param, *arrays, master, comp, stochastic)
     if serial:
-        kernels.serial(bounds, hyper, param, *arrays)
+        kernels.serial(*arguments)
     else:
-        run_parallel(kernels.parallel, numba.get_num_threads(), bounds, hyper, param, *arrays)
+        run_parallel(kernels.parallel, numba.get_num_threads(), *arguments)

@@ -16,6 +16,7 @@ import numba
 import numpy as np
 
 from fastopt._parallel import run_parallel
+from fastopt._storage import compute_type_of
 
 if TYPE_CHECKING:
     from fastopt._launch import MatrixKernels
@@ -52,15 +53,16 @@ def transform_matrices(
     arrays: Sequence[Any],
     shapes: Sequence[tuple[int, ...] | None] | None,
     serial: bool,
+    master: np.ndarray | None = None,
 ) -> np.ndarray:
     """The direction pass over NumPy arrays (serial or parallel driver), then the host's
-    transform of every tensor: the array the update reads ``o`` from."""
-    directions = np.empty_like(param)
+    transform of every tensor: the array the update reads ``o`` from, in the compute type
+    (``arrays`` are the gradient and the state, ``master`` the parameter's master copy)."""
+    directions = np.empty(param.shape, compute_type_of(param.dtype))
+    arguments = (bounds, hyper, param, *arrays, master, directions, None)
     if serial:
-        matrix.serial(bounds, hyper, param, *arrays, directions)
+        matrix.serial(*arguments)
     else:
-        run_parallel(
-            matrix.parallel, numba.get_num_threads(), bounds, hyper, param, *arrays, directions
-        )
+        run_parallel(matrix.parallel, numba.get_num_threads(), *arguments)
     transform_segments(matrix, bounds, hyper, directions, shapes)
     return directions

@@ -11,7 +11,8 @@ Speed: without fast-math flags LLVM may not reorder a floating-point sum, so a p
 loop over lanes is a plain element-wise map, which vectorizes without reassociation. The lane
 count is passed in at run time so that LLVM vectorizes that loop instead of unrolling it.
 
-Sums of squares accumulate in float64 for float32 and float64 gradients alike. The maximum
+Sums of squares accumulate in float64 for every gradient dtype (bfloat16 and float16 ones
+decoded on the way, see :mod:`fastopt._storage`). The maximum
 of |g| is taken on the IEEE bit patterns with the sign bit cleared: for non-negative floats
 the integer order is the numeric order, every NaN pattern sorts above infinity (so a NaN wins,
 as in ``numpy.max``), and integer maxima vectorize where float maxima do not without fast-math
@@ -20,11 +21,13 @@ flags.
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 from numba import prange
 
 from fastopt._jit import PARALLEL_THRESHOLD, elementwise, kernel, parallel_kernel
 from fastopt._parallel import run_parallel
+from fastopt._storage import kernel_view, load
 
 __all__ = [
     "BLOCK",
@@ -55,11 +58,11 @@ def _sum_of_squares(x, lanes):
     for r in range(rows):
         base = r * lanes
         for j in range(lanes):
-            v = np.float64(x[base + j])
+            v = np.float64(load(x, base + j))
             acc[j] += v * v
     base = rows * lanes
     for j in range(x.size - base):
-        v = np.float64(x[base + j])
+        v = np.float64(load(x, base + j))
         acc[j] += v * v
     total = 0.0
     for j in range(lanes):
@@ -137,7 +140,8 @@ def _run(serial, parallel, size, *args) -> None:
 
 def block_sums_of_squares(flat: np.ndarray, out: np.ndarray) -> None:
     """``out[b]`` = float64 sum of squares of block ``b`` of the 1-D array ``flat``."""
-    _run(_sums_of_squares_serial, _sums_of_squares_parallel, flat.size, flat, LANES, out)
+    view = kernel_view(flat)
+    _run(_sums_of_squares_serial, _sums_of_squares_parallel, flat.size, view, LANES, out)
 
 
 def block_table(offsets: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -164,7 +168,7 @@ def table_sums_of_squares(
         _table_sums_of_squares_serial,
         _table_sums_of_squares_parallel,
         buffer.size,
-        buffer,
+        kernel_view(buffer),
         starts,
         stops,
         LANES,
@@ -172,7 +176,12 @@ def table_sums_of_squares(
     )
 
 
-_BITS = {np.dtype(np.float32): np.dtype(np.int32), np.dtype(np.float64): np.dtype(np.int64)}
+_BITS = {
+    np.dtype(np.float32): np.dtype(np.int32),
+    np.dtype(np.float64): np.dtype(np.int64),
+    np.dtype(ml_dtypes.bfloat16): np.dtype(np.int16),
+    np.dtype(np.float16): np.dtype(np.int16),
+}
 
 
 def magnitude_bits(dtype: np.dtype) -> tuple[np.dtype, np.integer, np.integer]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from fastopt._backend import HOST, backend_of
 from fastopt._checks import plural
+from fastopt.precision import BFLOAT16, KAHAN_COMP, MASTER_PARAM, check_seed
 
 if TYPE_CHECKING:
     from fastopt.optimizer import Optimizer
@@ -34,6 +35,8 @@ class LoadedState(NamedTuple):
     step_count: int
     #: The attached objects' states, by name.
     attached: dict[str, Any]
+    #: The random seed of stochastic rounding.
+    seed: int
 
 
 def read_state_dict(optimizer: Optimizer, state_dict: Mapping[str, Any]) -> LoadedState:
@@ -90,8 +93,12 @@ def read_state_dict(optimizer: Optimizer, state_dict: Mapping[str, Any]) -> Load
         raise ValueError(f"state_dict step_count must be an int, got {step_count!r}")
     if step_count < 0:
         raise ValueError(f"state_dict step_count must be >= 0, got {step_count}")
+    try:
+        seed = check_seed(state_dict.get("seed", optimizer.seed))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"state_dict {error}") from None
     return LoadedState(
-        merged_groups, new_state, int(step_count), dict(state_dict.get("attached", {}))
+        merged_groups, new_state, int(step_count), dict(state_dict.get("attached", {})), seed
     )
 
 
@@ -101,7 +108,7 @@ def checked_entry(
     """Parameter ``index``'s state entry from a checkpoint: its step, host scalars and arrays
     (in the optimizer's backend), with what a new entry has where the checkpoint has none."""
     param = optimizer._params[index]
-    allowed = optimizer._all_state_names()
+    allowed = optimizer._all_state_names() | {MASTER_PARAM, KAHAN_COMP}
     arrays = optimizer._arrays
     checked: dict[str, Any] = {}
     for name, value in entry.items():
@@ -124,13 +131,24 @@ def checked_entry(
             raise ValueError(f"{where} must be an ndarray, got {type(value).__name__}")
         if value_backend is not HOST:
             value = value_backend.to_host(value)
-        dtype, shape = arrays.dtype_shape(param)
-        if value.dtype != dtype or value.shape != shape:
+        shape = arrays.dtype_shape(param)[1]
+        dtype = optimizer._state_dtype(name, group, param)
+        if name in (MASTER_PARAM, KAHAN_COMP) and name not in optimizer._param_state_names(
+            group, param
+        ):
+            raise ValueError(
+                f"{where} is not kept with these options (a 16-bit parameter's "
+                f"{'master_weights' if name == MASTER_PARAM else 'kahan_sum'})"
+            )
+        # bfloat16 state may come dequantized, as float32 (state_dict(dequantize=True)).
+        accepted = {dtype, np.dtype(np.float32)} if dtype == BFLOAT16 else {dtype}
+        if value.dtype not in accepted or value.shape != shape:
             raise ValueError(
                 f"{where} must have dtype {dtype} and shape {shape}, "
                 f"got {value.dtype} {value.shape}"
             )
-        checked[name] = arrays.from_host(value, like=param)
+        checked[name] = arrays.from_host(value.astype(dtype, copy=False), like=param)
+    # A master copy or compensation buffer the checkpoint lacks is made by the next step.
     missing = (set(optimizer._state_names(group)) | set(optimizer._scalar_names)) - set(checked)
     if missing and checked.get("step", 0) > 0:
         raise ValueError(f"state_dict state[{index}] lacks {sorted(missing)}")

@@ -6,7 +6,8 @@ A checkpoint is one zip archive holding ``metadata.json`` and one ``.npy`` membe
 - **No pickle.** Everything but the arrays is JSON, and an array member whose ``.npy`` header
   asks for Python objects is refused, so loading a checkpoint cannot execute code. Values JSON
   lacks are tagged objects (``{"$tuple": [...]}``, ``{"$float": "nan"}``, ``{"$items": [[key,
-  value], ...]}`` for dicts with non-string keys, ``{"$array": i}`` for array ``i``).
+  value], ...]}`` for dicts with non-string keys, ``{"$array": i}`` for array ``i``,
+  ``{"$bfloat16": i}`` for a bfloat16 array whose bits, uint16, are array ``i``).
 - **Atomic.** The archive is written to a temporary file beside the target, flushed and
   ``fsync``-ed, renamed over the target (``os.replace``, atomic on POSIX and Windows) and the
   directory is ``fsync``-ed. A crash or ``SIGKILL`` at any point leaves either the previous
@@ -52,6 +53,7 @@ from fastopt._backend import backend_of
 from fastopt._checks import check_bool
 from fastopt._words import plural, with_article
 from fastopt.optimizer import Optimizer
+from fastopt.precision import BFLOAT16 as _BFLOAT16
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError", "load", "save"]
 
@@ -195,6 +197,8 @@ def _encode(value: Any, where: str, arrays: list[np.ndarray]) -> Any:
         value = float(value)
         return value if math.isfinite(value) else {"$float": repr(value)}
     if isinstance(value, np.ndarray):
+        if value.dtype == _BFLOAT16:  # NumPy has no name for it: stored as its bits
+            return {"$bfloat16": _encode(value.view(np.uint16), where, arrays)["$array"]}
         if value.dtype.kind not in "biufc":
             raise TypeError(f"{where} has dtype {value.dtype}; a checkpoint stores numbers only")
         # A plain ndarray in C order; ascontiguousarray alone would make a 0-d array 1-d.
@@ -233,6 +237,11 @@ def _decode(value: Any, arrays: list[np.ndarray]) -> Any:
     tag, content = next(iter(value.items()))
     if tag == "$array" and type(content) is int and 0 <= content < len(arrays):
         return arrays[content]
+    if tag == "$bfloat16" and type(content) is int and 0 <= content < len(arrays):
+        bits = arrays[content]
+        if bits.dtype != np.uint16:
+            raise CheckpointError(f"malformed metadata: $bfloat16 array {content} is not uint16")
+        return bits.view(_BFLOAT16)
     if tag == "$tuple" and isinstance(content, list):
         return tuple(_decode(v, arrays) for v in content)
     if tag == "$float" and content in ("nan", "inf", "-inf"):

@@ -14,8 +14,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from fastopt._checks import FLOAT_DTYPES, plural
+from fastopt._checks import PARAM_DTYPES, plural
 
 __all__ = ["ALIGNMENT_BYTES", "FlatParams"]
 
@@ -46,13 +47,16 @@ def _checked_shape(name: str, shape: object) -> tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
+_DTYPES = "float32, float64, bfloat16 or float16"
+
+
 def _checked_dtype(dtype: object) -> np.dtype:
     try:
         checked = np.dtype(dtype)  # type: ignore[call-overload]
     except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if checked not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {checked}")
+        raise TypeError(f"dtype must be {_DTYPES}, got {dtype!r}") from None
+    if checked not in PARAM_DTYPES:
+        raise TypeError(f"dtype must be {_DTYPES}, got {checked}")
     return checked
 
 
@@ -70,8 +74,8 @@ class FlatParams:
     ----------
     shapes
         The arrays' shapes, as a sequence, or a mapping from names to shapes.
-    dtype : float32 or float64, default float32
-        The element type of every array.
+    dtype : float32, float64, bfloat16 or float16, default float32
+        The element type of every array (and of the gradients).
 
     Attributes
     ----------
@@ -267,27 +271,31 @@ class FlatParams:
         flat = _OWNER_OF_VIEW.get(id(array))
         return flat if flat is not None and flat.locate(array) is not None else None  # type: ignore[arg-type]
 
-    def _check_buffer(self, name: str, buffer: object) -> np.ndarray:
+    def _check_buffer(self, name: str, buffer: object, any_dtype: bool = False) -> np.ndarray:
         if not isinstance(buffer, np.ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray, got {type(buffer).__name__}")
-        if buffer.dtype != self.dtype or buffer.shape != self.buffer.shape:
+        dtype_ok = buffer.dtype in PARAM_DTYPES if any_dtype else buffer.dtype == self.dtype
+        if not dtype_ok or buffer.shape != self.buffer.shape:
+            wanted = f"a dtype of {_DTYPES}" if any_dtype else f"this layout's dtype {self.dtype}"
             raise ValueError(
-                f"{name} must have this layout's dtype {self.dtype} and shape "
-                f"{self.buffer.shape}, got {buffer.dtype} {buffer.shape}"
+                f"{name} must have {wanted} and shape {self.buffer.shape}, got {buffer.dtype} "
+                f"{buffer.shape}"
             )
         return buffer
 
     def split(self, buffer: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Views of a buffer of this layout (say an optimizer state), shaped like the arrays."""
-        self._check_buffer("buffer", buffer)
+        """Views of a buffer of this layout (say an optimizer state, of any of the parameter
+        dtypes), shaped like the arrays."""
+        self._check_buffer("buffer", buffer, any_dtype=True)
         return tuple(
             buffer[offset : offset + length].reshape(shape)
             for (offset, length), shape in zip(self.segments.tolist(), self.shapes, strict=True)
         )
 
-    def new_buffer(self) -> np.ndarray:
-        """A zero-filled, aligned buffer of this layout."""
-        return _aligned_zeros(self.buffer.size, self.dtype)
+    def new_buffer(self, dtype: npt.DTypeLike = None) -> np.ndarray:
+        """A zero-filled, aligned buffer of this layout, of ``dtype`` (default: the
+        arrays')."""
+        return _aligned_zeros(self.buffer.size, self.dtype if dtype is None else np.dtype(dtype))
 
     def unflatten(
         self, buffer: np.ndarray | None = None

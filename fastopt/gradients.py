@@ -71,7 +71,7 @@ from typing import Literal, TypeAlias, TypedDict
 
 import numpy as np
 
-from fastopt._checks import check_choice, check_real
+from fastopt._checks import PARAM_DTYPES, check_choice, check_real
 from fastopt._reduce import (
     BLOCK,
     block_count,
@@ -401,8 +401,11 @@ def _check_arrays(grads: object) -> None:
             continue
         if not isinstance(grad, np.ndarray):
             raise TypeError(f"grads[{index}] must be a numpy.ndarray, got {type(grad).__name__}")
-        if grad.dtype not in (np.float32, np.float64):
-            raise TypeError(f"grads[{index}] must have dtype float32 or float64, got {grad.dtype}")
+        if grad.dtype not in PARAM_DTYPES:
+            raise TypeError(
+                f"grads[{index}] must have dtype float32, float64, bfloat16 or float16, got "
+                f"{grad.dtype}"
+            )
         if not grad.flags.c_contiguous:
             raise ValueError(f"grads[{index}] must be C-contiguous (use numpy.ascontiguousarray)")
 

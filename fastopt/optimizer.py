@@ -17,15 +17,16 @@ import itertools
 import operator
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, NamedTuple, TypeAlias
 
 import numpy as np
 
 from fastopt._backend import HOST, ArrayBackend, backend_of, is_device_array, location_of
-from fastopt._checks import check_grad, check_keywords, check_param, plural
+from fastopt._checks import check_bool, check_grad, check_keywords, check_param, plural
 from fastopt._flatstep import FlatStep
 from fastopt._launch import launch, single_segment
 from fastopt._state_dict import read_state_dict
+from fastopt._storage import ROUNDING_KEY
 from fastopt.flat import FlatParams
 from fastopt.gradients import (
     GRADIENT_OPTIONS,
@@ -39,12 +40,33 @@ from fastopt.gradients import (
     check_loss_scale,
     prestep,
 )
+from fastopt.precision import (
+    BFLOAT16,
+    KAHAN_COMP,
+    MASTER_PARAM,
+    check_seed,
+    precision_state,
+    rounding_key,
+    rounds_stochastically,
+    state_dtype_of,
+)
 
 __all__ = ["GradsT", "Optimizer", "ParamsT", "ScheduleLike"]
 
 ParamsT: TypeAlias = "np.ndarray | Iterable[np.ndarray] | Iterable[Mapping[str, Any]]"
 GradsT: TypeAlias = "np.ndarray | Sequence[np.ndarray | None]"
 ScheduleLike: TypeAlias = "float | Callable[[int], float]"
+
+
+class StateLayout(NamedTuple):
+    """How a parameter keeps its state: the rule's state arrays, those of its precision (a
+    master copy, a compensation buffer), the dtype of the rule's arrays, and whether its
+    16-bit writes round stochastically."""
+
+    names: tuple[str, ...]
+    precision: tuple[str, ...]
+    dtype: np.dtype
+    stochastic: bool
 
 
 def _is_scheduled(value: object) -> bool:
@@ -157,6 +179,9 @@ class Optimizer:
     clip_value : float, optional
         Clamp each gradient element to ``[-clip_value, clip_value]`` after the other
         scalings, as ``torch.nn.utils.clip_grad_value_`` does. Fused into the update kernel.
+    seed : int, default 0
+        The seed of stochastic rounding's random bits (see :mod:`fastopt.precision`); kept in
+        the state_dict.
 
     Attributes
     ----------
@@ -189,8 +214,10 @@ class Optimizer:
         max_norm: float | None = None,
         norm_type: float = 2.0,
         clip_value: float | None = None,
+        seed: int = 0,
     ) -> None:
         options = check_gradient_options(nonfinite, max_norm, norm_type, clip_value)
+        self.seed = check_seed(seed)
         self.nonfinite, self.max_norm, self.norm_type, self.clip_value = options
         self.last_step: StepStats | None = None
         self.defaults = dict(defaults)
@@ -496,18 +523,63 @@ class Optimizer:
                 # What the rule advanced is valid: the next step need not check it again.
                 self._checked[number] = _checked_values(self._hyper_values(group))
 
+    def _layout(self, group: Mapping[str, Any], dtype: np.dtype) -> StateLayout:
+        """How a parameter of ``dtype`` in ``group`` keeps its state (see
+        :class:`StateLayout`); a launch plan holds while this stays the same."""
+        return StateLayout(
+            self._state_names(group),
+            precision_state(group, dtype),
+            state_dtype_of(group, dtype),
+            rounds_stochastically(group, dtype),
+        )
+
+    def _param_state_names(self, group: Mapping[str, Any], param: Any) -> tuple[str, ...]:
+        """The state arrays of ``param`` in ``group``: the rule's, then those of its
+        precision (a master copy or a compensation buffer, see :mod:`fastopt.precision`)."""
+        dtype = self._arrays.dtype_shape(param)[0]
+        return self._state_names(group) + precision_state(group, dtype)
+
+    def _state_dtype(self, name: str, group: Mapping[str, Any], param: Any) -> np.dtype:
+        """The dtype of state array ``name`` of ``param`` in ``group``."""
+        dtype = self._arrays.dtype_shape(param)[0]
+        if name == MASTER_PARAM:
+            return np.dtype(np.float32)
+        if name == KAHAN_COMP:
+            return dtype
+        return state_dtype_of(group, dtype)
+
     def _prepare_state(self, index: int, param: np.ndarray, group: Mapping[str, Any]) -> bool:
         state = self.state.get(index)
         if state is None:
             state = self.state[index] = self._new_entry(group)
-        missing = [name for name in self._state_names(group) if name not in state]
+        names = self._param_state_names(group, param)
+        arrays = self._arrays
+        # An array kept in another dtype than the group now says is converted.
+        converted = [
+            name
+            for name in names
+            if name in state
+            and arrays.dtype_shape(state[name])[0] != self._state_dtype(name, group, param)
+        ]
+        for name in converted:
+            state[name] = arrays.copy(state[name], self._state_dtype(name, group, param))
+        missing = [name for name in names if name not in state]
         for name in missing:
-            value = self._initial_value(name, group)
-            arrays = self._arrays
-            state[name] = arrays.copy(param) if value is None else arrays.full_like(param, value)
-        if missing:
+            dtype = self._state_dtype(name, group, param)
+            if name == MASTER_PARAM:
+                state[name] = arrays.copy(param, dtype)
+            elif name == KAHAN_COMP:
+                state[name] = arrays.full_like(param, 0.0, dtype)
+            else:
+                value = self._initial_value(name, group)
+                state[name] = (
+                    arrays.copy(param, dtype)
+                    if value is None
+                    else arrays.full_like(param, value, dtype)
+                )
+        if missing or converted:
             self._state_version += 1
-        if missing or index not in self._views:
+        if missing or converted or index not in self._views:
             self._refresh_views(index)
         return bool(missing)
 
@@ -679,11 +751,12 @@ class Optimizer:
 
         ``rows`` holds the group's hyperparameter rows made so far in this step, by update
         count and whether the state was just made."""
-        created, (hyper, bounds, flat, state_arrays, shapes) = self._launch_plan(
+        created, (hyper, bounds, flat, state_arrays, shapes, precision) = self._launch_plan(
             index, param, group
         )
         state = self.state[index]
         state["step"] += 1
+        master, comp, stochastic = precision
         scalars = self._advance(state, group) if self._scalar_names else ()
         key = (state["step"], created, scalars)
         row = rows.get(key)
@@ -694,6 +767,8 @@ class Optimizer:
         # struct writes the float64 row straight into the (C-contiguous, native-endian)
         # buffer: about half the cost of NumPy converting a tuple, on every step.
         self._row_layout.pack_into(hyper, 0, *row)
+        if stochastic:
+            hyper[0, ROUNDING_KEY] = rounding_key(self.seed, index, state["step"])
         launch(
             self._kernels,
             bounds,
@@ -701,6 +776,9 @@ class Optimizer:
             flat,
             self._arrays.flat(grad),
             *state_arrays,
+            master=master,
+            comp=comp,
+            stochastic=stochastic,
             shapes=shapes,
         )
 
@@ -710,7 +788,8 @@ class Optimizer:
         """The kernel arguments of parameter ``index`` but its gradient, made once and kept
         while the group's options need the same state arrays (the per-step cost of a small
         array is mostly this bookkeeping). Also tells whether state arrays were just made."""
-        names = self._state_names(group)
+        dtype, shape = self._arrays.dtype_shape(param)
+        names = self._layout(group, dtype)
         cached = self._plans.get(index)
         if cached is not None and cached[0] == names:
             return False, cached[1]
@@ -721,7 +800,8 @@ class Optimizer:
             single_segment(views["param"].size),
             views["param"],
             self._kernel_state(group, views),
-            (self._arrays.dtype_shape(param)[1],),
+            (shape,),
+            (views.get(MASTER_PARAM), views.get(KAHAN_COMP), True if names.stochastic else None),
         )
         self._plans[index] = (names, plan)
         return created, plan
@@ -730,14 +810,18 @@ class Optimizer:
     _hyper_width: ClassVar[int] = 0
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, dequantize: bool = False) -> dict[str, Any]:
         """A checkpoint: host copies of every state array, the hyperparameters, the step.
 
         The layout is torch's (``"state"`` keyed by parameter position, ``"param_groups"``
-        with ``"params"`` as positions) plus ``"step_count"`` and the state of attached
-        objects (``"attached"``). Schedules are not stored: rebuild the optimizer with the same
-        schedules and the restored ``step_count`` continues them exactly.
+        with ``"params"`` as positions) plus ``"step_count"``, the random ``"seed"`` and the
+        state of attached objects (``"attached"``). Schedules are not stored: rebuild the
+        optimizer with the same schedules and the restored ``step_count`` continues them
+        exactly. ``dequantize=True`` gives the rule's bfloat16 state arrays as float32, and
+        their groups' ``state_dtype`` as None: what a float32 optimizer loads
+        (:meth:`load_state_dict` takes either form, in the dtype its groups then say).
         """
+        check_bool("dequantize", dequantize)
         groups, start = [], 0
         for group in self.param_groups:
             saved = {k: v for k, v in group.items() if k not in ("params", "schedules")}
@@ -749,11 +833,24 @@ class Optimizer:
             index: {k: to_host(v) if is_array(v) else v for k, v in entry.items()}
             for index, entry in self.state.items()
         }
+        if dequantize:  # and the groups say so
+            for saved in groups:
+                if saved["state_dtype"] == "bfloat16":
+                    saved["state_dtype"] = None
+            for entry in state.values():
+                entry.update(
+                    (name, value.astype(np.float32))
+                    for name, value in entry.items()
+                    if name not in (MASTER_PARAM, KAHAN_COMP)
+                    and isinstance(value, np.ndarray)
+                    and value.dtype == BFLOAT16
+                )
         attached = {name: obj.state_dict() for name, obj in self._attached.items()}
         return {
             "state": state,
             "param_groups": groups,
             "step_count": self.step_count,
+            "seed": self.seed,
             "attached": attached,
         }
 
@@ -780,6 +877,7 @@ class Optimizer:
         for index in self.state:
             self._refresh_views(index)
         self.step_count = loaded.step_count
+        self.seed = loaded.seed
 
     def _load_attached(self, attached: Mapping[str, Any]) -> None:
         """Load the attached objects' states, all or none: if one refuses its state, those

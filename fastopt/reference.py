@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 __all__ = [
@@ -26,10 +27,13 @@ __all__ = [
     "lamb_step",
     "lars_step",
     "lion_step",
+    "low_precision_step",
     "muon_step",
     "nadam_step",
     "radam_step",
+    "random_words",
     "rmsprop_step",
+    "round_to",
     "rprop_step",
     "schedule_free_adamw_step",
     "schedule_free_sgd_step",
@@ -654,3 +658,135 @@ def clip_gradients(
     if clip_value is not None:
         unscaled = [np.clip(g, -clip_value, clip_value) for g in unscaled]
     return unscaled, norm
+
+
+# ---------------------------------------------------------------------- low precision
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def _mix32(x: np.ndarray) -> np.ndarray:
+    """Chris Wellons' ``lowbias32`` on uint64 arrays holding 32-bit words."""
+    x = np.asarray(x, dtype=np.uint64)
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & _MASK32
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x846CA68B)) & _MASK32
+    return x ^ (x >> np.uint64(16))
+
+
+def random_words(key: int, slot: int, index: np.ndarray) -> np.ndarray:
+    """The 32 random bits stochastic rounding uses for elements ``index`` of the array in
+    ``slot`` (the parameter 0, state array k k + 1, a compensation buffer 63) under the
+    segment's ``key``: ``lowbias32((lowbias32(key ^ slot * 0x9E3779B9) ^ lo) + hi *
+    0x85EBCA77)``, with ``lo``/``hi`` the index's 32-bit halves, modulo 2^32."""
+    stream = _mix32((np.uint64(key) ^ (np.uint64(slot) * np.uint64(0x9E3779B9))) & _MASK32)
+    index = np.asarray(index, dtype=np.uint64)
+    low, high = index & _MASK32, (index >> np.uint64(32)) * np.uint64(0x85EBCA77)
+    return _mix32(((stream ^ low) + high) & _MASK32).astype(np.uint32)
+
+
+def _neighbours(x: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The ``dtype`` values on either side of float32 ``x``: toward zero, and away from zero
+    (equal where ``x`` is one of them)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        nearest = x.astype(dtype)
+        toward = np.where(
+            np.abs(nearest.astype(np.float32)) > np.abs(x),
+            np.nextafter(nearest, dtype.type(0)),
+            nearest,
+        )
+        away = np.where(
+            toward.astype(np.float32) == x,
+            toward,
+            np.nextafter(toward, np.copysign(dtype.type(np.inf), x).astype(dtype)),
+        )
+    return toward, away
+
+
+def round_to(x: np.ndarray, dtype: Any, words: np.ndarray | None = None) -> np.ndarray:
+    """Float32 (or float64, via float32) ``x`` rounded to bfloat16 or float16: to nearest,
+    ties to even (``ml_dtypes``' and NumPy's conversions), or, given random ``words``,
+    stochastically.
+
+    Stochastic rounding goes away from zero with the probability of ``x``'s distance from
+    the value toward zero, in units of the spacing there: with ``f`` that fraction (a
+    multiple of 2^-16 for bfloat16, of 2^-13 for float16 normals, of 2^-24 in units of the
+    spacing for float16 subnormals), away when ``u < f``, ``u`` being ``(~word mod 2^16) /
+    2^16`` (bfloat16), ``(~word mod 2^13) / 2^13`` (float16 normals), ``(word >> 8) / 2^24``
+    (float16 subnormals). NaN and Inf stay as they are; a value past the largest finite one
+    rounds to Inf with the probability it is past it.
+    """
+    dtype = np.dtype(dtype)
+    x = np.asarray(x, dtype=np.float32)
+    if words is None:
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond the range: Inf
+            return x.astype(dtype)
+    toward, away = _neighbours(x, dtype)
+    low, high = np.abs(toward.astype(np.float64)), np.abs(away.astype(np.float64))
+    with np.errstate(invalid="ignore"):  # Inf and NaN: kept as they are below
+        gap = np.where(np.isinf(high), _spacing_at_max(dtype), np.where(high > low, high - low, 1))
+        fraction = (np.abs(x.astype(np.float64)) - low) / gap
+    words = np.asarray(words, dtype=np.uint64)
+    if dtype == _BFLOAT16:
+        uniform = ((~words) & np.uint64(0xFFFF)) / 65536.0
+    else:
+        subnormal = np.abs(x) < np.float32(2.0**-14)
+        uniform = np.where(
+            subnormal, (words >> np.uint64(8)) * 2.0**-24, ((~words) & np.uint64(0x1FFF)) / 8192.0
+        )
+    out = np.where(uniform < fraction, away, toward)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(np.isfinite(x), out, x.astype(dtype))
+
+
+def _spacing_at_max(dtype: np.dtype) -> float:
+    """The spacing between the largest finite value of ``dtype`` and the one below it."""
+    largest = np.finfo(dtype).max
+    return float(largest) - float(np.nextafter(largest, dtype.type(0)))
+
+
+def low_precision_step(
+    step: Any,
+    param: np.ndarray,
+    grad: np.ndarray,
+    *state: np.ndarray | None,
+    master_param: np.ndarray | None = None,
+    kahan_comp: np.ndarray | None = None,
+    rounding_key: int | None = None,
+    **hyperparameters: Any,
+) -> Any:
+    """One update of a rule's reference ``step`` on 16-bit storage, as fastopt's kernels do it.
+
+    The parameter (its float32 ``master_param`` where there is one), the gradient and the
+    state are decoded to float32, ``step`` updates them in float32, and the results are
+    written back: the master copy exactly and the parameter rounded; or through the Kahan
+    ``kahan_comp`` (``c += new - old; p = round(old + c); c = round(c + old - p)``); or the
+    parameter rounded. bfloat16 state is rounded, float32 state stored as is. Rounding is to
+    nearest, or stochastic under ``rounding_key`` (:func:`random_words`, the parameter slot
+    0, state array k slot k + 1, the compensation 63). Returns what ``step`` returns.
+    """
+    old = master_param.copy() if master_param is not None else param.astype(np.float32)
+    work = old.copy()
+    grad32 = grad.astype(np.float32)
+    state32 = [None if s is None else s.astype(np.float32) for s in state]
+    returned = step(work, grad32, *state32, **hyperparameters)
+    index = np.arange(param.size).reshape(param.shape)
+
+    def rounded(values: np.ndarray, dtype: np.dtype, slot: int) -> np.ndarray:
+        words = None if rounding_key is None else random_words(rounding_key, slot, index)
+        return round_to(values, dtype, words)
+
+    if master_param is not None:
+        master_param[...] = work
+        param[...] = rounded(work, param.dtype, 0)
+    elif kahan_comp is not None:
+        carried = kahan_comp.astype(np.float32) + (work - old)
+        param[...] = rounded(old + carried, param.dtype, 0)
+        kahan_comp[...] = rounded(carried + (old - param.astype(np.float32)), param.dtype, 63)
+    else:
+        param[...] = rounded(work, param.dtype, 0)
+    for slot, (array, value) in enumerate(zip(state, state32), start=1):
+        if array is not None:
+            array[...] = rounded(value, array.dtype, slot) if array.dtype == _BFLOAT16 else value
+    return returned

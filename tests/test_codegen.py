@@ -398,23 +398,45 @@ def test_a_loop_that_cannot_vectorize_has_no_vector_arithmetic():
     assert vector_lanes(fresh_llvm(running_sum, (array,)), "float") == []
 
 
+# How the arrays of a block are stored: (parameter, gradient, state, master copy) kernel
+# dtypes (None: absent), whether stores round stochastically, and the compute type.
+STORAGE = {
+    "float32": (np.float32, np.float32, np.float32, None, False, np.float32),
+    "float64": (np.float64, np.float64, np.float64, None, False, np.float64),
+    "bf16-params": (np.uint16, np.uint16, np.float32, None, False, np.float32),
+    "bf16-everything": (np.uint16, np.uint16, np.uint16, None, False, np.float32),
+    "bf16-master": (np.uint16, np.uint16, np.float32, np.float32, False, np.float32),
+    "bf16-stochastic": (np.uint16, np.float32, np.uint16, None, True, np.float32),
+    "f16-params": (np.int16, np.int16, np.float32, None, False, np.float32),
+}
+
+
 @declared
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_generated_cpu_loop_vectorizes(rule_class, dtype):
+@pytest.mark.parametrize("storage", list(STORAGE))
+def test_generated_cpu_loop_vectorizes(rule_class, storage):
     """The loop that a rule's serial and parallel drivers run over each segment (the
     generated ``block``, with the update inlined) compiles to SIMD arithmetic on 4 or more
     float32 lanes (2 or more float64), with every state array and with the optional ones
-    absent (``None``, pruned at compile time)."""
+    absent (``None``, pruned at compile time), for every storage format: the 16-bit ones
+    decoded and rounded (to nearest or stochastically) in registers."""
     rule = rule_class._rule
     block = rule_class._kernels.serial.py_func.__globals__["block"]
-    array = types.Array(numba.from_dtype(np.dtype(dtype)), 1, "C")
+    param_type, grad_type, state_type, master_type, stochastic, compute = STORAGE[storage]
+
+    def array(dtype):
+        return (
+            types.none if dtype is None else types.Array(numba.from_dtype(np.dtype(dtype)), 1, "C")
+        )
+
     row = types.Array(types.float64, 1, "C")
     layouts = {tuple(True for _ in rule.state), tuple(not s.optional for s in rule.state)}
     for present in sorted(layouts):
-        state = [array if here else types.none for here in present]
+        state = [array(state_type) if here else types.none for here in present]
         if rule.matrix is not None:  # the transformed directions the update reads
-            state.append(array)
-        lanes = vector_lanes(fresh_llvm(block.py_func, (row, array, array, *state)), ELEMENT[dtype])
-        assert max(lanes, default=0) >= (4 if dtype == np.float32 else 2), (
+            state.append(array(compute))
+        precision = (array(master_type), types.none, types.boolean if stochastic else types.none)
+        signature = (row, types.int64, array(param_type), array(grad_type), *state, *precision)
+        lanes = vector_lanes(fresh_llvm(block.py_func, signature), ELEMENT[compute])
+        assert max(lanes, default=0) >= (4 if compute == np.float32 else 2), (
             f"{rule.name} with state {present}: no SIMD arithmetic"
         )

@@ -230,9 +230,11 @@ def parallel_launches(monkeypatch):
 
 
 def test_class_signature_comes_from_the_declaration():
-    """``ToyMomentum(params, lr, decay, clipped, *, maximize, **gradient_options)``: the
-    declared hyperparameters in order with their defaults (``keyword_only`` after the ``*``),
-    then the gradient options; the class is named after the rule and lives in its module."""
+    """``ToyMomentum(params, lr, decay, clipped, *, maximize, state_dtype, master_weights,
+    kahan_sum, stochastic_rounding, seed, **gradient_options)``: the declared
+    hyperparameters in order with their defaults (``keyword_only`` after the ``*``), the
+    precision options every rule takes, then the gradient options; the class is named after
+    the rule and lives in its module."""
     P = inspect.Parameter
     parameters = inspect.signature(ToyMomentum).parameters.values()
     assert [(p.name, p.kind, p.default) for p in parameters] == [
@@ -241,6 +243,11 @@ def test_class_signature_comes_from_the_declaration():
         ("decay", P.POSITIONAL_OR_KEYWORD, 0.9),
         ("clipped", P.POSITIONAL_OR_KEYWORD, False),
         ("maximize", P.KEYWORD_ONLY, False),
+        ("state_dtype", P.KEYWORD_ONLY, None),
+        ("master_weights", P.KEYWORD_ONLY, False),
+        ("kahan_sum", P.KEYWORD_ONLY, False),
+        ("stochastic_rounding", P.KEYWORD_ONLY, False),
+        ("seed", P.KEYWORD_ONLY, 0),
         ("gradient_options", P.VAR_KEYWORD, P.empty),
     ]
     assert (ToyMomentum.__name__, ToyMomentum.__module__) == ("ToyMomentum", __name__)
@@ -340,6 +347,10 @@ def test_functional_step_signature():
         ("step", P.KEYWORD_ONLY, P.empty),
         ("loss_scale", P.KEYWORD_ONLY, 1.0),
         ("clip_value", P.KEYWORD_ONLY, None),
+        ("master_param", P.KEYWORD_ONLY, None),
+        ("kahan_comp", P.KEYWORD_ONLY, None),
+        ("stochastic_rounding", P.KEYWORD_ONLY, False),
+        ("seed", P.KEYWORD_ONLY, 0),
     ]
     assert signature.return_annotation == "dict[str, float]"
     assert (toy_momentum_step.__name__, toy_momentum_step.__module__) == (

@@ -145,16 +145,18 @@ class CudaArrays:
         where = layout(array)
         return where.dtype, where.shape
 
-    def full_like(self, array: Any, value: float) -> Any:
+    def full_like(self, array: Any, value: float, dtype: np.dtype | None = None) -> Any:
         where = layout(array)
-        out = cuda.device_array(where.shape, where.dtype)
+        out = cuda.device_array(where.shape, where.dtype if dtype is None else dtype)
         fill(out.reshape(where.size), value)
         # Updates run on the gradient's stream, which may not wait for the default stream.
         cuda.synchronize()
         return out
 
-    def copy(self, array: Any) -> Any:
+    def copy(self, array: Any, dtype: np.dtype | None = None) -> Any:
         where = layout(array)
+        if dtype is not None and np.dtype(dtype) != where.dtype:  # converted on the host
+            return cuda.to_device(self.to_host(array).astype(dtype))
         out = cuda.device_array(where.shape, where.dtype)
         out.copy_to_device(as_kernel_array(array))
         cuda.synchronize()

@@ -38,6 +38,7 @@ from fastopt._launch import RuleKernels
 from fastopt._matrix import transform_segments
 from fastopt._norms import blocks_of, finish_rows
 from fastopt._reduce import LANES
+from fastopt._storage import compute_type_of
 
 __all__ = [
     "SIMULATOR",
@@ -66,7 +67,7 @@ SIMULATOR_RESIDENT_BLOCKS = 4
 _ONE_SEGMENT = '''
 def {name}(row, param, grad{arrays}):
     """{rule}, one segment: hyperparameter row passed by value."""
-    scalars = unpack(row, param)
+    scalars = unpack(row, param, 0, {stochastic})
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     while i < param.size:
@@ -83,12 +84,13 @@ def {name}(bounds, hyper, param, grad{arrays}):
     stride = cuda.gridsize(1)
     s = segment_of(bounds, i, 0)
     end = bounds[s + 1]
-    scalars = unpack(hyper[s], param)
+    # Element i of the arrays is element i - bounds[s] of its parameter.
+    scalars = unpack(hyper[s], param, -bounds[s], {stochastic})
     while i < param.size:
         if i >= end:
             s = segment_of(bounds, i, s + 1)
             end = bounds[s + 1]
-            scalars = unpack(hyper[s], param)
+            scalars = unpack(hyper[s], param, -bounds[s], {stochastic})
         {call}
         i += stride
 '''
@@ -100,7 +102,7 @@ def {name}(starts, stops, segment_of_block, hyper, param, grad{arrays}, out):
     b = cuda.grid(1)
     stride = cuda.gridsize(1)
     while b < starts.size:
-        scalars = unpack(hyper[segment_of_block[b]], param)
+        scalars = unpack(hyper[segment_of_block[b]], param, 0, None)
         acc = cuda.local.array(({lanes}, {count}), float64)
         for j in range({lanes}):
             for k in range({count}):
@@ -142,21 +144,34 @@ def _rule_name(kernels: RuleKernels) -> str:
     return kernels.update.__name__.removesuffix("_update")
 
 
-def state_names(kernels: RuleKernels) -> tuple[str, ...]:
-    """Names of a rule's state arguments: those between ``grad`` and ``scalars``."""
-    names = list(inspect.signature(kernels.update).parameters)
+def _element_function(kernels: RuleKernels, stage: str):
+    if stage == "norms":
+        return kernels.norms.measure
+    if stage == "direction":
+        return kernels.matrix.direction
+    return kernels.update
+
+
+def state_names(kernels: RuleKernels, stage: str = "update") -> tuple[str, ...]:
+    """Names of the array arguments of a stage's element function after ``grad``: the
+    state, then (the update's) the transformed array, then the parameter's master copy and
+    (the update's) compensation buffer."""
+    names = list(inspect.signature(_element_function(kernels, stage)).parameters)
     return tuple(names[3:-1])
 
 
 def kernel_source(
-    kernels: RuleKernels, present: tuple[bool, ...], segmented: bool, stage: str = "update"
+    kernels: RuleKernels,
+    present: tuple[bool, ...],
+    segmented: bool,
+    stage: str = "update",
+    stochastic: bool = False,
 ) -> str:
-    """Python source of the CUDA kernel for a rule and a set of present state arrays: the
-    update's, or the read pass of its norms (``stage="norms"``) or the first pass of its
-    matrix step (``"direction"``, segmented)."""
-    names = state_names(kernels)
-    if stage == "direction":
-        names = tuple(list(inspect.signature(kernels.matrix.direction).parameters)[3:-1])
+    """Python source of the CUDA kernel for a rule and a set of present arrays (those of
+    :func:`state_names`): the update's (its stores rounding ``stochastic``-ally), or the read
+    pass of its norms (``stage="norms"``) or the first pass of its matrix step
+    (``"direction"``, segmented)."""
+    names = state_names(kernels, stage)
     if len(present) != len(names):
         raise ValueError(f"{_rule_name(kernels)} has {len(names)} state arrays, got {present}")
     arrays = "".join(f", {name}" for name, here in zip(names, present, strict=True) if here)
@@ -171,6 +186,7 @@ def kernel_source(
             what="'s matrix step, first pass",
             arrays=f"{arrays}, out",
             call=f"out[i] = direction(i, param, grad{state}, scalars)",
+            stochastic=None,
         )
     if stage == "norms":
         count = len(kernels.norms.declaration.names)
@@ -190,7 +206,14 @@ def kernel_source(
     template = _SEGMENTED if segmented else _ONE_SEGMENT
     name = f"_{rule}_cuda_segmented" if segmented else f"_{rule}_cuda"
     call = f"update(i, param, grad{state}, scalars)"
-    return template.format(name=name, rule=rule, what="", arrays=arrays, call=call)
+    return template.format(
+        name=name,
+        rule=rule,
+        what="",
+        arrays=arrays,
+        call=call,
+        stochastic=True if stochastic else None,
+    )
 
 
 @cache
@@ -200,7 +223,11 @@ def _device_functions(kernels: RuleKernels) -> tuple[Any, Any]:
 
 @cache
 def _kernel(
-    kernels: RuleKernels, present: tuple[bool, ...], segmented: bool, stage: str = "update"
+    kernels: RuleKernels,
+    present: tuple[bool, ...],
+    segmented: bool,
+    stage: str = "update",
+    stochastic: bool = False,
 ):
     update, unpack = _device_functions(kernels)
     namespace = {
@@ -215,10 +242,10 @@ def _kernel(
         namespace["measure"] = cuda_device(kernels.norms.measure)
     if stage == "direction":
         namespace["direction"] = cuda_device(kernels.matrix.direction)
-    source = kernel_source(kernels, present, segmented, stage)
+    source = kernel_source(kernels, present, segmented, stage, stochastic)
     (name,) = re.findall(r"^def (\w+)", source, flags=re.MULTILINE)
     # Registered with linecache so that compiler errors and tracebacks can show the source.
-    filename = f"<fastopt.cuda {name} {present}>"
+    filename = f"<fastopt.cuda {name} {present} {'stochastic' if stochastic else ''}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     exec(compile(source, filename, "exec"), namespace)
     return cuda_kernel(namespace[name])
@@ -270,7 +297,8 @@ def stream_of(array) -> Any:
 
 
 def _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream, shapes) -> None:
-    """The norms' read pass on the device, then the norm fields of ``hyper`` on the host."""
+    """The norms' read pass on the device (``present``/``arrays``: the state and the master
+    copy), then the norm fields of ``hyper`` on the host."""
     starts, stops, segment = blocks_of(bounds)
     count = len(kernels.norms.declaration.names)
     sums = np.zeros((starts.size, count))
@@ -291,8 +319,9 @@ def _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream,
 
 def _transformed(kernels, present, bounds, hyper, param, grad, arrays, stream, shapes):
     """The matrix step on the device: the directions, transformed per tensor on the host
-    (NumPy) and copied back; the device array the update reads ``o`` from."""
-    out = cuda.device_array(param.size, dtype=param.dtype, stream=stream)
+    (NumPy) and copied back; the device array the update reads ``o`` from (in the compute
+    type; ``present``/``arrays``: the state and the master copy)."""
+    out = cuda.device_array(param.size, dtype=compute_type_of(param.dtype), stream=stream)
     tables = [cuda.to_device(np.ascontiguousarray(t), stream=stream) for t in (bounds, hyper)]
     _run(
         _kernel(kernels, present, True, "direction"),
@@ -308,7 +337,18 @@ def _transformed(kernels, present, bounds, hyper, param, grad, arrays, stream, s
     return out
 
 
-def launch(kernels: RuleKernels, bounds, hyper, param, grad, *state, shapes=None) -> None:
+def launch(
+    kernels: RuleKernels,
+    bounds,
+    hyper,
+    param,
+    grad,
+    *state,
+    master=None,
+    comp=None,
+    stochastic=None,
+    shapes=None,
+) -> None:
     """Run a rule's CUDA kernel: same arguments as its CPU drivers (see fastopt._launch).
 
     ``param``, ``grad`` and the state are device arrays (numba's or CUDA Array Interface
@@ -323,23 +363,32 @@ def launch(kernels: RuleKernels, bounds, hyper, param, grad, *state, shapes=None
         return  # a grid of zero blocks cannot be launched, and there is nothing to do
     grad = as_kernel_array(grad)
     stream = stream_of(grad)
-    present = tuple(array is not None for array in state)
-    arrays = tuple(as_kernel_array(array) for array in state if array is not None)
+
+    def given(*arrays) -> tuple[tuple[bool, ...], tuple[Any, ...]]:
+        present = tuple(array is not None for array in arrays)
+        return present, tuple(as_kernel_array(array) for array in arrays if array is not None)
+
     param = as_kernel_array(param)
     if kernels.norms is not None:
+        present, arrays = given(*state, master)
         _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream, shapes)
     if kernels.matrix is not None:
+        present, arrays = given(*state, master)
         transformed = _transformed(
             kernels, present, bounds, hyper, param, grad, arrays, stream, shapes
         )
-        present, arrays = (*present, True), (*arrays, transformed)
+        state = (*state, transformed)
+    present, arrays = given(*state, master, comp)
+    stochastic = stochastic is not None
     if bounds.size == 2:
         row = tuple(float(value) for value in hyper[0])
-        _run(_kernel(kernels, present, False), size, stream, (row, param, grad, *arrays))
+        kernel = _kernel(kernels, present, False, "update", stochastic)
+        _run(kernel, size, stream, (row, param, grad, *arrays))
     else:
         bounds = cuda.to_device(np.ascontiguousarray(bounds), stream=stream)
         hyper = cuda.to_device(np.ascontiguousarray(hyper), stream=stream)
-        _run(_kernel(kernels, present, True), size, stream, (bounds, hyper, param, grad, *arrays))
+        kernel = _kernel(kernels, present, True, "update", stochastic)
+        _run(kernel, size, stream, (bounds, hyper, param, grad, *arrays))
 
 
 @cuda_kernel
