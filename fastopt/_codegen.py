@@ -6,8 +6,8 @@ drivers of a :class:`~fastopt.rule.Rule` are written out as a real Python module
 and imported: every function in it is an ordinary module-level function that numba caches.
 
 The module's name carries a hash of its own text and of the sources it is compiled from (the
-rule's module, :mod:`fastopt._storage` and :mod:`fastopt._codecs`, :mod:`fastopt._jit`,
-:mod:`fastopt._launch` and this
+rule's module, :mod:`fastopt._storage`, :mod:`fastopt._codecs` and :mod:`fastopt._u32`,
+:mod:`fastopt._jit`, :mod:`fastopt._launch` and this
 generator): numba does not notice when a function that a cached one inlines changes, so a
 changed source gives a new file instead of a stale cache. Files live in the kernel cache
 directory: ``$FASTOPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastopt`` (``~/.cache/fastopt``),
@@ -451,7 +451,8 @@ def _fingerprint(rule: Rule, text: str) -> str:
     rule's module and the modules of what its update calls, the storage layer, the numba
     options, the drivers' helpers and this generator. numba's disk cache is keyed on the
     generated file alone, so a change to any of them must give a new file."""
-    modules = {"fastopt._storage", "fastopt._codecs", "fastopt._jit", "fastopt._launch", __name__}
+    modules = {"fastopt._storage", "fastopt._codecs", "fastopt._u32", "fastopt._jit"}
+    modules |= {"fastopt._launch", __name__}
     seen: set[object] = set()
     _modules_called(rule.update, modules, seen)
     if rule.norms is not None:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fastopt._backend import backend_of
+from fastopt._backend import HOST, backend_of
 from fastopt._checks import (
     check_bool,
     check_disjoint,
@@ -147,6 +147,11 @@ class DeclaredOptimizer(Optimizer):
     def _check_group(self, group: Mapping[str, Any]) -> None:
         check_hyperparameters(self._rule, group)
         check_precision(group)
+        if group["state_dtype"] == "bfloat16" and backend_of(group["params"][0]) is not HOST:
+            raise TypeError(
+                "state_dtype='bfloat16' keeps the state in host memory only; on a CUDA device "
+                "use float32 state"
+            )
         for entry in self._rule.group_state:
             entry.check(entry.name, group[entry.name])
 

@@ -676,14 +676,17 @@ def _mix32(x: np.ndarray) -> np.ndarray:
 
 
 def random_words(key: int, slot: int, index: np.ndarray) -> np.ndarray:
-    """The 32 random bits stochastic rounding uses for elements ``index`` of the array in
-    ``slot`` (the parameter 0, state array k k + 1, a compensation buffer 63) under the
-    segment's ``key``: ``lowbias32((lowbias32(key ^ slot * 0x9E3779B9) ^ lo) + hi *
-    0x85EBCA77)``, with ``lo``/``hi`` the index's 32-bit halves, modulo 2^32."""
-    stream = _mix32((np.uint64(key) ^ (np.uint64(slot) * np.uint64(0x9E3779B9))) & _MASK32)
+    """The random bits stochastic rounding uses (the low 16) for elements ``index`` of the
+    array in ``slot`` (the parameter 0, state array k k + 1, a compensation buffer 63) under
+    the segment's ``key``: the word ``lowbias32((lowbias32(key ^ (slot >> 1) * 0x9E3779B9) ^
+    lo) + hi * 0x85EBCA77)`` (``lo``/``hi`` the index's 32-bit halves, modulo 2^32), shifted
+    right by 16 for an odd slot (slots 2k and 2k + 1 share a word, one half each)."""
+    pair = np.uint64(slot >> 1)
+    stream = _mix32((np.uint64(key) ^ (pair * np.uint64(0x9E3779B9))) & _MASK32)
     index = np.asarray(index, dtype=np.uint64)
     low, high = index & _MASK32, (index >> np.uint64(32)) * np.uint64(0x85EBCA77)
-    return _mix32(((stream ^ low) + high) & _MASK32).astype(np.uint32)
+    hashed = _mix32(((stream ^ low) + high) & _MASK32)
+    return (hashed >> np.uint64(16 * (slot & 1))).astype(np.uint32)
 
 
 def _neighbours(x: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -713,8 +716,8 @@ def round_to(x: np.ndarray, dtype: Any, words: np.ndarray | None = None) -> np.n
     the value toward zero, in units of the spacing there: with ``f`` that fraction (a
     multiple of 2^-16 for bfloat16, of 2^-13 for float16 normals, of 2^-24 in units of the
     spacing for float16 subnormals), away when ``u < f``, ``u`` being ``(~word mod 2^16) /
-    2^16`` (bfloat16), ``(~word mod 2^13) / 2^13`` (float16 normals), ``(word >> 8) / 2^24``
-    (float16 subnormals). NaN and Inf stay as they are; a value past the largest finite one
+    2^16`` (bfloat16), ``(~word mod 2^13) / 2^13`` (float16 normals), ``(word mod 2^16) /
+    2^16`` (float16 subnormals). NaN and Inf stay as they are; a value past the largest finite one
     rounds to Inf with the probability it is past it.
     """
     dtype = np.dtype(dtype)
@@ -733,7 +736,9 @@ def round_to(x: np.ndarray, dtype: Any, words: np.ndarray | None = None) -> np.n
     else:
         subnormal = np.abs(x) < np.float32(2.0**-14)
         uniform = np.where(
-            subnormal, (words >> np.uint64(8)) * 2.0**-24, ((~words) & np.uint64(0x1FFF)) / 8192.0
+            subnormal,
+            (words & np.uint64(0xFFFF)) / 65536.0,
+            ((~words) & np.uint64(0x1FFF)) / 8192.0,
         )
     out = np.where(uniform < fraction, away, toward)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -747,30 +752,32 @@ def _spacing_at_max(dtype: np.dtype) -> float:
 
 
 def low_precision_step(
-    step: Any,
+    rule_step: Any,
     param: np.ndarray,
     grad: np.ndarray,
+    /,
     *state: np.ndarray | None,
     master_param: np.ndarray | None = None,
     kahan_comp: np.ndarray | None = None,
     rounding_key: int | None = None,
     **hyperparameters: Any,
 ) -> Any:
-    """One update of a rule's reference ``step`` on 16-bit storage, as fastopt's kernels do it.
+    """One update of a rule's reference ``rule_step`` on 16-bit storage, as fastopt's kernels
+    do it (``hyperparameters`` are ``rule_step``'s keywords, ``step`` included).
 
     The parameter (its float32 ``master_param`` where there is one), the gradient and the
-    state are decoded to float32, ``step`` updates them in float32, and the results are
+    state are decoded to float32, ``rule_step`` updates them in float32, and the results are
     written back: the master copy exactly and the parameter rounded; or through the Kahan
     ``kahan_comp`` (``c += new - old; p = round(old + c); c = round(c + old - p)``); or the
     parameter rounded. bfloat16 state is rounded, float32 state stored as is. Rounding is to
     nearest, or stochastic under ``rounding_key`` (:func:`random_words`, the parameter slot
-    0, state array k slot k + 1, the compensation 63). Returns what ``step`` returns.
+    0, state array k slot k + 1, the compensation 63). Returns what ``rule_step`` returns.
     """
     old = master_param.copy() if master_param is not None else param.astype(np.float32)
     work = old.copy()
     grad32 = grad.astype(np.float32)
     state32 = [None if s is None else s.astype(np.float32) for s in state]
-    returned = step(work, grad32, *state32, **hyperparameters)
+    returned = rule_step(work, grad32, *state32, **hyperparameters)
     index = np.arange(param.size).reshape(param.shape)
 
     def rounded(values: np.ndarray, dtype: np.dtype, slot: int) -> np.ndarray:

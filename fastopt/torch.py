@@ -12,9 +12,12 @@ parameter and group instead of one per tensor.
 
 Notes
 -----
-- CPU tensors of float32 or float64 (one dtype per optimizer); others raise ``TypeError``.
-  Importing :mod:`fastopt` does not import torch; this module does (``pip install
-  "fastopt[torch]"``).
+- CPU tensors of float32, float64, bfloat16 or float16 (one dtype per optimizer); others
+  raise ``TypeError``. Every class takes fastopt's precision options (``state_dtype``,
+  ``master_weights``, ``kahan_sum``, ``stochastic_rounding``, ``seed``: see
+  :mod:`fastopt.precision`) as keywords, per group too; ``state_dict()`` carries the seed
+  and the master copies and compensation buffers as state tensors. Importing :mod:`fastopt`
+  does not import torch; this module does (``pip install "fastopt[torch]"``).
 - Gradients follow torch exactly: ``p.grad`` is ``None`` until a backward pass (or the user)
   gives ``p`` a gradient, ``zero_grad()`` sets it back to ``None`` (``set_to_none=True``, the
   default) or zeroes it, and ``step()`` updates exactly the parameters whose ``p.grad`` is not
@@ -93,6 +96,7 @@ from fastopt.gradients import (
     StepStats,
     check_gradient_options,
 )
+from fastopt.precision import BFLOAT16, KAHAN_COMP, MASTER_PARAM, PRECISION_DEFAULTS, check_seed
 
 __all__ = [
     "ASGD",
@@ -116,7 +120,29 @@ __all__ = [
     "ScheduleFreeSGD",
 ]
 
-_NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+_NUMPY_DTYPE = {
+    torch.float32: np.dtype(np.float32),
+    torch.float64: np.dtype(np.float64),
+    torch.bfloat16: BFLOAT16,
+    torch.float16: np.dtype(np.float16),
+}
+
+
+def _tensor_of(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory (bfloat16 through its bits: NumPy's bfloat16 is
+    ``ml_dtypes``', which torch does not know)."""
+    if array.dtype == BFLOAT16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _array_of(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's memory as a NumPy array (bfloat16 as ``ml_dtypes.bfloat16``)."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(BFLOAT16)
+    return tensor.numpy()
+
+
 _GRADIENT_OPTIONS = frozenset(GradientOptions.__annotations__)
 
 #: torch's implementation switches, the values that describe fastopt's step, and why others
@@ -204,9 +230,14 @@ class _FlatOptimizer(torch.optim.Optimizer):
     _group_state: ClassVar[dict[str, Any]] = {}
 
     def __init__(
-        self, params: ParamsT, defaults: dict[str, Any], gradient_options: dict[str, Any]
+        self,
+        params: ParamsT,
+        defaults: dict[str, Any],
+        gradient_options: dict[str, Any],
+        seed: int = 0,
     ) -> None:
         name = type(self).__name__
+        self._seed = check_seed(seed)
         for key in gradient_options:
             if key not in _GRADIENT_OPTIONS:
                 raise TypeError(f"{name}.__init__() got an unexpected keyword argument {key!r}")
@@ -290,7 +321,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
             if tensor.layout != torch.strided:
                 raise TypeError(f"{where} has layout {tensor.layout}; only dense tensors")
             if tensor.dtype not in _NUMPY_DTYPE:
-                raise TypeError(f"{where} must have dtype float32 or float64, got {tensor.dtype}")
+                raise TypeError(
+                    f"{where} must have dtype float32, float64, bfloat16 or float16, got "
+                    f"{tensor.dtype}"
+                )
             if dtype is None:
                 dtype = tensor.dtype
             elif tensor.dtype != dtype:
@@ -304,7 +338,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         params = [p for group in self.param_groups for p in group["params"]]
         flat = FlatParams([tuple(p.shape) for p in params], _NUMPY_DTYPE[params[0].dtype])
         for view, param in zip(flat.params, params, strict=True):
-            view[...] = param.detach().numpy()
+            view[...] = _array_of(param.detach())
         for index, param in enumerate(params):
             if param.grad is not None:
                 self._check_grad(index, param, param.grad)
@@ -314,7 +348,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             settings = {key: _plain(group[key], key) for key in self._hyperparameters}
             groups.append({"params": list(flat.params[start:end]), **settings})
             start = end
-        inner = self._rule(groups, **self._gradient_options)
+        inner = self._rule(groups, seed=self._seed, **self._gradient_options)
         # Host scalars in torch's default dtype (the state's dtype changes when a checkpoint
         # loads; what is made afresh each update stays in the default one).
         inner._scalar_dtype = inner._fresh_scalar_dtype = _scalar_dtype()
@@ -328,11 +362,11 @@ class _FlatOptimizer(torch.optim.Optimizer):
 
         # Everything is checked: rebind. A gradient a parameter has is copied in; one without
         # keeps None, and a hook lends it its view when backward reaches it.
-        grads = [torch.from_numpy(view) for view in flat.grads]
+        grads = [_tensor_of(view) for view in flat.grads]
         for param, view, grad in zip(params, flat.params, grads, strict=True):
             if param.grad is not None:
                 grad.copy_(param.grad.detach())
-            param.data = torch.from_numpy(view)
+            param.data = _tensor_of(view)
             if param.grad is not None:
                 param.grad = grad
         if self._inner is not None:
@@ -429,15 +463,16 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     exposed[name] = torch.from_numpy(mirror[index : index + 1].reshape(()))
                 for name, value in entry.items():
                     if isinstance(value, np.ndarray):
-                        exposed[name] = torch.from_numpy(value)
+                        exposed[name] = _tensor_of(value)
             if exposed:
                 state[param] = exposed
         self.state = state
 
     def _managed_state(self) -> frozenset[str]:
-        """The state keys fastopt keeps: the step, the rule's arrays and host scalars."""
+        """The state keys fastopt keeps: the step, the rule's arrays and host scalars, the
+        master copies and compensation buffers."""
         inner = self._inner
-        return inner._all_state_names() | {"step", *inner._scalar_names}
+        return inner._all_state_names() | {"step", *inner._scalar_names, MASTER_PARAM, KAHAN_COMP}
 
     # ------------------------------------------------------------------ step
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -487,7 +522,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 replaced.append(index)
             active.append(True)
         for index in replaced:
-            fresh = torch.from_numpy(self._flat.grads[index])
+            fresh = _tensor_of(self._flat.grads[index])
             fresh.copy_(self._params[index].grad.detach())
             self._params[index].grad = fresh
             self._grads[index] = fresh
@@ -584,11 +619,14 @@ class _FlatOptimizer(torch.optim.Optimizer):
             if not isinstance(saved, dict):
                 raise ValueError("state_dict param_groups must be a list of dicts")
             for key in group:
-                if key in defaults:
+                if key in PRECISION_DEFAULTS:  # a torch.optim checkpoint: ours stay
+                    saved.setdefault(key, group[key])
+                elif key in defaults:
                     saved.setdefault(key, defaults[key])
             saved.update({key: group[key] for key in self._implementation})
             saved.update(self._fixed)
-        self._inner.load_state_dict(self._to_fastopt(state_dict["state"], saved_groups))
+        seed = state_dict.get("seed", self._inner.seed)
+        self._inner.load_state_dict(self._to_fastopt(state_dict["state"], saved_groups, seed))
         if self._inner._scalar_names and state_dict["state"]:
             # torch casts loaded state to the parameters' dtype, host scalars included.
             self._inner._scalar_dtype = np.dtype(_NUMPY_DTYPE[self._params[0].dtype])
@@ -618,11 +656,20 @@ class _FlatOptimizer(torch.optim.Optimizer):
             post_hook(self)
         if post_hooks:  # what the hooks wrote to self.state becomes the state
             written = super().state_dict()
-            self._inner.load_state_dict(self._to_fastopt(written["state"], written["param_groups"]))
+            self._inner.load_state_dict(
+                self._to_fastopt(written["state"], written["param_groups"], self._inner.seed)
+            )
             self._inner._flat_plan().adopt()
             self._expose_state()
 
-    def _to_fastopt(self, saved_state: Any, saved_groups: list[Any]) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        """torch's ``state_dict()``, with the seed of stochastic rounding (``"seed"``, which
+        ``torch.optim``'s ``load_state_dict`` ignores)."""
+        state_dict = super().state_dict()
+        state_dict["seed"] = self._inner.seed
+        return state_dict
+
+    def _to_fastopt(self, saved_state: Any, saved_groups: list[Any], seed: Any) -> dict[str, Any]:
         """A torch-format checkpoint as :meth:`fastopt.Optimizer.load_state_dict` takes it."""
         index_of, groups, start = {}, [], 0
         for number, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
@@ -645,7 +692,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     f"state_dict has state for parameter {saved_id!r}, which is absent"
                 )
             index = index_of[saved_id]
-            dtype = self._params[index].dtype
+            param_dtype = self._params[index].dtype
             converted: dict[str, Any] = {}
             for name, value in dict(entry).items():
                 if name not in managed:
@@ -653,11 +700,22 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 if name in scalars:
                     converted[name] = _plain(value, name)
                 elif isinstance(value, torch.Tensor):
-                    converted[name] = value.detach().to(device="cpu", dtype=dtype).numpy()
+                    # torch keeps a 16-bit parameter's state in its dtype: here float32 (exact),
+                    # then the group's state dtype; a master copy stays float32.
+                    wide = name == MASTER_PARAM or (
+                        name != KAHAN_COMP and param_dtype in (torch.bfloat16, torch.float16)
+                    )
+                    dtype = torch.float32 if wide else param_dtype
+                    converted[name] = _array_of(value.detach().to(device="cpu", dtype=dtype))
                 elif value is not None:  # torch once saved momentum_buffer=None
                     converted[name] = value
             state[index] = converted
-        return {"state": state, "param_groups": groups, "step_count": self._inner.step_count}
+        return {
+            "state": state,
+            "param_groups": groups,
+            "step_count": self._inner.step_count,
+            "seed": seed,
+        }
 
 
 def _declared_adapter(
@@ -685,8 +743,15 @@ def _declared_adapter(
         for parameter in source.parameters.values()
         if parameter.kind is not inspect.Parameter.VAR_KEYWORD
     ]
+    # fastopt's precision options (the NumPy class's signature has them already).
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    precision = [
+        inspect.Parameter(key, keyword, default=default)
+        for key, default in {**PRECISION_DEFAULTS, "seed": 0}.items()
+        if key not in source.parameters
+    ]
     options = inspect.Parameter("gradient_options", inspect.Parameter.VAR_KEYWORD)
-    signature = inspect.Signature([*parameters, options])
+    signature = inspect.Signature([*parameters, *precision, options])
 
     def __init__(self, params, *args, **kwargs):
         try:
@@ -696,9 +761,10 @@ def _declared_adapter(
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         gradient_options = arguments.pop("gradient_options")
+        seed = arguments.pop("seed")
         del arguments["params"]
         defaults = {**arguments, **self._group_state}
-        _FlatOptimizer.__init__(self, params, defaults, gradient_options)
+        _FlatOptimizer.__init__(self, params, defaults, gradient_options, seed)
 
     self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     __init__.__signature__ = signature.replace(
@@ -716,7 +782,8 @@ def _declared_adapter(
         "__qualname__": name,
         "_rule": rule_class,
         "_hyperparameters": tuple(h.name for h in rule.hyperparameters)
-        + tuple(entry.name for entry in rule.group_state),
+        + tuple(entry.name for entry in rule.group_state)
+        + tuple(PRECISION_DEFAULTS),
         "_group_state": {entry.name: entry.initial for entry in rule.group_state},
         "_implementation": tuple(key for key in _IMPLEMENTATION if key in source.parameters),
         "_fixed": {**rule_class._fixed, **(group_keys or {})},

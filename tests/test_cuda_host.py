@@ -77,6 +77,19 @@ def _variants():
     return [(name, kernels, present, width) for (kernels, present), (name, width) in seen.items()]
 
 
+def _compile_for_sm80(monkeypatch) -> None:
+    """Compile device functions for sm_80 without a device: they are compiled for the
+    current device's compute capability, which needs a driver; naming one instead lets NVVM
+    alone do the work (skips without a PTX compiler)."""
+    _ptx_compiler_or_skip((8, 0))
+    import numba.cuda.dispatcher
+
+    if not hasattr(numba.cuda.dispatcher, "get_current_device"):
+        pytest.skip("this numba.cuda compiles device functions differently")
+    device = types.SimpleNamespace(compute_capability=(8, 0))
+    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", lambda: device)
+
+
 # Double-precision arithmetic, or float32 values promoted to float64.
 F64_ARITHMETIC = re.compile(
     r"\b(?:(?:add|sub|mul|div|fma|sqrt|neg|abs|min|max)(?:\.\w+)*\.f64|cvt\.f64\.f32)\b"
@@ -85,22 +98,15 @@ F64_ARITHMETIC = re.compile(
 
 @pytest.mark.parametrize("segmented", [False, True], ids=["one_segment", "segmented"])
 def test_every_kernel_compiles_to_ptx(segmented, monkeypatch):
-    _ptx_compiler_or_skip((8, 0))
-    import numba.cuda.dispatcher
+    _compile_for_sm80(monkeypatch)
     from numba import cuda
     from numba.core import types as nbtypes
 
     from fastopt.cuda import _kernels
 
-    # Device functions are compiled for the current device's compute capability, which
-    # needs a driver; name one instead (sm_80) so that NVVM alone does the work.
-    if not hasattr(numba.cuda.dispatcher, "get_current_device"):
-        pytest.skip("this numba.cuda compiles device functions differently")
-    device = types.SimpleNamespace(compute_capability=(8, 0))
-    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", lambda: device)
-
     for name, kernels, present, width in _variants():
-        dispatcher = _kernels._kernel(kernels, present, segmented)
+        # No master copy or compensation buffer: float32/float64 parameters.
+        dispatcher = _kernels._kernel(kernels, (*present, False, False), segmented)
         for dtype in (nbtypes.float32, nbtypes.float64):
             array = dtype[::1]
             if segmented:
@@ -117,25 +123,44 @@ def test_every_kernel_compiles_to_ptx(segmented, monkeypatch):
                 assert promoted, f"{name} {present}: no float64 arithmetic in a float64 kernel"
 
 
-def test_every_read_pass_of_the_per_tensor_norms_compiles_to_ptx(monkeypatch):
-    """The norms' read pass of LAMB and LARS (one thread per block, float64 lanes in local
-    memory): compiled for a device, the simulator aside."""
-    _ptx_compiler_or_skip((8, 0))
-    import numba.cuda.dispatcher
+def test_every_kernel_compiles_to_ptx_for_bfloat16_storage(monkeypatch):
+    """bfloat16 parameters, gradients and state (uint16 bits) with a float32 master copy and
+    stochastic rounding; float16 ones (int16 bits) with a compensation buffer: the codecs
+    compile for a device, in float32 arithmetic only."""
+    _compile_for_sm80(monkeypatch)
     from numba import cuda
     from numba.core import types as nbtypes
 
     from fastopt.cuda import _kernels
 
-    if not hasattr(numba.cuda.dispatcher, "get_current_device"):
-        pytest.skip("this numba.cuda compiles device functions differently")
-    device = types.SimpleNamespace(compute_capability=(8, 0))
-    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", lambda: device)
+    for name, kernels, present, width in _variants():
+        if kernels.norms is not None or kernels.matrix is not None:
+            continue  # their other passes: the test above
+        for bits, master, comp in ((nbtypes.uint16, True, False), (nbtypes.int16, False, True)):
+            dispatcher = _kernels._kernel(kernels, (*present, master, comp), False, "update", True)
+            head = (nbtypes.UniTuple(nbtypes.float64, width),)
+            arrays = [bits[::1]] * sum(present) + [nbtypes.float32[::1]] * master
+            arrays += [bits[::1]] * comp
+            signature = (*head, bits[::1], bits[::1], *arrays)
+            ptx, _ = cuda.compile_ptx(dispatcher.py_func, signature, cc=(8, 0))
+            assert ".entry" in ptx
+            promoted = F64_ARITHMETIC.findall(ptx)
+            assert not promoted, f"{name} {present}: float64 arithmetic {promoted[:3]}"
+
+
+def test_every_read_pass_of_the_per_tensor_norms_compiles_to_ptx(monkeypatch):
+    """The norms' read pass of LAMB and LARS (one thread per block, float64 lanes in local
+    memory): compiled for a device, the simulator aside."""
+    _compile_for_sm80(monkeypatch)
+    from numba import cuda
+    from numba.core import types as nbtypes
+
+    from fastopt.cuda import _kernels
 
     measured = [variant for variant in _variants() if variant[1].norms is not None]
     assert {name for name, *_ in measured} == {"Lamb", "LARS"}
     for name, kernels, present, _ in measured:
-        dispatcher = _kernels._kernel(kernels, present, True, "norms")
+        dispatcher = _kernels._kernel(kernels, (*present, False), True, "norms")
         for dtype in (nbtypes.float32, nbtypes.float64):
             array = dtype[::1]
             table = nbtypes.int64[::1]

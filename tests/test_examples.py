@@ -30,3 +30,24 @@ def test_digits_mlp_trains_the_same_model_in_numpy_and_torch(tmp_path):
     # Hand-written backward pass and autograd, same fastopt kernel: equal to float32 rounding.
     np.testing.assert_allclose(torch_run["loss"], numpy_run["loss"], rtol=1e-5)
     assert abs(torch_run["accuracy"] - numpy_run["accuracy"]) <= 2 / 297
+
+
+def test_low_precision_modes_train_as_float32_does_and_rounding_to_nearest_stalls():
+    """The digits MLP at a small learning rate: bfloat16 parameters with a master copy, a
+    Kahan buffer or stochastic rounding (and bfloat16 state) end within 2% of float32's
+    final loss; rounding each update to nearest loses most updates and barely trains."""
+    pytest.importorskip("sklearn")
+    convergence = load("precision_convergence")
+    results = convergence.main(["--epochs", "30", "--lr", "1e-4"])
+    baseline = results["float32"]["loss"][-1]
+    assert baseline < 0.6 * results["float32"]["loss"][0]
+    for mode in (
+        "bf16 + master",
+        "bf16 + kahan",
+        "bf16 + stochastic",
+        "bf16 + bf16 state + stochastic",
+        "f32 + bf16 state",
+    ):
+        assert results[mode]["loss"][-1] <= 1.02 * baseline, mode
+    stalled = results["bf16 nearest"]["loss"]
+    assert stalled[-1] > 0.9 * stalled[0] and stalled[-1] > 2 * baseline

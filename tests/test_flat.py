@@ -128,7 +128,7 @@ def test_names_unflatten_split_and_new_buffer():
         (
             lambda: fastopt.FlatParams.from_arrays({"a": np.zeros(2, np.int64)}),
             TypeError,
-            "float32 or float64",
+            "float32, float64, bfloat16",
         ),
         (
             lambda: fastopt.FlatParams.from_arrays([np.zeros(2), [1.0]]),
@@ -138,7 +138,7 @@ def test_names_unflatten_split_and_new_buffer():
         (lambda: fastopt.FlatParams.from_arrays([]), ValueError, "at least one array"),
         (lambda: fastopt.FlatParams([(2, -1)]), ValueError, r"shapes\[0\].*negative"),
         (lambda: fastopt.FlatParams([(2.5,)]), TypeError, r"shapes\[0\] must be a shape"),
-        (lambda: fastopt.FlatParams([3], dtype=np.float16), TypeError, "float32 or float64"),
+        (lambda: fastopt.FlatParams([3], dtype=np.int16), TypeError, "float32, float64, bfloat16"),
         (lambda: fastopt.FlatParams("abc"), TypeError, "sequence or a mapping"),
     ],
 )
@@ -279,7 +279,7 @@ def test_padding_stays_zero_even_with_zero_eps(case):
     assert padding.size > 0
     for buffer in (flat.buffer, flat.grad_buffer):
         assert buffer[padding].tobytes() == bytes(buffer[padding].nbytes)  # +0.0 exactly
-    for name, buffer in opt._flat_step.buffers.items():
+    for (name, _), buffer in opt._flat_step.buffers.items():  # by name and dtype
         if name in STATE_LEAVING_ZERO_UNDER_A_ZERO_GRADIENT:
             assert np.isfinite(buffer[padding]).all()
         else:
@@ -328,7 +328,8 @@ def test_state_dict_is_per_parameter_and_round_trips_through_both_paths():
     for index, entry in checkpoint["state"].items():
         assert entry["step"] == STEPS
         assert entry["exp_avg"].shape == flat_opt.params[index].shape
-        assert not np.shares_memory(entry["exp_avg"], flat_opt._flat_step.buffers["exp_avg"])
+        buffer = flat_opt._flat_step.buffers[("exp_avg", entry["exp_avg"].dtype)]
+        assert not np.shares_memory(entry["exp_avg"], buffer)
 
     # Resume a copy of the flat run from the checkpoint; resume the plain run from the same.
     resumed_flat = fastopt.FlatParams.from_arrays([view.copy() for view in flat.params])
@@ -353,7 +354,7 @@ def test_state_dict_is_per_parameter_and_round_trips_through_both_paths():
     assert_same_state(flat_opt, resumed)
     assert_same_state(flat_opt, plain_resumed)
     # After loading, the state lives in the flat buffers again (views, not copies).
-    buffer = resumed._flat_step.buffers["exp_avg"]
+    buffer = resumed._flat_step.buffers[("exp_avg", np.dtype(np.float32))]
     assert all(
         np.shares_memory(e["exp_avg"], buffer) for e in resumed.state.values() if e["exp_avg"].size
     )

@@ -42,10 +42,12 @@ def _literal(value):
 
 
 def _rendered(cls):
-    """``Name(params, a=1, b=2, *, c=3)``, the gradient options left out."""
+    """``Name(params, a=1, b=2, *, c=3)``, the precision and gradient options (which every
+    class takes) left out."""
     parts, keyword_only = ["params"], False
+    precision = {*fastopt.precision.PRECISION_DEFAULTS, "seed"}
     for parameter in list(inspect.signature(cls).parameters.values())[1:]:
-        if parameter.kind is parameter.VAR_KEYWORD:
+        if parameter.kind is parameter.VAR_KEYWORD or parameter.name in precision:
             continue
         if parameter.kind is parameter.KEYWORD_ONLY and not keyword_only:
             parts.append("*")

@@ -32,6 +32,7 @@ from numba.core import config
 import fastopt
 import fastopt._launch
 from fastopt._checks import check_beta, check_nonnegative
+from fastopt._declared import PREAMBLE_WIDTH
 from fastopt._jit import PARALLEL_THRESHOLD
 from fastopt._reduce import BLOCK, LANES
 from fastopt.rule import Hyperparameter, Norms, Rule, State, build
@@ -319,7 +320,7 @@ def test_a_measure_that_does_not_take_the_update_arguments_is_refused():
 
 def test_the_row_type_has_the_norm_fields_last():
     assert RULE.row_type._fields == (*RULE.fields, "neg_step")
-    assert ToyTrust._hyper_width == 3 + len(RULE.fields) + 1
+    assert ToyTrust._hyper_width == PREAMBLE_WIDTH + len(RULE.fields) + 1
 
 
 # ---------------------------------------------------------------------- LAMB and LARS

@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
 
 STEPS = 50
@@ -382,7 +383,8 @@ def test_checkpoints_load_across_torch_and_fastopt(rule, direction):
     ):
         assert our_group["params"] == group["params"]
         for key in ft.__dict__[name]._hyperparameters:
-            assert our_group[key] == group[key], key
+            if key not in fastopt.precision.PRECISION_DEFAULTS:  # fastopt's own keys
+                assert our_group[key] == group[key], key
 
 
 def test_add_param_group_after_steps_keeps_the_state():
@@ -415,7 +417,11 @@ def pointers(model):
     ("make", "error", "match"),
     [
         (lambda m: [torch.zeros(3, device="meta", requires_grad=True)], TypeError, "CPU"),
-        (lambda m: [torch.zeros(3, dtype=torch.float16, requires_grad=True)], TypeError, "float16"),
+        (
+            lambda m: [torch.zeros(3, dtype=torch.complex64, requires_grad=True)],
+            TypeError,
+            "complex64",
+        ),
         (
             lambda m: [m[0].weight, torch.zeros(3, dtype=torch.float32, requires_grad=True)],
             TypeError,

@@ -9,6 +9,7 @@ from rule_cases import newton_schulz_in_dtype
 
 torch = pytest.importorskip("torch")
 
+import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
 
 NAMES = [
@@ -179,13 +180,24 @@ def test_a_gradient_set_by_the_user_is_used_and_then_viewed():
 
 
 # ---------------------------------------------------------------------- signatures and groups
+#: fastopt's precision options: keyword arguments every class takes beyond torch's, and
+#: (but the seed) keys of its groups.
+FASTOPT_ONLY = frozenset({*fastopt.precision.PRECISION_DEFAULTS, "seed"})
+
+
+def torchs_keys(group):
+    """A parameter group without fastopt's precision options."""
+    return {key: value for key, value in group.items() if key not in FASTOPT_ONLY}
+
+
 def user_parameters(cls):
-    """A signature's parameters without the trailing gradient options (fastopt's own)."""
+    """A signature's parameters without fastopt's own: the precision options and the
+    trailing gradient options."""
     parameters = inspect.signature(cls).parameters.values()
     return [
         (p.name, p.kind, p.default)
         for p in parameters
-        if p.kind is not inspect.Parameter.VAR_KEYWORD
+        if p.kind is not inspect.Parameter.VAR_KEYWORD and p.name not in FASTOPT_ONLY
     ]
 
 
@@ -198,10 +210,13 @@ def test_signatures_are_torchs(name):
 def test_param_groups_have_torchs_keys_and_values(name):
     reference, ours = pair(name, model_params)
     for expected, actual in zip(reference.param_groups, ours.param_groups, strict=True):
-        assert actual.keys() == expected.keys()
-        assert {k: v for k, v in actual.items() if k != "params"} == {
+        assert torchs_keys(actual).keys() == expected.keys()
+        assert {k: v for k, v in torchs_keys(actual).items() if k != "params"} == {
             k: v for k, v in expected.items() if k != "params"
         }
+        assert {key: actual[key] for key in fastopt.precision.PRECISION_DEFAULTS} == dict(
+            fastopt.precision.PRECISION_DEFAULTS
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -229,7 +244,7 @@ def test_rmsprop_takes_torchs_positional_arguments():
     reference = torch.optim.RMSprop(reference.param_groups[0]["params"], *args)
     ours = ft.RMSprop(ours.param_groups[0]["params"], *args)
     assert ours.param_groups[0]["maximize"] is True and ours.param_groups[0]["centered"] is True
-    assert {k: v for k, v in ours.param_groups[0].items() if k != "params"} == {
+    assert {k: v for k, v in torchs_keys(ours.param_groups[0]).items() if k != "params"} == {
         k: v for k, v in reference.param_groups[0].items() if k != "params"
     }
 
@@ -328,7 +343,7 @@ def test_an_older_checkpoint_without_newer_group_keys_takes_the_defaults(name):
     for opt in (reference, ours):
         opt.load_state_dict(copy.deepcopy(checkpoint))
     for expected, actual in zip(reference.param_groups, ours.param_groups, strict=True):
-        assert actual.keys() == expected.keys()
+        assert torchs_keys(actual).keys() == expected.keys()
         assert actual["maximize"] is expected["maximize"] is False
         if name in ("Adam", "AdamW"):
             assert actual["decoupled_weight_decay"] is expected["decoupled_weight_decay"]
@@ -421,7 +436,7 @@ def test_muon_follows_torch_signature_groups_and_gradients(monkeypatch):
     reference = torch.optim.Muon(reference_params, lr=0.02)
     ours = ft.Muon(params, lr=0.02)
     for expected, actual in zip(reference.param_groups, ours.param_groups, strict=True):
-        assert {k: v for k, v in actual.items() if k != "params"} == {
+        assert {k: v for k, v in torchs_keys(actual).items() if k != "params"} == {
             k: v for k, v in expected.items() if k != "params"
         }
     x = torch.randn(8, 4, dtype=torch.float64)

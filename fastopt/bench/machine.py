@@ -109,6 +109,9 @@ def threading_layer() -> str:
         a,
         a.copy(),
         *(None,) * MAX_STATE,
+        None,  # no master copy,
+        None,  # no compensation buffer,
+        None,  # rounding to nearest
     )
     return numba.threading_layer()
 

@@ -60,7 +60,9 @@ def measure_step_overhead(
     row = row_of(adam._rule, adam.param_groups[0], 10, False)
     hyper, bounds, serial = np.array([row]), single_segment(size), adam._kernels.serial
     kernel_times = per_call_times(
-        lambda: serial(bounds, hyper, param, grad, exp_avg, exp_avg_sq, None), calls
+        # No max_exp_avg_sq, master copy or compensation; rounding to nearest.
+        lambda: serial(bounds, hyper, param, grad, exp_avg, exp_avg_sq, None, None, None, None),
+        calls,
     )
     kernel = _summary(kernel_times)
     ceiling = _summary(per_call_times(lambda: stream_step(param, grad, exp_avg, exp_avg_sq), calls))

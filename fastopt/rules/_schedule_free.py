@@ -26,6 +26,7 @@ from fastopt._codegen import kernels_of
 from fastopt._declared import row_of
 from fastopt._launch import launch, single_segment
 from fastopt._math import lerp
+from fastopt.precision import KAHAN_COMP, MASTER_PARAM
 from fastopt.rule import GroupState, Hyperparameter, Rule
 
 __all__ = [
@@ -134,8 +135,15 @@ def _switch(optimizer: Any, training: bool, beta_of: Callable[[Mapping[str, Any]
             for position in range(index, index + count):
                 entry = optimizer.state.get(position)
                 if entry and "z" in entry:
+                    # A 16-bit parameter moves through its master copy or compensation.
+                    precision = {
+                        key: flat(entry[name])
+                        for key, name in (("master", MASTER_PARAM), ("comp", KAHAN_COMP))
+                        if name in entry
+                    }
                     param = flat(optimizer._params[position])
-                    launch(kernels, single_segment(param.size), row, param, flat(entry["z"]))
+                    segment = single_segment(param.size)
+                    launch(kernels, segment, row, param, flat(entry["z"]), **precision)
             group["train_mode"] = training
         index += count
 
