@@ -116,7 +116,8 @@ def main() -> None:
             times = workers.rounds(n, args.rounds, bytes_per_element=20)
             print(f"\n## n = {text} ({n} elements), {args.rounds} rounds\n")
             print(
-                "| implementation | bytes/element | median time | GB/s | × fastopt f32 | × torch f32 |"
+                "| implementation | bytes/element | median time | GB/s | speedup on fastopt f32 "
+                "| on torch f32 |"
             )
             print("| --- | --- | --- | --- | --- | --- |")
             for name, (_, _, width) in chosen.items():
@@ -135,12 +136,12 @@ def main() -> None:
             for ours, theirs in pairs:
                 if ours in times and theirs in times:
                     ratio = median_ratio(times, theirs, ours)
-                    print(f"\n{ours} is {ratio:.2f}× {theirs}")
+                    print(f"\n{ours}: {ratio:.2f} times as fast as {theirs}")
     finally:
         workers.close()
     print(
         textwrap.dedent("""
-        (× columns: the median over rounds of the other's time over this one's: above 1 is
+        (speedups: the median over rounds of the other's time over this one's: above 1 is
         faster.)""")
     )
 
