@@ -403,8 +403,6 @@ def test_a_loop_that_cannot_vectorize_has_no_vector_arithmetic():
 STORAGE = {
     "float32": (np.float32, np.float32, np.float32, None, False, np.float32),
     "float64": (np.float64, np.float64, np.float64, None, False, np.float64),
-    "bf16-params": (np.uint16, np.uint16, np.float32, None, False, np.float32),
-    "bf16-everything": (np.uint16, np.uint16, np.uint16, None, False, np.float32),
     "bf16-master": (np.uint16, np.uint16, np.float32, np.float32, False, np.float32),
     "bf16-stochastic": (np.uint16, np.float32, np.uint16, None, True, np.float32),
     "f16-params": (np.int16, np.int16, np.float32, None, False, np.float32),
