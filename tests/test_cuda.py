@@ -369,9 +369,15 @@ def test_grid_is_one_wave_of_resident_blocks():
 
 
 def test_generated_kernel_passes_absent_state_as_constant_none():
-    source = _kernels.kernel_source(ADAM_KERNELS, (True, True, False), segmented=False)
+    """Absent arrays (max_exp_avg_sq, the master copy, the compensation) are the constant
+    None; the stores round to nearest unless the kernel is the stochastic one."""
+    present = (True, True, False, False, False)
+    source = _kernels.kernel_source(ADAM_KERNELS, present, segmented=False)
     assert "def _adam_cuda(row, param, grad, exp_avg, exp_avg_sq):" in source
-    assert "update(i, param, grad, exp_avg, exp_avg_sq, None, scalars)" in source
+    assert "update(i, param, grad, exp_avg, exp_avg_sq, None, None, None, scalars)" in source
+    assert "scalars = unpack(row, param, 0, None)" in source
+    stochastic = _kernels.kernel_source(ADAM_KERNELS, present, False, "update", True)
+    assert "scalars = unpack(row, param, 0, True)" in stochastic
 
 
 def test_availability_says_where_updates_run():
