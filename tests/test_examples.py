@@ -50,4 +50,4 @@ def test_low_precision_modes_train_as_float32_does_and_rounding_to_nearest_stall
     ):
         assert results[mode]["loss"][-1] <= 1.02 * baseline, mode
     stalled = results["bf16 nearest"]["loss"]
-    assert stalled[-1] > 0.9 * stalled[0] and stalled[-1] > 2 * baseline
+    assert stalled[-1] > 0.9 * stalled[0] and stalled[-1] > 1.5 * baseline
