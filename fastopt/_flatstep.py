@@ -107,6 +107,8 @@ class FlatStep:
         self.uniform = True  # all steps equal
         self.complete = np.zeros(count, dtype=bool)
         self.group_layouts: list[StateLayout | None] = [None] * len(optimizer.param_groups)
+        # Per group, its layout and the state buffers it names (see _state_arrays).
+        self.group_arrays: dict[int, tuple[StateLayout, dict[str, np.ndarray]]] = {}
         self.synced_version: int | None = None
         self.synced_step_count: int | None = None
         self.plans: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
@@ -122,13 +124,19 @@ class FlatStep:
         return views
 
     def _state_arrays(self, number: int) -> dict[str, np.ndarray]:
-        """Group ``number``'s state buffers by name (in the dtypes of its layout)."""
+        """Group ``number``'s state buffers by name (in the dtypes of its layout); made once
+        per layout, as every step's launch plan looks them up."""
         layout = self.group_layouts[number]
         assert layout is not None
+        cached = self.group_arrays.get(number)
+        if cached is not None and cached[0] == layout:
+            return cached[1]
         optimizer, group = self.optimizer, self.optimizer.param_groups[number]
         names = layout.names + layout.precision
         dtypes = [optimizer._state_dtype(name, group, self.flat.params[0]) for name in names]
-        return {name: self.buffers[(name, dtype)] for name, dtype in zip(names, dtypes)}
+        arrays = {name: self.buffers[(name, dtype)] for name, dtype in zip(names, dtypes)}
+        self.group_arrays[number] = (layout, arrays)
+        return arrays
 
     def adopt(self) -> None:
         """Take the optimizer's state as it is now: move every state array into the flat
