@@ -55,7 +55,15 @@ from fastopt._words import plural, with_article
 from fastopt.optimizer import Optimizer
 from fastopt.precision import BFLOAT16 as _BFLOAT16
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError", "load", "save"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "load",
+    "save",
+    "write_checkpoint",
+]
 
 #: The ``format`` entry of every checkpoint's metadata.
 FORMAT = "fastopt.checkpoint"
@@ -133,7 +141,9 @@ class Checkpoint:
         ----------
         optimizer
             Built like the one that was saved: same class, parameter shapes and dtypes,
-            groups and schedules. Saved hyperparameter values replace the current ones.
+            groups and schedules. Saved hyperparameter values replace the current ones. A
+            :class:`~fastopt.distributed.ZeroRedundancyOptimizer` of any world size too
+            (every rank calls this; each takes its shard).
         params
             Also copy the saved parameter values into the optimizer's parameters (a ``bool``).
 
@@ -144,13 +154,19 @@ class Checkpoint:
         CheckpointError
             If the checkpoint does not fit ``optimizer``; nothing has changed then.
         """
-        if not isinstance(optimizer, Optimizer):
+        from fastopt.distributed import ZeroRedundancyOptimizer
+
+        if isinstance(optimizer, ZeroRedundancyOptimizer):
+            rule = optimizer.rule
+        elif isinstance(optimizer, Optimizer):
+            rule = type(optimizer).__name__
+        else:
             raise TypeError(f"optimizer must be a fastopt Optimizer, got {type(optimizer)}")
         params = check_bool("params", params)
-        if type(optimizer).__name__ != self.rule:
+        if rule != self.rule:
             raise CheckpointError(
                 f"the checkpoint holds {with_article(self.rule)} optimizer, not "
-                f"{with_article(type(optimizer).__name__)}"
+                f"{with_article(rule)}"
             )
         live = optimizer.params
         if params:
@@ -267,6 +283,7 @@ def save(
     *,
     params: bool = True,
     extra: Any = None,
+    sharded: bool = False,
 ) -> None:
     """Write ``optimizer``'s checkpoint to ``path`` atomically (see the module notes).
 
@@ -284,12 +301,17 @@ def save(
         Anything else to keep (epoch, data order, ...): JSON values, tuples, numeric arrays
         and dicts of them. Large data belongs in arrays: the JSON part of a checkpoint
         (``metadata.json``) is limited to 64 MiB.
+    sharded
+        For a :class:`~fastopt.distributed.ZeroRedundancyOptimizer` (whose ``save`` every
+        rank calls): ``False`` gathers the whole state on rank 0, which writes one checkpoint
+        that any optimizer loads; ``True`` makes ``path`` a directory where each rank writes
+        its shard (see :func:`fastopt.distributed.save_shards`). :func:`load` reads either.
 
     Raises
     ------
     TypeError
-        If ``path``, ``optimizer`` or ``params`` is of the wrong type, or something to save is
-        neither a JSON value nor a numeric array; nothing is written.
+        If ``path``, ``optimizer``, ``params`` or ``sharded`` is of the wrong type, or
+        something to save is neither a JSON value nor a numeric array; nothing is written.
     ValueError
         If the JSON part would exceed 64 MiB; nothing is written.
 
@@ -306,16 +328,38 @@ def save(
     (array([-0.1, -0.1, -0.1]), 1, {'epoch': 1})
     """
     path = _path(path)
+    params = check_bool("params", params)
+    sharded = check_bool("sharded", sharded)
+    from fastopt.distributed import ZeroRedundancyOptimizer, save_collectively
+
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        save_collectively(path, optimizer, params=params, extra=extra, sharded=sharded)
+        return
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastopt Optimizer, got {type(optimizer).__name__}")
-    params = check_bool("params", params)
+    if sharded:
+        raise ValueError("sharded=True saves a ZeroRedundancyOptimizer's shards, one per rank")
+    write_checkpoint(
+        path,
+        type(optimizer).__name__,
+        optimizer.state_dict(),
+        _host_copies(optimizer.params) if params else None,
+        extra,
+    )
+
+
+def write_checkpoint(
+    path: str, rule: str, state_dict: Mapping[str, Any], params: list[Any] | None, extra: Any
+) -> None:
+    """Encode a checkpoint and write it atomically (what :func:`save` does once it has the
+    optimizer's ``state_dict``)."""
     arrays: list[np.ndarray] = []
     metadata = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "rule": type(optimizer).__name__,
-        "optimizer": _encode(optimizer.state_dict(), "state_dict", arrays),
-        "params": _encode(_host_copies(optimizer.params), "params", arrays) if params else None,
+        "rule": rule,
+        "optimizer": _encode(state_dict, "state_dict", arrays),
+        "params": _encode(params, "params", arrays) if params is not None else None,
         "extra": _encode(extra, "extra", arrays),
     }
     metadata["arrays"] = [
@@ -406,7 +450,8 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
     Parameters
     ----------
     path
-        The checkpoint file.
+        The checkpoint file, or the directory of a sharded one (``save(..., sharded=True)``):
+        its shards are put together into the whole state, for any world size.
 
     Returns
     -------
@@ -425,6 +470,10 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
         If the file cannot be opened.
     """
     path = _path(path)
+    if os.path.isdir(path):
+        from fastopt.distributed import load_shards
+
+        return load_shards(path)
     with open(path, "rb") as file:  # a missing or unreadable file is an OSError, as usual
         try:
             size = file.seek(0, os.SEEK_END)

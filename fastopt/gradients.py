@@ -98,6 +98,7 @@ __all__ = [
     "global_norm",
     "kernel_gradient_terms",
     "prestep",
+    "step_outcome",
 ]
 
 #: The values of an optimizer's ``nonfinite`` option (the policies above).
@@ -447,17 +448,55 @@ def prestep(
             "kernel applies."
         )
     norm, first_bad = _survey(grads, norm_type)
-    norm = norm * gradient_factor / loss_scale
+    where = None
     if first_bad is not None:
+        index, position = first_bad
+        if isinstance(grads, FlatGradients):
+            value = grads.views[grads.params.index(index)][position]
+        else:
+            value = grads[index].reshape(-1)[position]  # type: ignore[union-attr]
+        where = f"grads[{index}] is not finite at flat index {position} (value {value})"
+    return step_outcome(
+        norm * gradient_factor,
+        where,
+        loss_scale=loss_scale,
+        nonfinite=nonfinite,
+        max_norm=max_norm,
+        clip_value=clip_value,
+    )
+
+
+def step_outcome(
+    norm: float,
+    nonfinite_element: str | None,
+    *,
+    loss_scale: float,
+    nonfinite: NonfinitePolicy,
+    max_norm: float | None,
+    clip_value: float | None,
+) -> Prestep:
+    """What a step does once its read pass is done (also when the pass was split across
+    processes, see :mod:`fastopt.distributed`).
+
+    Parameters
+    ----------
+    norm
+        The global norm of the gradients as given (still multiplied by ``loss_scale``).
+    nonfinite_element
+        None when every element was finite, else where the first non-finite one is (for the
+        ``"raise"`` message).
+
+    Raises
+    ------
+    NonfiniteGradientError
+        With ``nonfinite="raise"`` and a non-finite element.
+    """
+    kernel_clip = math.inf if clip_value is None else clip_value
+    norm = norm / loss_scale
+    if nonfinite_element is not None:
         if nonfinite == "raise":
-            index, position = first_bad
-            if isinstance(grads, FlatGradients):
-                value = grads.views[grads.params.index(index)][position]
-            else:
-                value = grads[index].reshape(-1)[position]  # type: ignore[union-attr]
             raise NonfiniteGradientError(
-                f"grads[{index}] is not finite at flat index {position} (value {value}); "
-                "nothing was updated (nonfinite='raise')",
+                f"{nonfinite_element}; nothing was updated (nonfinite='raise')",
                 StepStats(norm, 1.0, False, False),
             )
         if nonfinite == "skip":
@@ -468,5 +507,7 @@ def prestep(
         clip_coef = max_norm / (norm + _NORM_EPSILON)
         clip_coef = clip_coef if not clip_coef > 1.0 else 1.0
     return Prestep(
-        clip_coef / loss_scale, kernel_clip, StepStats(norm, clip_coef, first_bad is None, True)
+        clip_coef / loss_scale,
+        kernel_clip,
+        StepStats(norm, clip_coef, nonfinite_element is None, True),
     )

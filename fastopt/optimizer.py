@@ -644,7 +644,11 @@ class Optimizer:
         if self._ready_check is not None:
             self._ready_check(self.param_groups)
         paired = self._pair_grads(grads)
-        outcome = self._prestep(paired, loss_scale, nonfinite)
+        self._apply(paired, self._prestep(paired, loss_scale, nonfinite))
+
+    def _apply(self, paired: Sequence[np.ndarray | None], outcome: Prestep) -> None:
+        """The update of a step whose gradients are paired and whose read pass is done (a
+        sharded optimizer does that pass across processes, see :mod:`fastopt.distributed`)."""
         self.last_step = outcome.stats
         if not outcome.stats.applied:
             return

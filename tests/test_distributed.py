@@ -1,0 +1,210 @@
+"""ZeRO-1 over MPI: 1, 2 and 3 ranks (oversubscribed on a 2-core machine) against one process
+stepping on the averaged gradients; errors that must reach every rank; checkpoints across
+world sizes. The ranks run tests/zero_worker.py under ``mpiexec``, bounded by a timeout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py")
+
+from zero_cases import (
+    CHECKPOINT_CASE,
+    SHAPES,
+    STEP_CASES,
+    STEPS,
+    make_params,
+    mean_gradients,
+    split_groups,
+)
+
+import fastopt
+from fastopt._shards import ALIGNMENT, shard_layout
+from fastopt.distributed import ZeroRedundancyOptimizer
+
+WORKER = Path(__file__).with_name("zero_worker.py")
+# A hung collective (a rank left waiting) ends the test instead of the CI run.
+TIMEOUT = 300
+
+
+def _mpiexec() -> str:
+    beside = Path(sys.executable).with_name("mpiexec")
+    found = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if found is None:
+        pytest.skip("no mpiexec (pip install mpich)")
+    return found
+
+
+def run_ranks(world: int, *args: object) -> None:
+    command = [_mpiexec(), "-n", str(world), sys.executable, str(WORKER), *map(str, args)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def single_process(cls, kwargs, dtype, shapes, case: int, world: int, steps: int, first=0):
+    """One optimizer over all parameters, stepping on the mean of the ranks' gradients."""
+    params = make_params(shapes, dtype, case)
+    opt = cls(split_groups(params, kwargs), max_norm=1.0, **kwargs)
+    if hasattr(opt, "train"):
+        opt.train()
+    for step in range(first, first + steps):
+        opt.step(mean_gradients(shapes, dtype, case, step, world))
+    return opt
+
+
+@pytest.fixture(scope="module")
+def stepped(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("zero")
+    # Compiled here first: the ranks then load the kernels from the cache.
+    for case, (_, cls, kwargs, shapes) in enumerate(STEP_CASES):
+        single_process(cls, kwargs, np.float32, shapes, case, 1, 1)
+        single_process(cls, kwargs, np.float64, shapes, case, 1, 1)
+    for world in (1, 2, 3):
+        run_ranks(world, "steps", out)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize(
+    ("case", "rule"), list(enumerate(name for name, *_ in STEP_CASES)), ids=lambda v: str(v)
+)
+def test_sharded_steps_match_one_process_on_the_mean_gradient(stepped, world, dtype, case, rule):
+    name, cls, kwargs, shapes = STEP_CASES[case]
+    results = np.load(stepped / f"steps-{world}.npz")
+    expected = single_process(cls, kwargs, dtype, shapes, case, world, STEPS)
+    for i, param in enumerate(expected.params):
+        actual = results[f"{name}/{np.dtype(dtype).name}/{i}"]
+        assert actual.dtype == dtype and actual.shape == param.shape
+        if dtype == np.float64:
+            np.testing.assert_allclose(actual, param, rtol=1e-12, atol=1e-12, err_msg=f"{i}")
+        else:
+            np.testing.assert_allclose(actual, param, rtol=2e-5, atol=2e-6, err_msg=f"{i}")
+
+
+@pytest.mark.slow
+def test_state_per_rank_is_a_share_of_one_process_state(stepped):
+    memory = {w: json.loads((stepped / f"memory-{w}.json").read_text()) for w in (1, 2, 3)}
+    for key, (whole,) in memory[1].items():
+        for world in (2, 3):
+            shares = memory[world][key]
+            assert len(shares) == world
+            if key.startswith(("Lamb", "LARS", "Muon")):  # whole parameters per rank
+                assert sum(shares) == whole
+                continue
+            # Every rank but the last holds one shard (aligned up); all together, the whole.
+            assert sum(shares) == whole, key
+            itemsize = 4 if key.endswith("float32") else 8
+            arrays = whole // (sum(int(np.prod(s)) for s in SHAPES) * itemsize)
+            shard = shard_layout([int(np.prod(s)) for s in SHAPES], world, whole=False).shard_size
+            assert max(shares) <= arrays * shard * itemsize, key
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+@pytest.mark.parametrize("whole", [False, True])
+def test_layout_covers_every_element_once(world, whole):
+    sizes = [21, 5, 0, 33, 16, 1, 1000, 3]
+    layout = shard_layout(sizes, world, whole=whole)
+    assert layout.shard_size % ALIGNMENT == 0
+    owned = [np.zeros(n, dtype=int) for n in sizes]
+    for rank in range(world):
+        low, high = rank * layout.shard_size, (rank + 1) * layout.shard_size
+        for piece in layout.pieces(rank):
+            owned[piece.param][piece.start : piece.stop] += 1
+            offset = layout.offsets[piece.param]
+            assert low <= offset + piece.start and offset + piece.stop <= high
+            if whole:
+                assert (piece.start, piece.stop) == (0, sizes[piece.param])
+        # What this rank does not own, it receives: the complement, exactly.
+        mine = np.zeros(sum(sizes), dtype=int)
+        starts = np.cumsum([0, *sizes[:-1]])
+        for piece in layout.pieces(rank) + layout.elsewhere(rank):
+            mine[starts[piece.param] + piece.start : starts[piece.param] + piece.stop] += 1
+        assert np.all(mine == 1)
+    assert all(np.all(o == 1) for o in owned)
+    ends = [o + n for o, n in zip(layout.offsets, sizes, strict=True)]
+    assert max(ends) <= layout.total
+    if not whole:
+        assert layout.shard_size < -(-sum(sizes) // world) + ALIGNMENT
+
+
+@pytest.mark.slow
+def test_a_bad_gradient_on_one_rank_raises_on_every_rank(tmp_path):
+    run_ranks(3, "errors", tmp_path)
+    reports = json.loads((tmp_path / "errors-3.json").read_text())
+    for rank, report in enumerate(reports):
+        if rank == 1:
+            assert "grads[1] must have the parameter's shape (7,), got (8,)" in report["shape"]
+        else:
+            assert report["shape"].startswith("rank 1 could not step: grads[1] must have")
+        assert report["unchanged"] and report["skipped"] and report["unchanged_after_nan"]
+        assert report["raise"].startswith("grads[0] summed over the 3 ranks is not finite at")
+        assert "flat index 7" in report["raise"]
+        assert "rank 1 built its optimizer with other" in report["disagree"] or (
+            "rank 0 built its optimizer with other" in report["disagree"]
+        )
+        assert "Invalid learning rate" in report["invalid"] or "lr" in report["invalid"]
+        if rank != 1:
+            assert report["invalid"].startswith("rank 1 could not build its optimizer")
+
+
+@pytest.mark.slow
+def test_checkpoints_resume_across_world_sizes(tmp_path):
+    _name, cls, kwargs, shapes = CHECKPOINT_CASE
+    run_ranks(2, "save", tmp_path)
+    # 2 -> 3 ranks from the sharded checkpoint, 5 more steps, saved sharded again.
+    run_ranks(3, "resume", tmp_path, "sharded-2", 5)
+    # 3 -> 1 rank, 5 more.
+    run_ranks(1, "resume", tmp_path, "sharded-3", 10)
+    # The ranks' gradients are the same functions of (step, rank) whatever the world: the
+    # uninterrupted run averages over the world of each stretch.
+    params = make_params(shapes, np.float32, 0)
+    opt = cls(split_groups(params, kwargs), max_norm=1.0, **kwargs)
+    for step, world in zip(range(15), [2] * 5 + [3] * 5 + [1] * 5, strict=True):
+        opt.step(mean_gradients(shapes, np.float32, 0, step, world))
+        if step == 4:
+            saved = np.load(tmp_path / "saved-2.npz")
+            for i, p in enumerate(opt.params):
+                np.testing.assert_allclose(saved[f"arr_{i}"], p, rtol=2e-5, atol=2e-6)
+            # The whole checkpoint of 2 ranks is an ordinary one: a plain optimizer loads it.
+            plain = cls(split_groups(make_params(shapes, np.float32, 7), kwargs), **kwargs)
+            fastopt.load(tmp_path / "whole-2.ckpt").restore(plain)
+            for i, p in enumerate(opt.params):
+                np.testing.assert_allclose(plain.params[i], p, rtol=2e-5, atol=2e-6)
+                for key, value in opt.state[i].items():
+                    np.testing.assert_allclose(plain.state[i][key], value, rtol=2e-5, atol=2e-6)
+            # And so is the sharded one, put together.
+            whole = fastopt.load(tmp_path / "sharded-2")
+            for i in range(len(opt.params)):
+                np.testing.assert_array_equal(whole.params[i], plain.params[i])
+                for key, value in plain.state[i].items():
+                    np.testing.assert_array_equal(whole.state_dict["state"][i][key], value)
+    resumed = np.load(tmp_path / "resumed-1.npz")
+    for i, p in enumerate(opt.params):
+        np.testing.assert_allclose(resumed[f"arr_{i}"], p, rtol=5e-5, atol=5e-6)
+    # The save of 2 ranks wrote twice into its directory: the second replaced the first.
+    names = sorted(f.name for f in (tmp_path / "sharded-2").iterdir())
+    assert len(names) == 3 and names[0] == "index.ckpt", names
+    assert names[1].endswith("-00000-of-00002.ckpt") and names[2].endswith("-00001-of-00002.ckpt")
+
+
+def test_one_rank_without_mpiexec_is_a_plain_optimizer():
+    params = make_params(SHAPES, np.float64, 3)
+    plain = [p.copy() for p in params]
+    opt = ZeroRedundancyOptimizer(params, fastopt.Adam, lr=0.1, max_norm=0.5)
+    ref = fastopt.Adam(plain, lr=0.1, max_norm=0.5)
+    for step in range(3):
+        grads = mean_gradients(SHAPES, np.float64, 3, step, 1)
+        opt.step(grads)
+        ref.step(grads)
+    for a, b in zip(opt.params, ref.params, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert opt.last_step == ref.last_step

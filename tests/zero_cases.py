@@ -1,0 +1,55 @@
+"""The cases of the ZeRO tests, shared by the MPI worker and the single-process reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rule_cases import CASES
+
+import fastopt
+
+STEPS = 20
+# Uneven sizes, an empty parameter, one past a 3-rank shard boundary at any alignment.
+SHAPES = [(7, 3), (5,), (0,), (33,), (4, 4), (1,)]
+MATRIX_SHAPES = [(6, 4), (5, 5), (3, 7)]
+
+
+def _one_case_per_rule() -> list[tuple[str, type, dict[str, Any], list[tuple[int, ...]]]]:
+    """The last (most optioned) case of every rule in the rule table, and Muon."""
+    chosen: dict[str, tuple[type, dict[str, Any]]] = {}
+    for _, cls, kwargs in CASES:
+        # The classes themselves (the table's Schedule-Free ones start in training mode).
+        chosen[cls.__name__] = (getattr(fastopt, cls.__name__), kwargs)
+    cases = [(name, cls, kwargs, SHAPES) for name, (cls, kwargs) in chosen.items()]
+    cases.append(("Muon", fastopt.Muon, {"lr": 0.02, "momentum": 0.9}, MATRIX_SHAPES))
+    return cases
+
+
+STEP_CASES = _one_case_per_rule()
+CHECKPOINT_CASE = ("Adam", fastopt.Adam, {"lr": 0.01, "amsgrad": True}, SHAPES)
+
+
+def make_params(shapes, dtype, case: int) -> list[np.ndarray]:
+    rng = np.random.default_rng([case, 12345])
+    return [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+
+
+def gradients(shapes, dtype, case: int, step: int, rank: int) -> list[np.ndarray]:
+    """Rank ``rank``'s gradients: multiples of 1/64, so sums over ranks are exact."""
+    rng = np.random.default_rng([case, step, rank])
+    return [(rng.integers(-64, 65, shape) / 64).astype(dtype) for shape in shapes]
+
+
+def mean_gradients(shapes, dtype, case: int, step: int, world: int) -> list[np.ndarray]:
+    total = [np.zeros(shape) for shape in shapes]
+    for rank in range(world):
+        for t, g in zip(total, gradients(shapes, np.float64, case, step, rank), strict=True):
+            t += g
+    return [(t / world).astype(dtype) for t in total]
+
+
+def split_groups(params: list[np.ndarray], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Two groups: the first half with the case's lr, the rest with half of it."""
+    half = len(params) // 2
+    return [{"params": params[:half]}, {"params": params[half:], "lr": kwargs["lr"] / 2}]

@@ -1,0 +1,133 @@
+"""One rank of the ZeRO tests: ``mpiexec -n K python zero_worker.py SCENARIO OUT_DIR``.
+
+Scenarios (see tests/test_distributed.py, which compares what rank 0 writes with one
+process stepping on the averaged gradients):
+
+- ``steps``: every rule in float32 and float64, uneven sizes (an empty one too), two groups,
+  clipping by global norm, STEPS steps; each case run twice (bitwise equal reruns).
+- ``errors``: a wrong gradient on one rank, a NaN on one rank, disagreeing constructors.
+- ``save``/``resume``: checkpoints, whole and sharded, across world sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from mpi4py import MPI
+from zero_cases import CHECKPOINT_CASE, STEP_CASES, STEPS, gradients, make_params, split_groups
+
+import fastopt
+from fastopt.distributed import ZeroRedundancyOptimizer
+
+COMM = MPI.COMM_WORLD
+RANK, WORLD = COMM.Get_rank(), COMM.Get_size()
+
+
+def run_case(cls, kwargs, dtype, shapes, steps, case, opt=None, first=0):
+    params = make_params(shapes, dtype, case) if opt is None else opt.params
+    if opt is None:
+        opt = ZeroRedundancyOptimizer(split_groups(params, kwargs), cls, max_norm=1.0, **kwargs)
+        if hasattr(opt.optim, "train"):
+            opt.train()
+    for step in range(first, first + steps):
+        opt.step(gradients(shapes, dtype, case, step, RANK))
+    return opt
+
+
+def steps(out: Path) -> None:
+    results, memory = {}, {}
+    for case, (name, cls, kwargs, shapes) in enumerate(STEP_CASES):
+        for dtype in (np.float32, np.float64):
+            key = f"{name}/{np.dtype(dtype).name}"
+            first = run_case(cls, kwargs, dtype, shapes, STEPS, case)
+            again = run_case(cls, kwargs, dtype, shapes, STEPS, case)
+            for i, (a, b) in enumerate(zip(first.params, again.params, strict=True)):
+                assert a.tobytes() == b.tobytes(), f"{key}: rerun differs in parameter {i}"
+                results[f"{key}/{i}"] = a
+            memory[key] = COMM.gather(first.state_nbytes(), root=0)
+    if RANK == 0:
+        np.savez(out / f"steps-{WORLD}.npz", **results)
+        (out / f"memory-{WORLD}.json").write_text(json.dumps(memory))
+
+
+def errors(out: Path) -> None:
+    shapes = [(5, 3), (7,)]
+    report = {}
+    opt = ZeroRedundancyOptimizer(make_params(shapes, np.float64, 0), fastopt.Adam, lr=0.1)
+    before = [p.copy() for p in opt.params]
+    grads = gradients(shapes, np.float64, 0, 0, RANK)
+    if RANK == 1:
+        grads[1] = np.zeros(8)
+    try:
+        opt.step(grads)
+    except ValueError as error:
+        report["shape"] = str(error)
+    report["unchanged"] = all(np.array_equal(a, b) for a, b in zip(before, opt.params))
+    grads = gradients(shapes, np.float64, 0, 0, RANK)
+    if RANK == WORLD - 1:
+        grads[0][2, 1] = np.nan
+    opt.nonfinite = "skip"
+    opt.step(grads)
+    report["skipped"] = (not opt.last_step.applied) and opt.step_count == 0
+    opt.nonfinite = "raise"
+    try:
+        opt.step(grads)
+    except FloatingPointError as error:
+        report["raise"] = str(error)
+    report["unchanged_after_nan"] = all(np.array_equal(a, b) for a, b in zip(before, opt.params))
+    try:
+        ZeroRedundancyOptimizer(make_params(shapes, np.float64, 0), fastopt.Adam, lr=0.1 + RANK)
+    except ValueError as error:
+        report["disagree"] = str(error)
+    try:
+        ZeroRedundancyOptimizer(
+            make_params(shapes, np.float64, 0), fastopt.Adam, lr=-1.0 if RANK == 1 else 0.1
+        )
+    except ValueError as error:
+        report["invalid"] = str(error)
+    reports = COMM.gather(report, root=0)
+    if RANK == 0:
+        (out / f"errors-{WORLD}.json").write_text(json.dumps(reports))
+
+
+def save(out: Path) -> None:
+    """CHECKPOINT_CASE for 5 steps, then both kinds of checkpoint."""
+    _name, cls, kwargs, shapes = CHECKPOINT_CASE
+    opt = run_case(cls, kwargs, np.float32, shapes, 5, 0)
+    fastopt.save(out / f"whole-{WORLD}.ckpt", opt)
+    fastopt.save(out / f"sharded-{WORLD}", opt, sharded=True)
+    fastopt.save(out / f"sharded-{WORLD}", opt, sharded=True)  # replaces the first
+    if RANK == 0:
+        np.savez(out / f"saved-{WORLD}.npz", *opt.params)
+
+
+def resume(out: Path, source: str, steps_done: int) -> None:
+    """Load ``source`` (written by another world size), step on, save again (sharded)."""
+    _name, cls, kwargs, shapes = CHECKPOINT_CASE
+    params = make_params(shapes, np.float32, 99)  # overwritten by the checkpoint
+    opt = ZeroRedundancyOptimizer(split_groups(params, kwargs), cls, max_norm=1.0, **kwargs)
+    fastopt.load(out / source).restore(opt)
+    assert opt.step_count == steps_done, opt.step_count
+    run_case(cls, kwargs, np.float32, shapes, 5, 0, opt=opt, first=steps_done)
+    fastopt.save(out / f"sharded-{WORLD}", opt, sharded=True)
+    if RANK == 0:
+        np.savez(out / f"resumed-{WORLD}.npz", *opt.params)
+
+
+if __name__ == "__main__":
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    if scenario == "steps":
+        steps(out)
+    elif scenario == "errors":
+        errors(out)
+    elif scenario == "save":
+        save(out)
+    else:
+        resume(out, sys.argv[3], int(sys.argv[4]))
