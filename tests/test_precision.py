@@ -213,11 +213,11 @@ def assert_within_one_unit(
 
 
 # Every rule with a master copy, with bfloat16 state (stochastic rounding) and with float32
-# parameters and bfloat16 state, at sizes 0, 1, odd and a few thousand; Adam and Lion in every
-# mode, also above the parallel threshold (the loads and stores are the rule-independent
-# storage layer, and the drivers are shared by every rule: the tests below take the rest).
+# parameters and bfloat16 state, at sizes 0, 1, odd and a few thousand; Adam in every mode,
+# also above the parallel threshold (the loads and stores are the rule-independent storage
+# layer, and the drivers are shared by every rule: the tests below take the rest).
 EVERY_RULE_MODES = ["bf16-master", "bf16-state", "f32-bf16-state"]
-SOME_RULES = {"adam", "lion"}
+SOME_RULES = {"adam"}
 REFERENCE_RUNS = [
     pytest.param(case, mode, size, id=f"{case_id(case)}-{mode}-{size}")
     for case in FIRST_CASES
