@@ -51,3 +51,28 @@ def test_low_precision_modes_train_as_float32_does_and_rounding_to_nearest_stall
         assert results[mode]["loss"][-1] <= 1.02 * baseline, mode
     stalled = results["bf16 nearest"]["loss"]
     assert stalled[-1] > 0.9 * stalled[0] and stalled[-1] > 1.5 * baseline
+
+
+def test_distributed_digits_is_the_single_process_run_with_micro_batches():
+    """Two MPI ranks, the optimizer state sharded: the loss curve of one process stepping on
+    the mean of two micro-batches, and each rank holds about half the state."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("mpi4py")
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    beside = Path(sys.executable).with_name("mpiexec")
+    mpiexec = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec (pip install mpich)")
+    script = EXAMPLES / "distributed_digits.py"
+    command = [mpiexec, "-n", "2", sys.executable, str(script), "--epochs", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    difference = float(re.search(r"loss curves: (\S+)", done.stdout).group(1))
+    assert difference < 1e-12
+    shares = [int(n) for n in re.search(r"per rank: \[(.*?)\]", done.stdout).group(1).split(",")]
+    assert len(shares) == 2 and max(shares) < 0.51 * sum(shares)
+    assert float(re.search(r"test accuracy (\S+)", done.stdout).group(1)) > 0.7
