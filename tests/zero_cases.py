@@ -28,6 +28,8 @@ def _one_case_per_rule() -> list[tuple[str, type, dict[str, Any], list[tuple[int
 
 STEP_CASES = _one_case_per_rule()
 CHECKPOINT_CASE = ("Adam", fastopt.Adam, {"lr": 0.01, "amsgrad": True}, SHAPES)
+# bfloat16 parameters and gradients, a float32 master copy: the all-gather moves bfloat16.
+BFLOAT16_CASE = ("Adam-bf16-master", fastopt.Adam, {"lr": 0.01, "master_weights": True}, SHAPES)
 
 
 def make_params(shapes, dtype, case: int) -> list[np.ndarray]:

@@ -21,10 +21,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from mpi4py import MPI
-from zero_cases import CHECKPOINT_CASE, STEP_CASES, STEPS, gradients, make_params, split_groups
+from zero_cases import (
+    BFLOAT16_CASE,
+    CHECKPOINT_CASE,
+    STEP_CASES,
+    STEPS,
+    gradients,
+    make_params,
+    split_groups,
+)
 
 import fastopt
 from fastopt.distributed import ZeroRedundancyOptimizer
+from fastopt.precision import BFLOAT16
 
 COMM = MPI.COMM_WORLD
 RANK, WORLD = COMM.Get_rank(), COMM.Get_size()
@@ -52,6 +61,9 @@ def steps(out: Path) -> None:
                 assert a.tobytes() == b.tobytes(), f"{key}: rerun differs in parameter {i}"
                 results[f"{key}/{i}"] = a
             memory[key] = COMM.gather(first.state_nbytes(), root=0)
+    name, cls, kwargs, shapes = BFLOAT16_CASE
+    for i, param in enumerate(run_case(cls, kwargs, BFLOAT16, shapes, STEPS, 0).params):
+        results[f"{name}/{i}"] = param.view(np.uint16)  # npz keeps no bfloat16
     if RANK == 0:
         np.savez(out / f"steps-{WORLD}.npz", **results)
         (out / f"memory-{WORLD}.json").write_text(json.dumps(memory))
