@@ -18,7 +18,8 @@ median over ``--rounds`` rounds of
   parameters out, one small ``allgather`` of the ranks' reports);
 - ``one process``: ``fastopt.Adam`` over the whole size in one process (``-n 1``).
 
-and the bytes each rank sends per step (reduce-scatter and all-gather each send
+with the cores shared among the ranks (``numba`` threads per rank: cores / world), and the
+bytes each rank sends per step (reduce-scatter and all-gather each send
 ``(world - 1) / world`` of the buffer: together an all-reduce's). On one machine the
 "network" is shared memory and the ranks share its cores and memory bandwidth.
 """
@@ -29,6 +30,7 @@ import argparse
 import statistics
 import time
 
+import numba
 import numpy as np
 from mpi4py import MPI
 
@@ -65,6 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
+    # The machine's cores shared among the ranks (numba would start one thread per core in
+    # each rank); a cluster runs one rank per socket or per node instead.
+    numba.set_num_threads(max(1, numba.config.NUMBA_NUM_THREADS // world))
     rng = np.random.default_rng(0)
     sizes = [len(part) for part in np.array_split(np.arange(args.size), PARAMETERS)]
     params = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
