@@ -105,7 +105,9 @@ def _raise_agreed(
     for rank, report in enumerate(reports):
         if report is not None:
             kind = getattr(builtins, report[0], None)
-            if not (isinstance(kind, type) and issubclass(kind, (TypeError, OSError))):
+            if not (
+                isinstance(kind, type) and issubclass(kind, (TypeError, OSError, RuntimeError))
+            ):
                 kind = ValueError
             raise kind(f"rank {rank} could not {what}: {report[1]}")
 
@@ -404,11 +406,12 @@ class ZeroRedundancyOptimizer:
             rank; nothing changed.
         """
         optim = self.optim
-        if optim._ready_check is not None:
-            optim._ready_check(optim.param_groups)
-        self._sync_to_local()
-        failure, skipped, survey, options = None, b"", None, None
+        failure, skipped, survey, options, settings = None, b"", None, None, ""
         try:
+            if optim._ready_check is not None:
+                optim._ready_check(optim.param_groups)
+            self._sync_to_local()
+            optim._refresh_hyperparameters()  # edited values checked before anything moves
             paired = self._pair_grads(grads)
             scale = check_loss_scale(loss_scale)
             policy = self.nonfinite if nonfinite is None else nonfinite
@@ -416,22 +419,27 @@ class ZeroRedundancyOptimizer:
                 policy, self.max_norm, self.norm_type, optim.clip_value
             )
             skipped = bytes(grad is None for grad in paired)
+            settings = repr((scale, options, [optim._hyper_values(g) for g in optim.param_groups]))
             self._pack(paired)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RuntimeError) as error:
             failure = error
         self.comm.Reduce_scatter_block(self._grad_buffer, self._grad_shard, op=_mpi().SUM)
         read = options is not None and (options[0] != "propagate" or options[1] is not None)
         if failure is None and read:
             survey = self._survey(skipped, options[2])
-        reports = self.comm.allgather((_described(failure), skipped, survey))
-        _raise_agreed(failure, [report for report, _, _ in reports], "step")
-        if any(theirs != skipped for _, theirs, _ in reports):
-            raise ValueError(
-                "the ranks disagree on which parameters have a gradient (None): every rank "
-                "must skip the same ones; nothing was updated"
-            )
+        reports = self.comm.allgather((_described(failure), skipped, settings, survey))
+        _raise_agreed(failure, [report[0] for report in reports], "step")
+        for column, what in ((1, "on which parameters have a gradient"), (2, "on the options")):
+            if any(report[column] != reports[0][column] for report in reports):
+                raise ValueError(
+                    f"the ranks disagree {what} (loss scale, gradient options, hyperparameters): "
+                    "every rank must step alike; nothing was updated"
+                    if column == 2
+                    else f"the ranks disagree {what} (None): every rank must skip the same "
+                    "parameters; nothing was updated"
+                )
         assert options is not None
-        outcome = self._outcome([s for _, _, s in reports] if read else None, scale, options)
+        outcome = self._outcome([r[3] for r in reports] if read else None, scale, options)
         local_grads: list[np.ndarray | None] = [
             None if where is not None and skipped[where[0]] else grad
             for where, grad in zip(self._local, self._local_grads, strict=True)

@@ -172,6 +172,13 @@ def test_a_bad_gradient_on_one_rank_raises_on_every_rank(tmp_path):
         assert report["unchanged"] and report["skipped"] and report["unchanged_after_nan"]
         assert report["raise"].startswith("grads[0] summed over the 3 ranks is not finite at")
         assert "flat index 7" in report["raise"]
+        assert "disagree on which parameters have a gradient (None)" in report["none"]
+        assert "disagree on the options" in report["options"]
+        if rank == 2:
+            assert "lr" in report["edited"] or "learning rate" in report["edited"]
+        else:
+            assert report["edited"].startswith("rank 2 could not step")
+        assert report["unchanged_at_the_end"]
         assert "rank 1 built its optimizer with other" in report["disagree"] or (
             "rank 0 built its optimizer with other" in report["disagree"]
         )

@@ -94,6 +94,28 @@ def errors(out: Path) -> None:
     except FloatingPointError as error:
         report["raise"] = str(error)
     report["unchanged_after_nan"] = all(np.array_equal(a, b) for a, b in zip(before, opt.params))
+    opt.nonfinite = "propagate"
+    grads = gradients(shapes, np.float64, 0, 0, RANK)
+    if RANK == 1:
+        grads[0] = None
+    try:
+        opt.step(grads)
+    except ValueError as error:
+        report["none"] = str(error)
+    opt.max_norm = 1.0 if RANK == 0 else None
+    try:
+        opt.step(gradients(shapes, np.float64, 0, 0, RANK))
+    except ValueError as error:
+        report["options"] = str(error)
+    opt.max_norm = None
+    opt.param_groups[0]["lr"] = -1.0 if RANK == 2 else 0.1
+    try:
+        opt.step(gradients(shapes, np.float64, 0, 0, RANK))
+    except ValueError as error:
+        report["edited"] = str(error)
+    report["unchanged_at_the_end"] = opt.step_count == 0 and all(
+        np.array_equal(a, b) for a, b in zip(before, opt.params)
+    )
     try:
         ZeroRedundancyOptimizer(make_params(shapes, np.float64, 0), fastopt.Adam, lr=0.1 + RANK)
     except ValueError as error:
