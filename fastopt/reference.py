@@ -16,6 +16,7 @@ import ml_dtypes
 import numpy as np
 
 __all__ = [
+    "QUANTIZATION_BLOCK",
     "adadelta_step",
     "adagrad_step",
     "adam_step",
@@ -24,12 +25,15 @@ __all__ = [
     "ademamix_step",
     "asgd_step",
     "clip_gradients",
+    "dequantize_blockwise",
+    "dynamic_map",
     "lamb_step",
     "lars_step",
     "lion_step",
     "low_precision_step",
     "muon_step",
     "nadam_step",
+    "quantize_blockwise",
     "radam_step",
     "random_words",
     "rmsprop_step",
@@ -749,6 +753,92 @@ def _spacing_at_max(dtype: np.dtype) -> float:
     """The spacing between the largest finite value of ``dtype`` and the one below it."""
     largest = np.finfo(dtype).max
     return float(largest) - float(np.nextafter(largest, dtype.type(0)))
+
+
+#: Elements per block of the 8-bit block-wise formats, each block with its own scale.
+QUANTIZATION_BLOCK = 256
+
+
+def _linspace32(count: int) -> np.ndarray:
+    """``torch.linspace(0.1, 1, count, dtype=torch.float32)``, bit for bit: the step rounded
+    to float32, each value one rounding of ``start + step * i`` (``end - ...`` in the upper
+    half)."""
+    start = float(np.float32(0.1))
+    step = float(np.float32((1.0 - start) / (count - 1)))
+    i = np.arange(count, dtype=np.float64)
+    values = np.where(i < count // 2, start + step * i, 1.0 - step * (count - 1 - i))
+    return values.astype(np.float32)
+
+
+def dynamic_map(signed: bool) -> np.ndarray:
+    r"""The 256 codes of the dynamic 8-bit data type, ascending (float32).
+
+    Dettmers' dynamic type as ``bitsandbytes.functional.create_dynamic_map(signed)`` builds it
+    (bit for bit): for each decimal exponent :math:`e = 0, \dots, 6`, the midpoints of
+    :math:`2^e + 1` (signed; :math:`2^{e+1} + 1` unsigned) points evenly spaced over
+    :math:`[0.1, 1]`, times :math:`10^{e-6}` (and their negatives, signed), then 0 and 1: fine
+    steps near zero, coarse ones near the block's largest magnitude. The signed map codes
+    values in :math:`[-1, 1]` (a momentum), the unsigned one :math:`[0, 1]` (a second moment).
+    """
+    data: list[float] = []
+    for exponent in range(7):
+        points = _linspace32(2**exponent + 1 if signed else 2 ** (exponent + 1) + 1)
+        means = (points[:-1] + points[1:]) / np.float32(2)
+        values = np.float32(10.0 ** (exponent - 6)) * means
+        data += values.tolist()
+        if signed:
+            data += (-values).tolist()
+    data += [0.0, 1.0]
+    return np.sort(np.array(data, dtype=np.float32))
+
+
+def quantize_blockwise(
+    x: np.ndarray, code: np.ndarray, block: int = QUANTIZATION_BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Float32 ``x`` (flat) as 8-bit codes and one float32 scale per block of ``block``.
+
+    As bitsandbytes' ``quantize_blockwise`` does it (its PyTorch implementation; its CPU
+    library searches approximately): each block's scale is its largest magnitude :math:`a`;
+    an element :math:`x` becomes the index of the code nearest
+    :math:`\operatorname{clamp}(x \cdot (1/a), -1, 1)` (:math:`x / a` in a last, partial
+    block), :math:`a` taken at least 1e-38 there (a block of zeros codes zeros), a tie
+    between two codes going to the lower one. NaN in a block makes its scale NaN, which
+    decodes the whole block to NaN (non-finite values propagate, as in float32 state).
+
+    Returns
+    -------
+    codes : ndarray of uint8
+        ``x``'s shape.
+    absmax : ndarray of float32
+        One scale per block, ``ceil(x.size / block)`` of them.
+    """
+    flat = np.asarray(x, dtype=np.float32).reshape(-1)
+    full = flat.size - flat.size % block
+    blocks = flat[:full].reshape(-1, block)
+    absmax = np.abs(blocks).max(axis=1, initial=0.0) if full else np.zeros(0, np.float32)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if np.isnan(blocks).any():  # max() above already gives NaN; keep it explicit
+            absmax = np.where(np.isnan(blocks).any(axis=1), np.float32(np.nan), absmax)
+        scale = np.float32(1.0) / np.maximum(absmax, np.float32(1e-38))
+        scaled = np.clip(blocks * scale[:, None], -1, 1).reshape(-1)
+        if full < flat.size:
+            tail = flat[full:]
+            last = np.float32(np.nan) if np.isnan(tail).any() else np.abs(tail).max()
+            absmax = np.append(absmax, last).astype(np.float32)
+            tail = np.clip(tail / np.maximum(last, np.float32(1e-38)), -1, 1)
+            scaled = np.concatenate([scaled, tail])
+    bounds = (code[:-1] + code[1:]) / np.float32(2)
+    codes = np.searchsorted(bounds, scaled, side="left").astype(np.uint8)
+    return codes.reshape(np.shape(x)), absmax.astype(np.float32)
+
+
+def dequantize_blockwise(
+    codes: np.ndarray, absmax: np.ndarray, code: np.ndarray, block: int = QUANTIZATION_BLOCK
+) -> np.ndarray:
+    """The float32 values of 8-bit ``codes``: ``code[q] * absmax[block of q]``."""
+    flat = np.asarray(codes).reshape(-1)
+    scales = np.repeat(np.asarray(absmax, dtype=np.float32), block)[: flat.size]
+    return (code[flat.astype(np.intp)] * scales).reshape(np.shape(codes))
 
 
 def low_precision_step(
