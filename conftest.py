@@ -1,4 +1,5 @@
-"""pytest collects the package's doctests too (``testpaths``); this file adapts that to torch.
+"""pytest collects the package's doctests too (``testpaths``); this file adapts that to torch,
+and gives CI its two options.
 
 ``fastopt.torch`` is the optional PyTorch adapter: without torch its module cannot be
 imported, so its doctests are reported as skipped, with the reason, instead of failing the
@@ -25,3 +26,52 @@ def pytest_collect_file(file_path, parent):
     if not _HAVE_TORCH and file_path == _ADAPTER:
         return [_NeedsTorch.from_parent(parent, path=file_path)]
     return collectors
+
+
+# CI runs the suite twice: without torch (as a new user), then, with torch and the reference
+# packages installed, only the tests the first run skipped (those still skipped, for want of a
+# GPU or the CUDA simulator, skip again at once).
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fastopt")
+    group.addoption(
+        "--record-skips", metavar="FILE", help="write to FILE the ids of the skipped tests"
+    )
+    group.addoption("--only", metavar="FILE", help="run only the tests (and test files) FILE lists")
+
+
+class _SkipRecorder:
+    """Writes the ids of the skipped tests (and test files: skipped as a whole)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        open(path, "w", encoding="utf-8").close()
+
+    def _record(self, report: pytest.CollectReport | pytest.TestReport) -> None:
+        if report.skipped:
+            with open(self.path, "a", encoding="utf-8") as file:
+                file.write(report.nodeid + "\n")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._record(report)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self._record(report)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    path = config.getoption("record_skips")
+    if path and not hasattr(config, "workerinput"):  # in the controller of xdist's workers
+        config.pluginmanager.register(_SkipRecorder(path))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    path = config.getoption("only")
+    if not path:
+        return
+    with open(path, encoding="utf-8") as file:
+        wanted = {line.strip() for line in file if line.strip()}
+    kept = [item for item in items if item.nodeid in wanted or item.nodeid.split("::")[0] in wanted]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
