@@ -8,6 +8,7 @@ import numpy as np
 from rule_cases import CASES
 
 import fastopt
+import fastopt.schedules
 
 STEPS = 20
 # Uneven sizes, an empty parameter, one past a 3-rank shard boundary at any alignment.
@@ -23,6 +24,9 @@ def _one_case_per_rule() -> list[tuple[str, type, dict[str, Any], list[tuple[int
         chosen[cls.__name__] = (getattr(fastopt, cls.__name__), kwargs)
     cases = [(name, cls, kwargs, SHAPES) for name, (cls, kwargs) in chosen.items()]
     cases.append(("Muon", fastopt.Muon, {"lr": 0.02, "momentum": 0.9}, MATRIX_SHAPES))
+    # A schedule drives the learning rate (both groups: a callable is not halved).
+    schedule = fastopt.schedules.linear_warmup(0.02, 8)
+    cases.append(("AdamW-scheduled", fastopt.AdamW, {"lr": schedule}, SHAPES))
     return cases
 
 
@@ -54,4 +58,8 @@ def mean_gradients(shapes, dtype, case: int, step: int, world: int) -> list[np.n
 def split_groups(params: list[np.ndarray], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     """Two groups: the first half with the case's lr, the rest with half of it."""
     half = len(params) // 2
-    return [{"params": params[:half]}, {"params": params[half:], "lr": kwargs["lr"] / 2}]
+    lr = kwargs["lr"]
+    return [
+        {"params": params[:half]},
+        {"params": params[half:], "lr": lr if callable(lr) else lr / 2},
+    ]
