@@ -1,9 +1,9 @@
-"""pytest collects the package's doctests too (``testpaths``); this file adapts that to torch,
-and gives CI its two options.
+"""pytest collects the package's doctests too (``testpaths``); this file adapts that to the
+optional packages, and gives CI its two options.
 
 ``fastopt.torch`` is the optional PyTorch adapter: without torch its module cannot be
 imported, so its doctests are reported as skipped, with the reason, instead of failing the
-collection of the whole run.
+collection of the whole run; so are ``fastopt.distributed``'s without mpi4py.
 """
 
 import importlib.util
@@ -11,20 +11,32 @@ from pathlib import Path
 
 import pytest
 
-_ADAPTER = Path(__file__).parent / "fastopt" / "torch.py"
-_HAVE_TORCH = importlib.util.find_spec("torch") is not None
+_PACKAGE = Path(__file__).parent / "fastopt"
+# The modules whose doctests need an optional package, with the reason given without it.
+_OPTIONAL = {
+    _PACKAGE / "torch.py": ("torch", "fastopt.torch needs torch: pip install 'fastopt[torch]'"),
+    _PACKAGE / "distributed.py": (
+        "mpi4py",
+        "fastopt.distributed's examples need mpi4py: pip install 'fastopt[mpi]'",
+    ),
+}
 
 
-class _NeedsTorch(pytest.File):
+class _NeedsPackage(pytest.File):
+    reason = ""
+
     def collect(self):
-        pytest.skip("fastopt.torch needs torch: pip install 'fastopt[torch]'")
+        pytest.skip(self.reason)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_collect_file(file_path, parent):
     collectors = yield
-    if not _HAVE_TORCH and file_path == _ADAPTER:
-        return [_NeedsTorch.from_parent(parent, path=file_path)]
+    package, reason = _OPTIONAL.get(file_path, (None, ""))
+    if package is not None and importlib.util.find_spec(package) is None:
+        skipped = _NeedsPackage.from_parent(parent, path=file_path)
+        skipped.reason = reason
+        return [skipped]
     return collectors
 
 
