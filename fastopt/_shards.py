@@ -1,16 +1,17 @@
 """How ZeRO-1 cuts the parameters into shards, and how shards of a checkpoint are put together.
 
 All parameters of a :class:`~fastopt.distributed.ZeroRedundancyOptimizer` sit, one after the
-other, in a flat buffer of ``world * shard_size`` elements; rank ``r`` owns elements
-``[r * shard_size, (r + 1) * shard_size)`` and steps the *pieces* of the parameters that fall
-there. Rules whose update reads a whole tensor (per-tensor norms, matrix steps) get whole
-parameters instead: each rank's parameters are packed at the start of its shard. Pure NumPy,
+other, in a flat buffer; rank ``r`` owns the elements ``[bounds[r], bounds[r + 1])`` and steps
+the *pieces* of the parameters that fall there: equal shards (the buffer padded to a multiple
+of the world size), or, for rules whose update reads a whole tensor (per-tensor norms, matrix
+steps), shards cut between parameters as evenly as their sizes allow. Pure NumPy,
 no MPI: the layout is a function of the sizes and the world size alone, so every rank computes
 the same one, and a checkpoint of any world size is put together again here.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,38 +35,53 @@ class Piece:
 
 @dataclass(frozen=True)
 class ShardLayout:
-    """Where each parameter sits in the flat buffers, and the shard size.
+    """Where each parameter sits in the flat buffers, and which elements each rank owns.
 
     Attributes
     ----------
     offsets, sizes : tuple of int
         Each parameter's first element in the flat buffers, and its element count.
-    shard_size : int
-        Elements per rank (a multiple of :data:`ALIGNMENT`); the buffers hold
-        ``world * shard_size``.
+    bounds : tuple of int
+        Rank ``r`` owns elements ``[bounds[r], bounds[r + 1])``; ``bounds[-1]`` is the
+        buffers' length, padding included.
     world : int
         The number of ranks.
     """
 
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
-    shard_size: int
+    bounds: tuple[int, ...]
     world: int
 
     @property
     def total(self) -> int:
         """Elements in each flat buffer, padding included."""
-        return self.shard_size * self.world
+        return self.bounds[-1]
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """Elements each rank owns."""
+        return tuple(b - a for a, b in itertools.pairwise(self.bounds))
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every rank owns as many elements (the collectives' ``_block`` forms)."""
+        return len(set(self.counts)) == 1
 
     def owner(self, param: int) -> int:
-        """The rank that holds an empty parameter (it steps it, so its state exists)."""
-        if self.shard_size == 0:
-            return 0
-        return min(self.offsets[param] // self.shard_size, self.world - 1)
+        """The rank whose shard holds the parameter's first element (an empty parameter's:
+        it steps it, so its state exists)."""
+        offset = self.offsets[param]
+        for rank in range(self.world - 1, -1, -1):
+            if self.bounds[rank] <= offset and (
+                offset < self.bounds[rank + 1] or self.sizes[param] == 0
+            ):
+                return rank
+        return 0
 
     def pieces(self, rank: int) -> tuple[Piece, ...]:
         """The pieces of parameters in ``rank``'s shard, in parameter order."""
-        low, high = rank * self.shard_size, (rank + 1) * self.shard_size
+        low, high = self.bounds[rank], self.bounds[rank + 1]
         pieces = []
         for param, (offset, size) in enumerate(zip(self.offsets, self.sizes, strict=True)):
             if size == 0:
@@ -80,7 +96,7 @@ class ShardLayout:
     def elsewhere(self, rank: int) -> tuple[Piece, ...]:
         """The pieces of every parameter outside ``rank``'s shard (what the all-gather
         brings)."""
-        low, high = rank * self.shard_size, (rank + 1) * self.shard_size
+        low, high = self.bounds[rank], self.bounds[rank + 1]
         pieces = []
         for param, (offset, size) in enumerate(zip(self.offsets, self.sizes, strict=True)):
             before, after = min(offset + size, low) - offset, max(offset, high) - offset
@@ -95,41 +111,63 @@ def _aligned(count: int) -> int:
     return -(-count // ALIGNMENT) * ALIGNMENT
 
 
+def _ranks_needed(sizes: Sequence[int], cap: int) -> int:
+    ranks, load = 1, 0
+    for size in sizes:
+        if load + size > cap:
+            ranks, load = ranks + 1, 0
+        load += size
+    return ranks
+
+
+def _balanced_cuts(sizes: Sequence[int], world: int) -> list[int]:
+    """Where consecutive parameters are cut into ``world`` runs whose largest total is the
+    least possible (bisection on that total, each run filled greedily): the index of each
+    run's first parameter, and ``len(sizes)``."""
+    low, high = max(sizes, default=0), sum(sizes)
+    while low < high:
+        middle = (low + high) // 2
+        if _ranks_needed(sizes, middle) <= world:
+            high = middle
+        else:
+            low = middle + 1
+    cuts, load = [0], 0
+    for index, size in enumerate(sizes):
+        if load + size > low and load > 0:
+            cuts.append(index)
+            load = 0
+        load += size
+    cuts += [len(sizes)] * (world + 1 - len(cuts))
+    return cuts
+
+
 def shard_layout(sizes: Sequence[int], world: int, *, whole: bool) -> ShardLayout:
     """The layout of parameters of ``sizes`` over ``world`` ranks.
 
-    ``whole=False``: the parameters back to back, cut into equal shards (a parameter may
-    straddle shards). ``whole=True``: each parameter on one rank, consecutive parameters on
-    the same or the next rank, split where the running total crosses ``k / world`` of the
-    whole (by each parameter's middle element); shards as large as the largest rank's share.
+    The parameters sit back to back in the flat buffers. ``whole=False``: cut into equal
+    shards of a multiple of :data:`ALIGNMENT` elements (a parameter may straddle shards; the
+    buffers padded to ``world`` shards). ``whole=True``: cut between parameters only, into
+    consecutive runs whose largest is as small as the sizes allow (shards of unequal sizes,
+    no padding).
     """
     sizes = tuple(int(n) for n in sizes)
+    offsets = tuple(int(x) for x in np.cumsum((0, *sizes[:-1]))) if sizes else ()
     total = sum(sizes)
     if not whole:
-        offsets = tuple(int(x) for x in np.cumsum((0, *sizes[:-1]))) if sizes else ()
-        return ShardLayout(offsets, sizes, _aligned(-(-total // world)), world)
-    ranks, before = [], 0
-    for size in sizes:
-        middle = before + size / 2
-        ranks.append(min(world - 1, int(world * middle / total)) if total else 0)
-        before += size
-    loads = [0] * world
-    for rank, size in zip(ranks, sizes, strict=True):
-        loads[rank] += size
-    shard_size = _aligned(max(loads, default=0))
-    offsets, filled = [], [0] * world
-    for rank, size in zip(ranks, sizes, strict=True):
-        offsets.append(rank * shard_size + filled[rank])
-        filled[rank] += size
-    return ShardLayout(tuple(offsets), sizes, shard_size, world)
+        shard = _aligned(-(-total // world))
+        return ShardLayout(offsets, sizes, tuple(r * shard for r in range(world + 1)), world)
+    cuts = _balanced_cuts(sizes, world)
+    bounds = tuple(offsets[cut] if cut < len(sizes) else total for cut in cuts)
+    return ShardLayout(offsets, sizes, bounds, world)
 
 
 def slice_entry(entry: Mapping[str, Any], piece: Piece, shape: tuple[int, ...] | None) -> dict:
-    """A parameter's state entry cut to ``piece``: its arrays' elements there (copies, 1-D,
-    or of ``shape`` when given: a whole parameter), its scalars as they are."""
+    """A parameter's checked state entry cut to ``piece``: its arrays' elements there
+    (copies, 1-D, or of ``shape`` when given: a whole parameter), its scalars (numbers: every
+    array of a checked entry is a state array) as they are."""
     cut: dict[str, Any] = {}
     for name, value in entry.items():
-        if isinstance(value, np.ndarray) and value.ndim >= 1:
+        if isinstance(value, np.ndarray):
             part = value.reshape(-1)[piece.start : piece.stop].copy()
             cut[name] = part if shape is None else part.reshape(shape)
         else:
@@ -177,7 +215,7 @@ def assemble(
             raise ValueError(f"the shards disagree on the state of parameter {param}")
         whole: dict[str, Any] = {}
         for name, value in entries[0].items():
-            if isinstance(value, np.ndarray) and value.ndim >= 1:
+            if isinstance(value, np.ndarray):  # pieces of a state array (a 0-d one: 1-D)
                 joined = np.concatenate([entry[name].reshape(-1) for entry in entries])
                 whole[name] = joined.reshape(shape)
             else:

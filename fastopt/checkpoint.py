@@ -62,7 +62,6 @@ __all__ = [
     "CheckpointError",
     "load",
     "save",
-    "write_checkpoint",
 ]
 
 #: The ``format`` entry of every checkpoint's metadata.
@@ -305,7 +304,7 @@ def save(
         For a :class:`~fastopt.distributed.ZeroRedundancyOptimizer` (whose ``save`` every
         rank calls): ``False`` gathers the whole state on rank 0, which writes one checkpoint
         that any optimizer loads; ``True`` makes ``path`` a directory where each rank writes
-        its shard (see :func:`fastopt.distributed.save_shards`). :func:`load` reads either.
+        its shard (see :func:`fastopt.distributed.save_collectively`). :func:`load` reads either.
 
     Raises
     ------

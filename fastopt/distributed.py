@@ -22,12 +22,19 @@ hold only ``1 / world`` of the optimizer state and step only that share of the p
 The bytes each rank sends per step are those of an all-reduce of the gradients (the
 reduce-scatter and the all-gather each move :math:`(\text{world}-1)/\text{world}` of the
 parameters), and the optimizer state per rank is :math:`1/\text{world}` of a single process's
-(plus padding to a multiple of 16 elements per shard).
+(the shards are equal up to a multiple of 16 elements).
 
 Rules whose update reads a whole tensor (LAMB's and LARS's per-tensor norms, Muon's
 orthogonalized matrices) shard by whole parameters instead: each parameter is stepped by one
-rank (as ``torch.distributed.optim.ZeroRedundancyOptimizer`` does for every rule), so the
-shards are as even as the parameter sizes allow.
+rank (as ``torch.distributed.optim.ZeroRedundancyOptimizer`` does for every rule), runs of
+consecutive parameters whose largest is as small as their sizes allow; the collectives are then
+``Reduce_scatter`` and ``Allgatherv`` with each rank's count (no padding). With 16-bit
+parameters the gradients travel as float32 and the parameters in their 16 bits.
+
+The agreement covers what a step, the construction, ``state_dict`` and ``load_state_dict``
+check; an error after it (memory running out while a state array is made) still leaves the
+other ranks in the next collective, as in any MPI program. Checkpoints need a file system
+every rank sees.
 
 MPI comes from ``mpi4py`` (``pip install "fastopt[mpi]"`` installs it with the ``mpich``
 wheel); run the script under ``mpiexec -n 4 python train.py``. For torch, the fastopt.torch
@@ -123,8 +130,9 @@ def _combined_norm(norms: Sequence[float], norm_type: float) -> float:
 
 
 def _signature(groups: Sequence[Mapping[str, Any]], dtype: np.dtype, name: str) -> tuple:
-    """What every rank must agree on: the rule, the dtype, each group's shapes and its fixed
-    hyperparameters (schedules are compared by being there)."""
+    """What every rank must agree on: the rule, the dtype, each group's shapes and its
+    hyperparameters' values (a scheduled one's at the current step: the schedules themselves
+    cannot be compared across processes)."""
     return (
         name,
         str(dtype),
@@ -295,9 +303,9 @@ class ZeroRedundancyOptimizer:
     def _build_local(self, optimizer_class: type[Optimizer], defaults: dict[str, Any]) -> None:
         whole = _needs_whole_tensors(optimizer_class)
         grad_dtype = np.dtype(np.float32) if self.dtype in LOW_PRECISION_DTYPES else self.dtype
-        layout, start = self.layout, self.rank * self.layout.shard_size
+        layout, start = self.layout, self.layout.bounds[self.rank]
         self._grad_buffer = np.zeros(layout.total, grad_dtype)
-        self._grad_shard = np.zeros(layout.shard_size, grad_dtype)
+        self._grad_shard = np.zeros(layout.counts[self.rank], grad_dtype)
         self._param_buffer = np.zeros(layout.total, self.dtype)
         self._pieces = layout.pieces(self.rank)
         self._elsewhere = layout.elsewhere(self.rank)
@@ -330,6 +338,11 @@ class ZeroRedundancyOptimizer:
             first += len(group["params"])
             local_groups.append({**group, "params": arrays})
         self.optim = optimizer_class(local_groups, **defaults)
+        # Each piece its own random stream (stochastic rounding), the same for every rerun at
+        # this world size; with one rank, the parameters' positions, as one process keys them.
+        self.optim._rounding_ids = [
+            0 if where is None else where[0] * self.world + self.rank for where in self._local
+        ]
         self._defaults = defaults
         # The groups as users see them: the full parameters, the local groups' values.
         self.param_groups: list[dict[str, Any]] = [
@@ -423,7 +436,12 @@ class ZeroRedundancyOptimizer:
             self._pack(paired)
         except (TypeError, ValueError, RuntimeError) as error:
             failure = error
-        self.comm.Reduce_scatter_block(self._grad_buffer, self._grad_shard, op=_mpi().SUM)
+        if self.layout.uniform:
+            self.comm.Reduce_scatter_block(self._grad_buffer, self._grad_shard, op=_mpi().SUM)
+        else:  # whole parameters: shards of unequal sizes
+            self.comm.Reduce_scatter(
+                self._grad_buffer, self._grad_shard, self.layout.counts, op=_mpi().SUM
+            )
         read = options is not None and (options[0] != "propagate" or options[1] is not None)
         if failure is None and read:
             survey = self._survey(skipped, options[2])
@@ -527,7 +545,11 @@ class ZeroRedundancyOptimizer:
                 flat = self._params[index].reshape(-1)
                 buffer[offset + piece.start : offset + piece.stop] = flat[piece.start : piece.stop]
         bits = buffer.view(np.uint16) if self.dtype in LOW_PRECISION_DTYPES else buffer
-        self.comm.Allgather(_mpi().IN_PLACE, bits)
+        if self.layout.uniform:
+            self.comm.Allgather(_mpi().IN_PLACE, bits)
+        else:
+            counts, starts = self.layout.counts, self.layout.bounds[:-1]
+            self.comm.Allgatherv(_mpi().IN_PLACE, [bits, (counts, starts)])
         for piece in self._elsewhere:
             offset = offsets[piece.param]
             flat = self._params[piece.param].reshape(-1)
@@ -591,7 +613,8 @@ class ZeroRedundancyOptimizer:
         }
 
     def state_dict(self, *, to: int | None = 0, dequantize: bool = False) -> dict[str, Any] | None:
-        """The whole state, as a single-process optimizer's ``state_dict`` (collective).
+        """The whole state, as a single-process optimizer's ``state_dict`` (collective; no
+        attached objects: this optimizer has no ``attach``).
 
         Parameters
         ----------
@@ -600,9 +623,19 @@ class ZeroRedundancyOptimizer:
         dequantize
             As in :meth:`fastopt.Optimizer.state_dict`.
         """
-        check_bool("dequantize", dequantize)
-        if to is not None and not (type(to) is int and 0 <= to < self.world):
-            raise ValueError(f"to must be a rank in [0, {self.world}) or None, got {to!r}")
+        failure = None
+        try:
+            check_bool("dequantize", dequantize)
+            if to is not None and type(to) is not int:
+                raise TypeError(f"to must be an int (a rank) or None, got {type(to).__name__}")
+            if to is not None and not 0 <= to < self.world:
+                raise ValueError(f"to must be a rank in [0, {self.world}) or None, got {to}")
+        except (TypeError, ValueError) as error:
+            failure = error
+        reports = self.comm.allgather((_described(failure), repr((to, dequantize))))
+        _raise_agreed(failure, [report for report, _ in reports], "gather the state")
+        if any(theirs != reports[0][1] for _, theirs in reports):
+            raise ValueError("the ranks disagree on state_dict's arguments (to, dequantize)")
         mine = self.shard_state_dict(dequantize=dequantize)
         shards = self.comm.allgather(mine) if to is None else self.comm.gather(mine, root=to)
         if shards is None:
@@ -772,8 +805,15 @@ def load_shards(path: str) -> Checkpoint:
     ):
         raise CheckpointError(f"{path}: malformed {SHARD_INDEX}")
     world, token = about["world"], about["token"]
-    shards = [load(os.path.join(path, _shard_name(token, r, world))) for r in range(world)]
+    shards = []
+    for rank in range(world):
+        name = os.path.join(path, _shard_name(token, rank, world))
+        try:
+            shards.append(load(name))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: shard {rank} of {world} is missing ({name})") from None
     parts = [shard.state_dict for shard in shards]
+    first = parts[0].get("shard", {})
     for rank, (shard, part) in enumerate(zip(shards, parts, strict=True)):
         info = part.get("shard", {})
         if (
@@ -781,6 +821,8 @@ def load_shards(path: str) -> Checkpoint:
             or info.get("rank") != rank
             or info.get("world") != world
             or info.get("token") != token
+            or info.get("shapes") != first.get("shapes")
+            or info.get("dtype") != first.get("dtype")
         ):
             raise CheckpointError(f"{path}: shard {rank} does not belong to this checkpoint")
     try:
@@ -794,12 +836,12 @@ def load_shards(path: str) -> Checkpoint:
             params = [whole[i]["value"] for i in range(len(shapes))]
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise CheckpointError(f"{path}: the shards do not fit together: {error}") from error
-    first = parts[0]
+    first_part = parts[0]
     state_dict = {
         "state": state,
-        "param_groups": first.get("param_groups"),
-        "step_count": first.get("step_count"),
-        "seed": first.get("seed"),
+        "param_groups": first_part.get("param_groups"),
+        "step_count": first_part.get("step_count"),
+        "seed": first_part.get("seed"),
         "attached": {},
     }
     return Checkpoint(index.rule, state_dict, params, shards[0].extra)

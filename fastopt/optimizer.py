@@ -247,6 +247,9 @@ class Optimizer:
         self._flat_step: FlatStep | None = None
         self._flat_owners: dict[int, FlatParams] = {}
         self._state_version = 0
+        # What keys each parameter's random stream (stochastic rounding) besides the seed and
+        # its update count: its position, unless a sharded optimizer gives its pieces others.
+        self._rounding_ids: Sequence[int] | None = None
         for group in _as_groups(params):
             self.add_param_group(group)
 
@@ -772,7 +775,8 @@ class Optimizer:
         # buffer: about half the cost of NumPy converting a tuple, on every step.
         self._row_layout.pack_into(hyper, 0, *row)
         if stochastic:
-            hyper[0, ROUNDING_KEY] = rounding_key(self.seed, index, state["step"])
+            stream = index if self._rounding_ids is None else self._rounding_ids[index]
+            hyper[0, ROUNDING_KEY] = rounding_key(self.seed, stream, state["step"])
         launch(
             self._kernels,
             bounds,

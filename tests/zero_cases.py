@@ -11,8 +11,8 @@ import fastopt
 import fastopt.schedules
 
 STEPS = 20
-# Uneven sizes, an empty parameter, one past a 3-rank shard boundary at any alignment.
-SHAPES = [(7, 3), (5,), (0,), (33,), (4, 4), (1,)]
+# Uneven sizes, an empty parameter, a 0-d one, two groups (see split_groups).
+SHAPES = [(7, 3), (5,), (0,), (33,), (4, 4), (1,), ()]
 MATRIX_SHAPES = [(6, 4), (5, 5), (3, 7)]
 
 
@@ -32,19 +32,28 @@ def _one_case_per_rule() -> list[tuple[str, type, dict[str, Any], list[tuple[int
 
 STEP_CASES = _one_case_per_rule()
 CHECKPOINT_CASE = ("Adam", fastopt.Adam, {"lr": 0.01, "amsgrad": True}, SHAPES)
-# bfloat16 parameters and gradients, a float32 master copy: the all-gather moves bfloat16.
-BFLOAT16_CASE = ("Adam-bf16-master", fastopt.Adam, {"lr": 0.01, "master_weights": True}, SHAPES)
+# bfloat16 parameters and gradients (the all-gather moves bfloat16): a float32 master copy;
+# bfloat16 state with stochastic rounding (each piece its own random stream).
+BFLOAT16_CASES = [
+    ("Adam-bf16-master", fastopt.Adam, {"lr": 0.01, "master_weights": True}, SHAPES),
+    (
+        "Adam-bf16-state-stochastic",
+        fastopt.Adam,
+        {"lr": 0.01, "state_dtype": "bfloat16", "stochastic_rounding": True},
+        SHAPES,
+    ),
+]
 
 
 def make_params(shapes, dtype, case: int) -> list[np.ndarray]:
     rng = np.random.default_rng([case, 12345])
-    return [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+    return [np.asarray(rng.standard_normal(shape), dtype=dtype) for shape in shapes]
 
 
 def gradients(shapes, dtype, case: int, step: int, rank: int) -> list[np.ndarray]:
     """Rank ``rank``'s gradients: multiples of 1/64, so sums over ranks are exact."""
     rng = np.random.default_rng([case, step, rank])
-    return [(rng.integers(-64, 65, shape) / 64).astype(dtype) for shape in shapes]
+    return [np.asarray(rng.integers(-64, 65, shape) / 64, dtype=dtype) for shape in shapes]
 
 
 def mean_gradients(shapes, dtype, case: int, step: int, world: int) -> list[np.ndarray]:
@@ -52,7 +61,7 @@ def mean_gradients(shapes, dtype, case: int, step: int, world: int) -> list[np.n
     for rank in range(world):
         for t, g in zip(total, gradients(shapes, np.float64, case, step, rank), strict=True):
             t += g
-    return [(t / world).astype(dtype) for t in total]
+    return [np.asarray(t / world, dtype=dtype) for t in total]
 
 
 def split_groups(params: list[np.ndarray], kwargs: dict[str, Any]) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from mpi4py import MPI
 from zero_cases import (
-    BFLOAT16_CASE,
+    BFLOAT16_CASES,
     CHECKPOINT_CASE,
     STEP_CASES,
     STEPS,
@@ -50,6 +50,13 @@ def run_case(cls, kwargs, dtype, shapes, steps, case, opt=None, first=0):
     return opt
 
 
+def _same_on_every_rank(opt, key: str) -> None:
+    """Every rank's parameters hold the same bits (the all-gather reached them all)."""
+    gathered = COMM.gather([p.tobytes() for p in opt.params], root=0)
+    if RANK == 0:
+        assert all(theirs == gathered[0] for theirs in gathered), f"{key}: ranks differ"
+
+
 def steps(out: Path) -> None:
     results, memory = {}, {}
     for case, (name, cls, kwargs, shapes) in enumerate(STEP_CASES):
@@ -59,11 +66,17 @@ def steps(out: Path) -> None:
             again = run_case(cls, kwargs, dtype, shapes, STEPS, case)
             for i, (a, b) in enumerate(zip(first.params, again.params, strict=True)):
                 assert a.tobytes() == b.tobytes(), f"{key}: rerun differs in parameter {i}"
-                results[f"{key}/{i}"] = a
+                results[f"{key}/{i}"] = a.copy()
+            if hasattr(first.optim, "eval"):  # Schedule-Free: x into every rank's parameters
+                first.eval()
+                results.update((f"{key}/eval/{i}", p.copy()) for i, p in enumerate(first.params))
+            _same_on_every_rank(first, key)
             memory[key] = COMM.gather(first.state_nbytes(), root=0)
-    name, cls, kwargs, shapes = BFLOAT16_CASE
-    for i, param in enumerate(run_case(cls, kwargs, BFLOAT16, shapes, STEPS, 0).params):
-        results[f"{name}/{i}"] = param.view(np.uint16)  # npz keeps no bfloat16
+    for name, cls, kwargs, shapes in BFLOAT16_CASES:
+        opt = run_case(cls, kwargs, BFLOAT16, shapes, STEPS, 0)
+        _same_on_every_rank(opt, name)
+        for i, param in enumerate(opt.params):
+            results[f"{name}/{i}"] = param.view(np.uint16)  # npz keeps no bfloat16
     if RANK == 0:
         np.savez(out / f"steps-{WORLD}.npz", **results)
         (out / f"memory-{WORLD}.json").write_text(json.dumps(memory))
@@ -84,7 +97,7 @@ def errors(out: Path) -> None:
     report["unchanged"] = all(np.array_equal(a, b) for a, b in zip(before, opt.params))
     grads = gradients(shapes, np.float64, 0, 0, RANK)
     if RANK == WORLD - 1:
-        grads[0][2, 1] = np.nan
+        grads[1][4] = np.nan  # elements 1.. of grads[1] are rank 1's (15 + 1 on rank 0)
     opt.nonfinite = "skip"
     opt.step(grads)
     report["skipped"] = (not opt.last_step.applied) and opt.step_count == 0
