@@ -135,18 +135,18 @@ def test_bfloat16_parameters_match_one_process(stepped, world, case):
 @pytest.mark.slow
 def test_state_per_rank_is_a_share_of_one_process_state(stepped):
     memory = {w: json.loads((stepped / f"memory-{w}.json").read_text()) for w in (1, 2, 3)}
+    shapes_of = {name: shapes for name, _, _, shapes in STEP_CASES}
     for key, (whole,) in memory[1].items():
+        name, dtype = key.rsplit("/", 1)
+        sizes = [int(np.prod(shape)) for shape in shapes_of[name]]
         for world in (2, 3):
             shares = memory[world][key]
             assert len(shares) == world
-            if key.startswith(("Lamb", "LARS", "Muon")):  # whole parameters per rank
-                assert sum(shares) == whole
-                continue
-            # Every rank holds its shard's share (aligned up); all together, the whole.
+            # All together, the whole; each rank its shard's share (aligned up).
             assert sum(shares) == whole, key
-            itemsize = 4 if key.endswith("float32") else 8
-            arrays = whole // (sum(int(np.prod(s)) for s in SHAPES) * itemsize)
-            layout = shard_layout([int(np.prod(s)) for s in SHAPES], world, whole=False)
+            itemsize = np.dtype(dtype).itemsize
+            arrays = whole // (sum(sizes) * itemsize)
+            layout = shard_layout(sizes, world, whole=name.startswith(("Lamb", "LARS", "Muon")))
             assert max(shares) <= arrays * max(layout.counts) * itemsize, key
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,9 @@ def _one_case_per_rule() -> list[tuple[str, type, dict[str, Any], list[tuple[int
     # A schedule drives the learning rate (both groups: a callable is not halved).
     schedule = fastopt.schedules.linear_warmup(0.02, 8)
     cases.append(("AdamW-scheduled", fastopt.AdamW, {"lr": schedule}, SHAPES))
+    # Pieces past the parallel kernels' threshold (2**16), clipped by the max-norm.
+    large = [(3 * 2**16 + 7 * 2**10 + 7,), (3,)]  # every piece at 3 ranks too
+    cases.append(("Adam-large-inf-norm", fastopt.Adam, {"lr": 0.01, "norm_type": math.inf}, large))
     return cases
 
 
