@@ -91,6 +91,20 @@ def _mpi() -> Any:
     return MPI
 
 
+# What the optimizer calls on its communicator.
+_COLLECTIVES = (
+    "Get_rank",
+    "Get_size",
+    "allgather",
+    "gather",
+    "bcast",
+    "Reduce_scatter_block",
+    "Reduce_scatter",
+    "Allgather",
+    "Allgatherv",
+)
+
+
 def _needs_whole_tensors(optimizer_class: type[Optimizer]) -> bool:
     """Whether a rule reads whole tensors in its update (norms, matrix steps): its shards
     then hold whole parameters. Rules not declared with :class:`fastopt.rule.Rule` too."""
@@ -228,6 +242,12 @@ class ZeroRedundancyOptimizer:
         **defaults: Any,
     ) -> None:
         self.comm = _mpi().COMM_WORLD if comm is None else comm
+        missing = [name for name in _COLLECTIVES if not callable(getattr(comm, name, None))]
+        if comm is not None and missing:
+            raise TypeError(
+                "comm must be an mpi4py intracommunicator (MPI.COMM_WORLD, or one split from "
+                f"it), got {type(comm).__name__} (no {missing[0]})"
+            )
         self.rank, self.world = self.comm.Get_rank(), self.comm.Get_size()
         self.last_step: StepStats | None = None
         failure, signature = None, None

@@ -246,3 +246,12 @@ def test_a_plain_optimizers_checkpoint_resumes_on_three_ranks(tmp_path):
             resumed = np.load(tmp_path / "resumed-3.npz")
             for i, p in enumerate(opt.params):
                 np.testing.assert_allclose(resumed[f"arr_{i}"], p, rtol=5e-5, atol=5e-6)
+
+
+def test_a_communicator_that_is_not_one_is_refused():
+    with pytest.raises(TypeError, match="comm must be an mpi4py intracommunicator"):
+        ZeroRedundancyOptimizer([np.zeros(3)], fastopt.Adam, comm="world", lr=0.1)
+    with pytest.raises(TypeError, match="optimizer_class must be a fastopt optimizer class"):
+        ZeroRedundancyOptimizer([np.zeros(3)], object, lr=0.1)
+    with pytest.raises(TypeError, match="to must be an int"):
+        ZeroRedundancyOptimizer([np.zeros(3)], fastopt.Adam, lr=0.1).state_dict(to=0.0)
