@@ -6,7 +6,8 @@ Run under ``mpiexec`` once per world size, the same total size each time::
     mpiexec -n 2 python benches/bench_zero.py --size 2^24
     mpiexec -n 3 python benches/bench_zero.py --size 2^24
 
-Every rank holds the whole float32 model (``--size`` elements in 8 parameters) and steps
+Every rank holds the whole float32 model (``--size`` elements in ``--parameters`` arrays, 8 by
+default) and steps
 ``fastopt.distributed.ZeroRedundancyOptimizer`` with ``fastopt.Adam``. Rank 0 prints the
 median over ``--rounds`` rounds of
 
@@ -37,8 +38,6 @@ from mpi4py import MPI
 import fastopt
 from fastopt.distributed import ZeroRedundancyOptimizer
 
-PARAMETERS = 8
-
 
 def parse_size(text: str) -> int:
     if text.startswith("2^"):
@@ -64,6 +63,7 @@ def main() -> None:
     parser.add_argument("--size", type=parse_size, default=2**24)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--parameters", type=int, default=8, help="arrays the size is split in")
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
@@ -71,7 +71,7 @@ def main() -> None:
     # each rank); a cluster runs one rank per socket or per node instead.
     numba.set_num_threads(max(1, numba.config.NUMBA_NUM_THREADS // world))
     rng = np.random.default_rng(0)
-    sizes = [len(part) for part in np.array_split(np.arange(args.size), PARAMETERS)]
+    sizes = [len(part) for part in np.array_split(np.arange(args.size), args.parameters)]
     params = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
     grads = [rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3) for n in sizes]
     opt = ZeroRedundancyOptimizer(params, fastopt.Adam, lr=1e-4)
@@ -102,7 +102,10 @@ def main() -> None:
     sent = 2 * (world - 1) / world * args.size * 4
     state = comm.gather(opt.state_nbytes(), root=0)
     if rank == 0:
-        print(f"world {world}, {args.size} float32 elements, Adam, medians of {args.rounds}")
+        print(
+            f"world {world}, {args.size} float32 elements in {args.parameters} arrays, Adam, "
+            f"medians of {args.rounds}"
+        )
         print("| part | ms |")
         print("|---|---:|")
         for name in ("step", "reduce-scatter", "local step", "all-gather", "rest", "one process"):
