@@ -75,7 +75,7 @@ def main() -> None:
     params = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
     grads = [rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3) for n in sizes]
     opt = ZeroRedundancyOptimizer(params, fastopt.Adam, lr=1e-4)
-    shard = opt.layout.shard_size
+    shard = opt.layout.counts[rank]
     send = np.ones(opt.layout.total, np.float32)
     receive = np.empty(shard, np.float32)
     gathered = np.empty(opt.layout.total, np.float32)

@@ -255,3 +255,15 @@ def test_a_communicator_that_is_not_one_is_refused():
         ZeroRedundancyOptimizer([np.zeros(3)], object, lr=0.1)
     with pytest.raises(TypeError, match="to must be an int"):
         ZeroRedundancyOptimizer([np.zeros(3)], fastopt.Adam, lr=0.1).state_dict(to=0.0)
+
+
+@pytest.mark.slow
+def test_the_benchmark_prints_its_parts():
+    bench = Path(__file__).parent.parent / "benches" / "bench_zero.py"
+    command = [_mpiexec(), "-n", "2", sys.executable, str(bench), "--size", "2^12"]
+    command += ["--rounds", "1", "--repeats", "1", "--parameters", "3"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for part in ("| step |", "| reduce-scatter |", "| local step |", "| all-gather |", "| rest |"):
+        assert part in done.stdout
+    assert done.stdout.startswith("world 2, 4096 float32 elements in 3 arrays")
