@@ -267,3 +267,25 @@ def test_the_benchmark_prints_its_parts():
     for part in ("| step |", "| reduce-scatter |", "| local step |", "| all-gather |", "| rest |"):
         assert part in done.stdout
     assert done.stdout.startswith("world 2, 4096 float32 elements in 3 arrays")
+
+
+def test_a_dequantized_state_dict_loads_into_a_float32_optimizer():
+    """bfloat16 state, gathered dequantized: float32 arrays and ``state_dtype`` None, which a
+    plain float32-state optimizer loads; the sharded one loads its own form back."""
+    kwargs = {"lr": 0.01, "state_dtype": "bfloat16"}
+    params = make_params(SHAPES, np.float32, 5)
+    opt = ZeroRedundancyOptimizer(split_groups(params, kwargs), fastopt.Adam, **kwargs)
+    for step in range(3):
+        opt.step(mean_gradients(SHAPES, np.float32, 5, step, 1))
+    whole = opt.state_dict(dequantize=True)
+    assert all(group["state_dtype"] is None for group in whole["param_groups"])
+    assert whole["state"][0]["exp_avg"].dtype == np.float32
+    plain = fastopt.Adam(split_groups([p.copy() for p in params], {"lr": 0.01}), lr=0.01)
+    plain.load_state_dict(whole)
+    np.testing.assert_array_equal(
+        plain.state[0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"].astype(np.float32)
+    )
+    again = ZeroRedundancyOptimizer(split_groups(params, kwargs), fastopt.Adam, **kwargs)
+    again.load_state_dict(opt.state_dict())
+    assert again.step_count == 3
+    assert again.state_dict()["state"][0]["exp_avg"].dtype == BFLOAT16
