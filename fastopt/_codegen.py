@@ -111,6 +111,114 @@ def _drivers(prefix: str, names: list[str], element: str) -> str:
     )
 
 
+# The drivers of an update with 8-bit state (see fastopt._quantized): block by block, the
+# new values into a scratch block (``scratch[0]`` the parameter, ``scratch[k]`` state array
+# k), then the parameter stored, then each state array: a quantized one encoded with its
+# block's new scale, another stored. Chunks and segment pieces start at block boundaries of
+# their parameter, so every block is one thread's, whatever the thread count.
+_QUANTIZED_DRIVERS = """
+
+def {snake}_values(i, param, grad{values_arrays}, scalars):
+{preamble}
+{values_body}
+
+
+_values = elementwise({snake}_values)
+
+
+@kernel
+def quantized_values(param, grad{values_arrays}, scalars, scratch):
+    # A function of its own: numba prunes the update's branches on an absent (None) array
+    # only when that array is an argument.
+    for j in range(param.size):
+        ({targets}) = _values(j, param, grad{values_arrays}, scalars)
+        scratch[0, j] = p
+{keeps}
+
+
+@kernel
+def quantized_block(h, base, param, grad{arrays}, stochastic, scratch):
+    # base, a multiple of BLOCK, is element 0's offset inside its parameter.
+    n = param.size
+    for lo in range(0, n, BLOCK):
+        hi = min(lo + BLOCK, n)
+        scalars = _unpack(h, param, base + lo, stochastic)
+        param_ = param[lo:hi]
+        grad_ = grad[lo:hi]
+{views}
+        quantized_values(param_, grad_{view_arguments}, scalars, scratch)
+        for j in range(hi - lo):
+            old = load_param(param_, master_, j)
+            store_param(param_, master_, comp_, j, old, scratch[0, j], scalars[3])
+{finishes}
+
+
+@kernel
+def quantized_serial(bounds, blocks, hyper, param, grad{arrays}, stochastic, scratch):
+    for s in range(bounds.size - 1):
+        lo, hi = bounds[s], bounds[s + 1]
+        quantized_block(
+            hyper[s], 0, param[lo:hi], grad[lo:hi]{serial_segments}, stochastic, scratch[0]
+        )
+
+
+@parallel_kernel
+def quantized_parallel(n_chunks, bounds, blocks, hyper, param, grad{arrays}, stochastic, scratch):
+    n = param.size
+    chunk = chunk_length(n, n_chunks)
+    for c in prange(n_chunks):
+        lo = block_start(bounds, min(c * chunk, n))
+        hi = block_start(bounds, min((c + 1) * chunk, n))
+        s = first_segment(bounds, lo)
+        while lo < hi:
+            end = min(hi, bounds[s + 1])
+            offset = lo - bounds[s]
+            first = blocks[s] + offset // BLOCK
+            quantized_block(
+                hyper[s],
+                offset,
+                param[lo:end],
+                grad[lo:end]{parallel_segments},
+                stochastic,
+                scratch[c],
+            )
+            lo = end
+            s += 1
+"""
+
+
+def _quantized_drivers(snake: str, names: list[str], extra: list[str], values_body: str) -> str:
+    """The 8-bit state drivers over state arrays ``names`` (then ``extra``: the transformed
+    array, if any, and the precision arrays) and the values function they inline."""
+    arrays = [*names, *extra]
+    read = [*names, *(name for name in extra if name != "comp")]
+    views = [f"{name}_ = block_of({name}, lo, hi)" for name in names]
+    views += [f"{name}_ = segment({name}, lo, hi)" for name in extra]
+    results = [f"new_{name}" for name in names]
+    rows = enumerate(names, start=1)
+    return _QUANTIZED_DRIVERS.format(
+        snake=snake,
+        preamble=_PREAMBLE,
+        values_body=values_body,
+        values_arrays="".join(f", {name}" for name in read),
+        arrays="".join(f", {name}" for name in arrays),
+        views=textwrap.indent("\n".join(views), " " * 8),
+        targets=", ".join(["p", *results]) + ("," if not results else ""),
+        view_arguments="".join(f", {name}_" for name in read),
+        keeps="\n".join(f"        keep(scratch, {k}, j, new_{name})" for k, name in rows),
+        finishes="\n".join(
+            f"        finish({name}, lo, hi, scratch, {k}, scalars[3], {k})"
+            for k, name in enumerate(names, start=1)
+        ),
+        serial_segments="".join(
+            f", quantized_segment({name}, lo, hi, blocks[s])" for name in arrays
+        ),
+        parallel_segments="".join(
+            f", quantized_segment({name}, lo, end, first)" for name in arrays
+        ),
+    )
+
+
 # The gradient preamble of every element function, written into each (the CUDA device
 # functions are compiled from them, and the simulator runs them as Python: no helper call).
 _PREAMBLE = """    grad_scale, clip_value, maximize, rounding, row = scalars
@@ -153,6 +261,7 @@ from numba import prange
 from fastopt._codegen import rule_named
 from fastopt._jit import elementwise, kernel, parallel_kernel, segment
 from fastopt._launch import chunk_length, first_segment
+from fastopt._quantized import BLOCK, block_of, block_start, finish, keep, quantized_segment
 from fastopt._storage import compute_scalar, load, load_param, rounding_of, store, store_param
 
 RULE = rule_named({key!r})
@@ -256,6 +365,7 @@ def _template_names() -> frozenset[str]:
     )
     text += _element("direction", "matrix.direction", "x", ["master"], "    return g")
     text += _drivers("direction_", ["master", "out"], _DIRECTION_STORE.format(state=""))
+    text += _quantized_drivers("x", [], list(PRECISION), "    return (p0,)")
     names = {TRANSFORMED}
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.Name):
@@ -265,7 +375,7 @@ def _template_names() -> frozenset[str]:
         elif isinstance(node, (ast.FunctionDef, ast.alias)):
             names.add(node.asname or node.name if isinstance(node, ast.alias) else node.name)
     # Named after the rule: see Rule.
-    return frozenset(names - {"x_update", "x_measure", "x_direction"})
+    return frozenset(names - {"x_update", "x_measure", "x_direction", "x_values"})
 
 
 def rule_named(key: str) -> Rule:
@@ -393,6 +503,14 @@ def kernel_source(rule: Rule) -> str:
     text += _element("update", "update", rule.snake_name, arrays, _update_body(rule))
     listed = "".join(f", {name}" for name in arrays)
     text += _drivers("", arrays, f"_update(i, param, grad{listed}, scalars)")
+    values = _branches(
+        rule,
+        lambda present, indent: [
+            f"{indent}return rule_update("
+            f"{_arguments(rule.state_names, present, rule.matrix is not None)})"
+        ],
+    )
+    text += _quantized_drivers(rule.snake_name, names, arrays[len(names) :], values)
     if rule.norms is not None:
         text += _measure_source(rule, state, segments)
     if rule.matrix is not None:
@@ -452,6 +570,7 @@ def _fingerprint(rule: Rule, text: str) -> str:
     options, the drivers' helpers and this generator. numba's disk cache is keyed on the
     generated file alone, so a change to any of them must give a new file."""
     modules = {"fastopt._storage", "fastopt._codecs", "fastopt._u32", "fastopt._jit"}
+    modules.add("fastopt._quantized")
     modules |= {"fastopt._launch", __name__}
     seen: set[object] = set()
     _modules_called(rule.update, modules, seen)
@@ -575,6 +694,8 @@ def kernels_of(rule: Rule) -> RuleKernels:
         built = _BUILT[key] = RuleKernels(
             serial=module.serial,
             parallel=module.parallel,
+            quantized_serial=module.quantized_serial,
+            quantized_parallel=module.quantized_parallel,
             update=getattr(module, f"{rule.snake_name}_update"),
             unpack=module.unpack,
             norms=norms,

@@ -147,10 +147,11 @@ class DeclaredOptimizer(Optimizer):
     def _check_group(self, group: Mapping[str, Any]) -> None:
         check_hyperparameters(self._rule, group)
         check_precision(group)
-        if group["state_dtype"] == "bfloat16" and backend_of(group["params"][0]) is not HOST:
+        state_dtype = group["state_dtype"]
+        if state_dtype in ("bfloat16", "int8") and backend_of(group["params"][0]) is not HOST:
             raise TypeError(
-                "state_dtype='bfloat16' keeps the state in host memory only; on a CUDA device "
-                "use float32 state"
+                f"state_dtype={state_dtype!r} keeps the state in host memory only; on a CUDA "
+                "device use float32 state"
             )
         for entry in self._rule.group_state:
             entry.check(entry.name, group[entry.name])
@@ -286,6 +287,8 @@ def optimizer_class(
         **rule.methods,
         "_scalar_names": rule.scalar_names,
         "_required_states": tuple(state.name for state in rule.state if not state.optional),
+        "_quantizable_states": frozenset(s.name for s in rule.state if s.quantizable),
+        "_nonnegative_states": frozenset(s.name for s in rule.state if s.nonnegative),
         "_optional_states": tuple(
             (state.name, state.present) for state in rule.state if state.optional
         ),

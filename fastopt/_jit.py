@@ -98,7 +98,11 @@ def elementwise(fn: F) -> F:
 
 def segment(array, lo, hi):  # pragma: no cover - replaced by the overload below in jitted code
     """``array[lo:hi]``, or ``None`` when the optional state array is absent."""
-    return None if array is None else array[lo:hi]
+    if array is None:
+        return None
+    if hasattr(array, "codes"):  # 8-bit state, see fastopt._quantized
+        return array.segment(lo, hi)
+    return array[lo:hi]
 
 
 @overload(segment, inline="always")
@@ -107,7 +111,9 @@ def _segment_overload(array, lo, hi):
     # and the kernel keeps a precise (non-optional) array type that LLVM can vectorize.
     if isinstance(array, types.NoneType):
         return lambda array, lo, hi: None
-    return lambda array, lo, hi: array[lo:hi]
+    if isinstance(array, types.Array):
+        return lambda array, lo, hi: array[lo:hi]
+    return None  # another format's overload (fastopt._quantized)
 
 
 def as_dtype_of(value, array):  # pragma: no cover - replaced by the overload below

@@ -23,6 +23,8 @@ from fastopt._jit import PARALLEL_THRESHOLD, elementwise
 from fastopt._matrix import transform_matrices
 from fastopt._norms import measure_norms
 from fastopt._parallel import run_parallel
+from fastopt._quantized import BLOCK, QuantizedState, block_table
+from fastopt._storage import compute_type_of
 
 __all__ = [
     "MatrixKernels",
@@ -83,6 +85,8 @@ class RuleKernels(NamedTuple):
     unpack: Callable[..., Any]
     norms: NormKernels | None = None
     matrix: MatrixKernels | None = None
+    quantized_serial: Callable[..., None] | None = None
+    quantized_parallel: Callable[..., None] | None = None
 
 
 @elementwise
@@ -152,8 +156,27 @@ def launch(
             kernels.matrix, bounds, hyper, param, arrays, shapes, serial, master
         )
         arrays = (*arrays, transformed)
+    if any(isinstance(array, QuantizedState) for array in arrays):
+        _launch_quantized(kernels, serial, bounds, hyper, param, arrays, master, comp, stochastic)
+        return
     arguments = (bounds, hyper, param, *arrays, master, comp, stochastic)
     if serial:
         kernels.serial(*arguments)
     else:
         run_parallel(kernels.parallel, numba.get_num_threads(), *arguments)
+
+
+def _launch_quantized(
+    kernels: RuleKernels, serial: bool, bounds, hyper, param, arrays, master, comp, stochastic
+) -> None:
+    """The update with 8-bit state (see :mod:`fastopt._quantized`): each thread a scratch
+    block of the new values, one row for the parameter and one per array after the
+    gradient."""
+    threads = 1 if serial else numba.get_num_threads()
+    scratch = np.empty((threads, len(arrays), BLOCK), dtype=compute_type_of(param.dtype))
+    blocks = block_table(bounds)
+    arguments = (bounds, blocks, hyper, param, *arrays, master, comp, stochastic, scratch)
+    if serial:
+        kernels.quantized_serial(*arguments)
+    else:
+        run_parallel(kernels.quantized_parallel, threads, *arguments)

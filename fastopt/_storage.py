@@ -97,6 +97,8 @@ def load(array, i):  # pragma: no cover - the overload below replaces it in comp
     """Element ``i`` of ``array`` as a value of its compute type (``None`` for no array)."""
     if array is None:
         return None
+    if hasattr(array, "codes"):  # 8-bit state, see fastopt._quantized
+        return array.load(i)
     if array.dtype == np.uint16:
         return bf16_decode(array[i])
     if array.dtype == np.int16:
@@ -160,7 +162,9 @@ def _load(array, i):
         return lambda array, i: bf16_decode(array[i])
     if _is_f16(array):
         return lambda array, i: f16_decode(array[i])
-    return lambda array, i: array[i]
+    if isinstance(array, types.Array):
+        return lambda array, i: array[i]
+    return None  # another format's overload (fastopt._quantized)
 
 
 @overload(store, inline="always")

@@ -25,6 +25,7 @@ __all__ = [
     "float_of",
     "greater",
     "less",
+    "lookup",
     "mul",
     "not_less",
     "or_",
@@ -139,3 +140,23 @@ def _bits_of(value):
 @overload(float_of, inline="always")
 def _float_of(bits):
     return lambda bits: _bitcast(np.uint32(bits), np.float32)
+
+
+def lookup(table, index):  # pragma: no cover - the overload below replaces it in compiled code
+    """``table[index]`` for a 32-bit word ``index`` below 2^31: in compiled code indexed with
+    32 bits, so that a vectorized loop gathers 16 lanes at a time, not 8 (no bounds check)."""
+    return table[int(index)]
+
+
+@intrinsic
+def _lookup(typingctx, table, index):
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.load(builder.gep(array.data, [args[1]], inbounds=True))
+
+    return table.dtype(table, types.uint32), codegen
+
+
+@overload(lookup, inline="always")
+def _lookup_overload(table, index):
+    return lambda table, index: _lookup(table, np.uint32(index))

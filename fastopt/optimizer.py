@@ -25,6 +25,7 @@ from fastopt._backend import HOST, ArrayBackend, backend_of, is_device_array, lo
 from fastopt._checks import check_bool, check_grad, check_keywords, check_param, plural
 from fastopt._flatstep import FlatStep
 from fastopt._launch import launch, single_segment
+from fastopt._quantized import block_count, dequantize, quantize, quantized_state
 from fastopt._state_dict import read_state_dict
 from fastopt._storage import ROUNDING_KEY
 from fastopt.flat import FlatParams
@@ -41,17 +42,23 @@ from fastopt.gradients import (
     prestep,
 )
 from fastopt.precision import (
+    ABSMAX_SUFFIX,
     BFLOAT16,
     KAHAN_COMP,
     MASTER_PARAM,
+    QUANTIZED,
+    absmax_name,
     check_seed,
     precision_state,
+    quantizes,
     rounding_key,
     rounds_stochastically,
     state_dtype_of,
 )
 
 __all__ = ["GradsT", "Optimizer", "ParamsT", "ScheduleLike"]
+
+FLOAT32 = np.dtype(np.float32)
 
 ParamsT: TypeAlias = "np.ndarray | Iterable[np.ndarray] | Iterable[Mapping[str, Any]]"
 GradsT: TypeAlias = "np.ndarray | Sequence[np.ndarray | None]"
@@ -67,6 +74,8 @@ class StateLayout(NamedTuple):
     precision: tuple[str, ...]
     dtype: np.dtype
     stochastic: bool
+    #: The rule's arrays kept quantized (``state_dtype="int8"``), each with its scales.
+    quantized: tuple[str, ...] = ()
 
 
 def _is_scheduled(value: object) -> bool:
@@ -526,21 +535,43 @@ class Optimizer:
                 # What the rule advanced is valid: the next step need not check it again.
                 self._checked[number] = _checked_values(self._hyper_values(group))
 
-    def _layout(self, group: Mapping[str, Any], dtype: np.dtype) -> StateLayout:
-        """How a parameter of ``dtype`` in ``group`` keeps its state (see
-        :class:`StateLayout`); a launch plan holds while this stays the same."""
+    def _layout(self, group: Mapping[str, Any], dtype: np.dtype, size: int = 0) -> StateLayout:
+        """How a parameter of ``dtype`` and ``size`` elements in ``group`` keeps its state
+        (see :class:`StateLayout`); a launch plan holds while this stays the same."""
+        names = self._state_names(group)
         return StateLayout(
-            self._state_names(group),
+            names,
             precision_state(group, dtype),
             state_dtype_of(group, dtype),
             rounds_stochastically(group, dtype),
+            self._quantized_of(group, names, size),
         )
+
+    #: The rule's state arrays that ``state_dtype="int8"`` may quantize, and those that are
+    #: never negative (coded with the unsigned map), see :class:`fastopt.rule.State`.
+    _quantizable_states: ClassVar[frozenset[str]] = frozenset()
+    _nonnegative_states: ClassVar[frozenset[str]] = frozenset()
+
+    def _quantized_of(
+        self, group: Mapping[str, Any], names: tuple[str, ...], size: int
+    ) -> tuple[str, ...]:
+        """Which of ``names`` a parameter of ``size`` elements in ``group`` keeps quantized."""
+        if not quantizes(group, size):
+            return ()
+        return tuple(name for name in names if name in self._quantizable_states)
+
+    def _quantized_names(self, group: Mapping[str, Any], param: Any) -> tuple[str, ...]:
+        """The rule's state arrays of ``param`` in ``group`` kept quantized."""
+        size = int(np.prod(self._arrays.dtype_shape(param)[1]))
+        return self._quantized_of(group, self._state_names(group), size)
 
     def _param_state_names(self, group: Mapping[str, Any], param: Any) -> tuple[str, ...]:
         """The state arrays of ``param`` in ``group``: the rule's, then those of its
-        precision (a master copy or a compensation buffer, see :mod:`fastopt.precision`)."""
+        precision (a master copy or a compensation buffer, see :mod:`fastopt.precision`),
+        then the scales of its quantized arrays."""
         dtype = self._arrays.dtype_shape(param)[0]
-        return self._state_names(group) + precision_state(group, dtype)
+        scales = tuple(absmax_name(name) for name in self._quantized_names(group, param))
+        return self._state_names(group) + precision_state(group, dtype) + scales
 
     def _state_dtype(self, name: str, group: Mapping[str, Any], param: Any) -> np.dtype:
         """The dtype of state array ``name`` of ``param`` in ``group``."""
@@ -549,7 +580,19 @@ class Optimizer:
             return np.dtype(np.float32)
         if name == KAHAN_COMP:
             return dtype
+        if name in self._quantized_names(group, param):
+            return QUANTIZED
+        if name not in self._all_state_names():  # a quantized array's scales
+            return np.dtype(np.float32)
         return state_dtype_of(group, dtype)
+
+    def _state_shape(self, name: str, group: Mapping[str, Any], param: Any) -> tuple[int, ...]:
+        """The shape of state array ``name`` of ``param``: the parameter's, or one scale per
+        block of a quantized array."""
+        shape = self._arrays.dtype_shape(param)[1]
+        if name in self._all_state_names() or name in (MASTER_PARAM, KAHAN_COMP):
+            return shape
+        return (block_count(int(np.prod(shape))),)
 
     def _prepare_state(self, index: int, param: np.ndarray, group: Mapping[str, Any]) -> bool:
         state = self.state.get(index)
@@ -557,7 +600,9 @@ class Optimizer:
             state = self.state[index] = self._new_entry(group)
         names = self._param_state_names(group, param)
         arrays = self._arrays
-        # An array kept in another dtype than the group now says is converted.
+        quantized = self._quantized_names(group, param)
+        # An array kept in another dtype than the group now says is converted (an 8-bit one
+        # decoded with its scales, which go; one to quantize encoded, with new scales).
         converted = [
             name
             for name in names
@@ -565,7 +610,22 @@ class Optimizer:
             and arrays.dtype_shape(state[name])[0] != self._state_dtype(name, group, param)
         ]
         for name in converted:
-            state[name] = arrays.copy(state[name], self._state_dtype(name, group, param))
+            value = state[name]
+            if value.dtype == QUANTIZED:
+                value = dequantize(
+                    value, state.pop(absmax_name(name)), name not in self._nonnegative_states
+                )
+            self._set_state(state, name, value, group, param, quantized)
+        # Scales left without their codes (the array was decoded above) go.
+        stale = [
+            name
+            for name in state
+            if name.endswith(ABSMAX_SUFFIX)
+            and name not in names
+            and getattr(state.get(name[: -len(ABSMAX_SUFFIX)]), "dtype", None) != QUANTIZED
+        ]
+        for name in stale:
+            del state[name]
         missing = [name for name in names if name not in state]
         for name in missing:
             dtype = self._state_dtype(name, group, param)
@@ -573,18 +633,41 @@ class Optimizer:
                 state[name] = arrays.copy(param, dtype)
             elif name == KAHAN_COMP:
                 state[name] = arrays.full_like(param, 0.0, dtype)
+            elif name not in self._all_state_names():
+                continue  # a quantized array's scales: made with it
             else:
                 value = self._initial_value(name, group)
-                state[name] = (
-                    arrays.copy(param, dtype)
-                    if value is None
-                    else arrays.full_like(param, value, dtype)
-                )
-        if missing or converted:
+                if name in quantized:
+                    start = param if value is None else arrays.full_like(param, value, FLOAT32)
+                    self._set_state(state, name, start, group, param, quantized)
+                else:
+                    state[name] = (
+                        arrays.copy(param, dtype)
+                        if value is None
+                        else arrays.full_like(param, value, dtype)
+                    )
+        if missing or converted or stale:
             self._state_version += 1
-        if missing or converted or index not in self._views:
+        if missing or converted or stale or index not in self._views:
             self._refresh_views(index)
         return bool(missing)
+
+    def _set_state(
+        self,
+        state: dict[str, Any],
+        name: str,
+        value: Any,
+        group: Mapping[str, Any],
+        param: Any,
+        quantized: tuple[str, ...],
+    ) -> None:
+        """Store ``value`` as state array ``name``: encoded, with its scales, if quantized."""
+        if name in quantized:
+            host = self._arrays.to_host(value)
+            codes, scales = quantize(host, name not in self._nonnegative_states)
+            state[name], state[absmax_name(name)] = codes, scales
+        else:
+            state[name] = self._arrays.copy(value, self._state_dtype(name, group, param))
 
     def _forget_views(self, index: int) -> None:
         """Drop the flat views and launch plan of parameter ``index`` (its state arrays were
@@ -797,7 +880,7 @@ class Optimizer:
         while the group's options need the same state arrays (the per-step cost of a small
         array is mostly this bookkeeping). Also tells whether state arrays were just made."""
         dtype, shape = self._arrays.dtype_shape(param)
-        names = self._layout(group, dtype)
+        names = self._layout(group, dtype, int(np.prod(shape)))
         cached = self._plans.get(index)
         if cached is not None and cached[0] == names:
             return False, cached[1]
@@ -807,7 +890,7 @@ class Optimizer:
             np.empty((1, self._hyper_width)),
             single_segment(views["param"].size),
             views["param"],
-            self._kernel_state(group, views),
+            self._quantized_views(self._kernel_state(group, views), names.quantized, views),
             (shape,),
             (views.get(MASTER_PARAM), views.get(KAHAN_COMP), True if names.stochastic else None),
         )
@@ -816,6 +899,21 @@ class Optimizer:
 
     #: Length of the rule's kernel hyperparameter row.
     _hyper_width: ClassVar[int] = 0
+
+    def _quantized_views(
+        self, arrays: tuple[Any, ...], quantized: tuple[str, ...], views: Mapping[str, Any]
+    ) -> tuple[Any, ...]:
+        """The kernel's state arguments with each quantized array as its codes and scales
+        (see :mod:`fastopt._quantized`)."""
+        if not quantized:
+            return arrays
+        by_id = {id(views[name]): name for name in quantized}
+        return tuple(
+            quantized_state(array, views[absmax_name(name)], name not in self._nonnegative_states)
+            if (name := by_id.get(id(array))) is not None
+            else array
+            for array in arrays
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, *, dequantize: bool = False) -> dict[str, Any]:

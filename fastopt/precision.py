@@ -6,9 +6,17 @@ dtype or float32. The kernels decode 16-bit values to float32 in registers, comp
 rule's update in float32 and round what they write back, in the same pass (see
 :mod:`fastopt._storage` and :mod:`fastopt._codecs`). Per optimizer, and per parameter group:
 
-``state_dtype`` : None, "float32" or "bfloat16"
+``state_dtype`` : None, "float32", "bfloat16" or "int8"
     The state arrays' storage. None: the parameters' dtype for float32 and float64
     parameters, float32 for 16-bit ones. ``"bfloat16"`` halves the state's memory and traffic.
+    ``"int8"``: block-wise dynamic 8-bit quantization as bitsandbytes does it (one ``uint8``
+    code per element and one float32 scale per 256-element block, the signed dynamic map for
+    state that takes both signs and the unsigned one for non-negative state; see
+    :mod:`fastopt._quantized`): each state array of a parameter with at least 4,096 elements
+    becomes the codes (under its own name) and the scales (``"<name>_absmax"``), decoded,
+    updated and re-encoded in the step's one pass. Smaller parameters, and the state a rule
+    declares unfit for quantization (a copy of the parameters, as Schedule-Free's ``z``),
+    keep the state ``None`` gives. Host arrays only.
 ``master_weights`` : bool
     Keep a float32 copy of each 16-bit parameter (state ``"master_param"``): the step updates
     the copy and writes the rounded parameter in the same pass, so updates smaller than the
@@ -44,16 +52,21 @@ import numpy as np
 from fastopt._checks import LOW_PRECISION_DTYPES, check_bool
 
 __all__ = [
+    "ABSMAX_SUFFIX",
     "BFLOAT16",
     "KAHAN_COMP",
     "LOW_PRECISION_DTYPES",
     "MASTER_PARAM",
+    "MIN_QUANTIZED_SIZE",
     "PRECISION_DEFAULTS",
+    "QUANTIZED",
     "STATE_DTYPES",
+    "absmax_name",
     "check_precision",
     "check_seed",
     "is_low_precision",
     "precision_state",
+    "quantizes",
     "rounding_key",
     "rounds_stochastically",
     "state_dtype_of",
@@ -62,7 +75,13 @@ __all__ = [
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 #: The values ``state_dtype`` takes.
-STATE_DTYPES = (None, "float32", "bfloat16")
+STATE_DTYPES = (None, "float32", "bfloat16", "int8")
+
+#: The dtype of a quantized state array's codes.
+QUANTIZED = np.dtype(np.uint8)
+
+#: Parameters with fewer elements keep unquantized state under ``state_dtype="int8"``.
+MIN_QUANTIZED_SIZE = 4096
 
 #: The precision options of every optimizer, with their defaults (parameter-group keys).
 PRECISION_DEFAULTS: Mapping[str, Any] = {
@@ -110,11 +129,26 @@ def check_seed(seed: object) -> int:
 
 
 def state_dtype_of(group: Mapping[str, Any], param_dtype: np.dtype) -> np.dtype:
-    """The dtype a parameter of ``param_dtype`` in ``group`` keeps its state arrays in."""
+    """The dtype a parameter of ``param_dtype`` in ``group`` keeps its unquantized state
+    arrays in (under ``"int8"``: those it does not quantize)."""
     option = group["state_dtype"]
-    if option is None:
+    if option is None or option == "int8":
         return np.dtype(np.float32) if is_low_precision(param_dtype) else np.dtype(param_dtype)
     return BFLOAT16 if option == "bfloat16" else np.dtype(option)
+
+
+def quantizes(group: Mapping[str, Any], size: int) -> bool:
+    """Whether a parameter of ``size`` elements in ``group`` keeps quantized state."""
+    return group["state_dtype"] == "int8" and size >= MIN_QUANTIZED_SIZE
+
+
+#: The end of the state entry of a quantized array's per-block scales.
+ABSMAX_SUFFIX = "_absmax"
+
+
+def absmax_name(name: str) -> str:
+    """The state entry of quantized state array ``name``'s per-block scales."""
+    return name + ABSMAX_SUFFIX
 
 
 def precision_state(group: Mapping[str, Any], param_dtype: np.dtype) -> tuple[str, ...]:

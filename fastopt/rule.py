@@ -147,12 +147,20 @@ class State:
         ``initial(group)``: the value a new array starts from.
     from_param : bool
         Whether a new array starts as a copy of its parameter instead (Schedule-Free's ``z``).
+    nonnegative : bool
+        Whether its values are never negative (a second moment): 8-bit state codes it with
+        the unsigned dynamic map, which spends every code on ``[0, 1]``.
+    quantizable : bool
+        Whether ``state_dtype="int8"`` may quantize it; False for state that holds parameter
+        values (Schedule-Free's ``z``, ASGD's average), which 8 bits cannot carry.
     """
 
     name: str
     present: Callable[[Mapping[str, Any]], bool] = _always
     initial: Callable[[Mapping[str, Any]], float] = _zero
     from_param: bool = False
+    nonnegative: bool = False
+    quantizable: bool = True
 
     @property
     def optional(self) -> bool:

@@ -42,7 +42,7 @@ RULE = Rule(
         real("weight_decay", 0.0),
         flag("maximize", keyword_only=True),
     ),
-    state=(State("square_avg"), State("acc_delta")),
+    state=(State("square_avg", nonnegative=True), State("acc_delta", nonnegative=True)),
     counts_steps=False,
     doc=r"""Adadelta: an adaptive step from running averages of squared gradients and
     squared updates, updating NumPy arrays in place, one fused pass.

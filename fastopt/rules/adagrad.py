@@ -42,7 +42,9 @@ RULE = Rule(
         real("eps", 1e-10),
         flag("maximize", keyword_only=True),
     ),
-    state=(State("sum", initial=lambda group: group["initial_accumulator_value"]),),
+    state=(
+        State("sum", initial=lambda group: group["initial_accumulator_value"], nonnegative=True),
+    ),
     doc=r"""AdaGrad, updating NumPy arrays in place with one fused pass per array.
 
     Same names, defaults and formulas as ``torch.optim.Adagrad`` (eps outside the square

@@ -72,8 +72,8 @@ RULE = Rule(
     ),
     state=(
         State("exp_avg"),
-        State("exp_avg_sq"),
-        State("max_exp_avg_sq", present=lambda group: group["amsgrad"]),
+        State("exp_avg_sq", nonnegative=True),
+        State("max_exp_avg_sq", present=lambda group: group["amsgrad"], nonnegative=True),
     ),
     doc=r"""Adam, updating NumPy arrays in place with one fused pass per array.
 

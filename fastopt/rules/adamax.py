@@ -44,7 +44,7 @@ RULE = Rule(
         real("weight_decay", 0.0),
         flag("maximize", keyword_only=True),
     ),
-    state=(State("exp_avg"), State("exp_inf")),
+    state=(State("exp_avg"), State("exp_inf", nonnegative=True)),
     doc=r"""Adamax: Adam with the infinity norm, updating NumPy arrays in place, one fused pass.
 
     Same names, defaults and formulas as ``torch.optim.Adamax``:

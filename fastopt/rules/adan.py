@@ -86,7 +86,12 @@ RULE = Rule(
         real("eps", 1e-8),
         flag("maximize", keyword_only=True),
     ),
-    state=(State("exp_avg"), State("exp_avg_sq"), State("exp_avg_diff"), State("previous_grad")),
+    state=(
+        State("exp_avg"),
+        State("exp_avg_sq", nonnegative=True),
+        State("exp_avg_diff"),
+        State("previous_grad"),
+    ),
     doc=r"""Adan: adaptive Nesterov momentum, updating NumPy arrays in place, one fused pass.
 
     Same names, defaults and formulas as ``pytorch_optimizer.Adan`` (the reference package;

@@ -112,7 +112,7 @@ RULE = Rule(
         real("eps", 1e-8),
         flag("maximize", keyword_only=True),
     ),
-    state=(State("exp_avg"), State("exp_avg_sq"), State("exp_avg_slow")),
+    state=(State("exp_avg"), State("exp_avg_sq", nonnegative=True), State("exp_avg_slow")),
     check=_check_warmup_betas,
     doc=r"""AdEMAMix: Adam with a second, slow momentum, updating NumPy arrays in place, one pass.
 

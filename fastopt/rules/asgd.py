@@ -52,7 +52,7 @@ RULE = Rule(
         real("weight_decay", 0.0),
         flag("maximize"),
     ),
-    state=(State("ax"),),
+    state=(State("ax", quantizable=False),),
     scalars=(
         Scalar("eta", lambda group: group["lr"], _next_eta, read_before=True, recomputed=True),
         Scalar("mu", 1.0, _next_mu, read_before=True, recomputed=True),

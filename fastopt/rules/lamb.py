@@ -113,7 +113,7 @@ RULE = Rule(
         Hyperparameter("eps", 1e-6, real("eps", 0.0).check),
         flag("maximize", keyword_only=True),
     ),
-    state=(State("exp_avg"), State("exp_avg_sq")),
+    state=(State("exp_avg"), State("exp_avg_sq", nonnegative=True)),
     doc=r"""LAMB: Adam's direction scaled per tensor by a trust ratio, in place, fused.
 
     Same names, defaults and formulas as ``pytorch_optimizer.Lamb`` (the reference package;

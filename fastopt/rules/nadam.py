@@ -81,7 +81,7 @@ RULE = Rule(
         flag("decoupled_weight_decay"),
         flag("maximize", keyword_only=True),
     ),
-    state=(State("exp_avg"), State("exp_avg_sq")),
+    state=(State("exp_avg"), State("exp_avg_sq", nonnegative=True)),
     scalars=(Scalar("mu_product", 1.0, _advance_mu_product),),
     doc=r"""NAdam: Adam with Nesterov momentum, updating NumPy arrays in place, one fused pass.
 

@@ -80,7 +80,7 @@ RULE = Rule(
         flag("decoupled_weight_decay"),
         flag("maximize", keyword_only=True),
     ),
-    state=(State("exp_avg"), State("exp_avg_sq")),
+    state=(State("exp_avg"), State("exp_avg_sq", nonnegative=True)),
     doc=r"""RAdam: Adam whose adaptive step is rectified (or left out) while the variance
     estimate is unreliable, updating NumPy arrays in place, one fused pass.
 

@@ -53,7 +53,7 @@ RULE = Rule(
         flag("maximize"),
     ),
     state=(
-        State("square_avg"),
+        State("square_avg", nonnegative=True),
         State("momentum_buffer", present=lambda group: group["momentum"] > 0),
         State("grad_avg", present=lambda group: group["centered"]),
     ),

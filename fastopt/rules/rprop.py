@@ -74,7 +74,7 @@ RULE = Rule(
         ),
         flag("maximize", keyword_only=True),
     ),
-    state=(State("prev"), State("step_size", initial=lambda group: group["lr"])),
+    state=(State("prev"), State("step_size", initial=lambda group: group["lr"], nonnegative=True)),
     counts_steps=False,
     doc=r"""Rprop: a step size per element, grown while the gradient keeps its sign and shrunk
     when it flips, updating NumPy arrays in place, one fused pass.

@@ -86,7 +86,7 @@ RULE = Rule(
         R,
         WEIGHT_LR_POWER,
     ),
-    state=(State("z", from_param=True), State("exp_avg_sq")),
+    state=(State("z", from_param=True, quantizable=False), State("exp_avg_sq", nonnegative=True)),
     check=_check,
     group_state=GROUP_STATE,
     advance_group=advance_group,

@@ -64,7 +64,7 @@ RULE = Rule(
         R,
         WEIGHT_LR_POWER,
     ),
-    state=(State("z", from_param=True),),
+    state=(State("z", from_param=True, quantizable=False),),
     group_state=GROUP_STATE,
     advance_group=advance_group,
     ready=require_training,
