@@ -22,15 +22,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastopt._launch import launch
+from fastopt._quantized import block_table
 from fastopt._storage import ROUNDING_KEY, kernel_view
 from fastopt.flat import FlatParams
 from fastopt.gradients import FlatGradients
-from fastopt.precision import KAHAN_COMP, MASTER_PARAM, rounding_key
+from fastopt.precision import (
+    ABSMAX_SUFFIX,
+    KAHAN_COMP,
+    MASTER_PARAM,
+    QUANTIZED,
+    absmax_name,
+    rounding_key,
+)
 
 if TYPE_CHECKING:
     from fastopt.optimizer import Optimizer, StateLayout
 
 __all__ = ["FlatStep"]
+
+FLOAT32 = np.dtype(np.float32)
 
 # Launch plans kept per optimizer (one per pattern of active parameters and state layouts).
 _MAX_PLANS = 8
@@ -109,6 +119,13 @@ class FlatStep:
         self.group_layouts: list[StateLayout | None] = [None] * len(optimizer.param_groups)
         # Per group, its layout and the state buffers it names (see _state_arrays).
         self.group_arrays: dict[int, tuple[StateLayout, dict[str, np.ndarray]]] = {}
+        # 8-bit state: each parameter's quantized arrays (its group's layout and its size
+        # decide), and each kernel segment's first block in the scale buffers.
+        self.quantized_of_param: list[tuple[str, ...]] = [()] * count
+        self.quantized_version = 0
+        self.blocks = block_table(flat._launch_bounds)
+        self.launch_of_array = np.zeros(len(flat), dtype=np.int64)
+        self.launch_of_array[kinds[kinds >= 0]] = np.flatnonzero(kinds >= 0)
         self.synced_version: int | None = None
         self.synced_step_count: int | None = None
         self.plans: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
@@ -119,23 +136,43 @@ class FlatStep:
         key = (name, dtype)
         views = self.views.get(key)
         if views is None:
-            self.buffers[key] = self.flat.new_buffer(dtype)
-            views = self.views[key] = self.flat.split(self.buffers[key])
+            if name.endswith(ABSMAX_SUFFIX):  # a quantized array's scales, by blocks
+                buffer = self.buffers[key] = np.zeros(int(self.blocks[-1]), dtype=dtype)
+                starts = self.blocks[self.launch_of_array]
+                ends = self.blocks[self.launch_of_array + 1]
+                views = tuple(buffer[a:b] for a, b in zip(starts.tolist(), ends.tolist()))
+            else:
+                buffer = self.buffers[key] = self.flat.new_buffer(dtype)
+                views = tuple(
+                    buffer[offset : offset + length].reshape(shape)
+                    for (offset, length), shape in zip(
+                        self.flat.segments.tolist(), self.flat.shapes, strict=True
+                    )
+                )
+            self.views[key] = views
         return views
 
-    def _state_arrays(self, number: int) -> dict[str, np.ndarray]:
-        """Group ``number``'s state buffers by name (in the dtypes of its layout); made once
-        per layout, as every step's launch plan looks them up."""
+    def _state_arrays(self, number: int, quantized: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Group ``number``'s state buffers by name (in the dtypes of its layout, with
+        ``quantized`` arrays as codes and their scales); made once per layout, as every
+        step's launch plan looks them up."""
         layout = self.group_layouts[number]
         assert layout is not None
-        cached = self.group_arrays.get(number)
+        cached = self.group_arrays.get((number, quantized))
         if cached is not None and cached[0] == layout:
             return cached[1]
         optimizer, group = self.optimizer, self.optimizer.param_groups[number]
-        names = layout.names + layout.precision
-        dtypes = [optimizer._state_dtype(name, group, self.flat.params[0]) for name in names]
-        arrays = {name: self.buffers[(name, dtype)] for name, dtype in zip(names, dtypes)}
-        self.group_arrays[number] = (layout, arrays)
+        arrays = {}
+        for name in layout.names + layout.precision:
+            if name in quantized:
+                arrays[name] = self.buffers[(name, QUANTIZED)]
+                arrays[absmax_name(name)] = self.buffers[(absmax_name(name), FLOAT32)]
+            elif name in layout.precision:
+                dtype = optimizer._state_dtype(name, group, self.flat.params[0])
+                arrays[name] = self.buffers[(name, dtype)]
+            else:
+                arrays[name] = self.buffers[(name, layout.dtype)]
+        self.group_arrays[(number, quantized)] = (layout, arrays)
         return arrays
 
     def adopt(self) -> None:
@@ -170,11 +207,19 @@ class FlatStep:
         ):
             self.adopt()
         groups = optimizer.param_groups
+        lengths = self.flat.segments[self.segment_of_param, 1]
         for number, group in enumerate(groups):
             layout = optimizer._layout(group, self.flat.dtype)
             if layout != self.group_layouts[number]:
                 self.group_layouts[number] = layout
-                self.complete[self.group_of_param == number] = False
+                members = np.flatnonzero(self.group_of_param == number)
+                self.complete[members] = False
+                for index in members.tolist():
+                    size = int(lengths[index])
+                    self.quantized_of_param[index] = optimizer._quantized_of(
+                        group, layout.names, size
+                    )
+                self.quantized_version += 1
         todo = params[~self.complete[params]]
         if not todo.size:
             return None
@@ -182,29 +227,49 @@ class FlatStep:
         for index in todo.tolist():
             number = self.group_of_param[index]
             group = groups[number]
-            entry = optimizer.state.setdefault(index, optimizer._new_entry(group))
             layout = self.group_layouts[number]
             assert layout is not None
             param = optimizer._params[index]
-            missing = False
-            for name in layout.names + layout.precision:
-                dtype = optimizer._state_dtype(name, group, param)
-                view = self._views_of(name, dtype)[self.segment_of_param[index]]
-                if name in entry:  # kept in another dtype before: converted
-                    if entry[name] is not view:
-                        view[...] = entry[name]
-                elif name == MASTER_PARAM:
-                    view[...] = param
-                elif name != KAHAN_COMP:  # (the compensation starts at zero)
-                    value = optimizer._initial_value(name, group)
-                    view[...] = param if value is None else value
-                    missing = True
-                entry[name] = view
-            created[index] = missing
+            segment = self.segment_of_param[index]
+            if group["state_dtype"] == "int8":
+                # Made (or converted) as arrays of their own, then moved into the buffers.
+                created[index] = optimizer._prepare_state(index, param, group)
+                entry = optimizer.state[index]
+                for name, value in entry.items():
+                    if isinstance(value, np.ndarray):
+                        view = self._views_of(name, value.dtype)[segment]
+                        view[...] = value
+                        entry[name] = view
+                self.synced_version = optimizer._state_version
+            else:
+                entry = optimizer.state.setdefault(index, optimizer._new_entry(group))
+                created[index] = self._make_state(index, entry, layout, group, param)
             self.entries[index] = entry
             optimizer._forget_views(index)
             self.complete[index] = True
         return created if created.any() else None
+
+    def _make_state(
+        self, index: int, entry: dict[str, Any], layout: StateLayout, group: Any, param: Any
+    ) -> bool:
+        """Make parameter ``index``'s missing state in the flat buffers (and move arrays kept
+        in another dtype there, converted); whether something was made."""
+        optimizer = self.optimizer
+        missing = False
+        for name in layout.names + layout.precision:
+            dtype = optimizer._state_dtype(name, group, param)
+            view = self._views_of(name, dtype)[self.segment_of_param[index]]
+            if name in entry:  # kept in another dtype before: converted
+                if entry[name] is not view:
+                    view[...] = entry[name]
+            elif name == MASTER_PARAM:
+                view[...] = param
+            elif name != KAHAN_COMP:  # (the compensation starts at zero)
+                value = optimizer._initial_value(name, group)
+                view[...] = param if value is None else value
+                missing = True
+            entry[name] = view
+        return missing
 
     # ------------------------------------------------------------------ step
     def gradients(self, active: np.ndarray | None) -> FlatGradients:
@@ -344,16 +409,26 @@ class FlatStep:
             if active is None
             else np.unique(self.group_of_param[params]).tolist()
         )
-        layouts: dict[int, StateLayout] = {}
-        for number in numbers:
+        # A group under state_dtype="int8" may quantize some of its parameters only.
+        kinds = {(number, ()) for number in numbers if groups[number]["state_dtype"] != "int8"}
+        if len(kinds) < len(numbers):
+            quantized = self.quantized_of_param
+            kinds |= {
+                (int(self.group_of_param[i]), quantized[i])
+                for i in params.tolist()
+                if groups[int(self.group_of_param[i])]["state_dtype"] == "int8"
+            }
+        layouts: dict[tuple[int, tuple[str, ...]], tuple[Any, ...]] = {}
+        for number, names in sorted(kinds):
             layout = self.group_layouts[number]
             assert layout is not None
-            state = optimizer._kernel_state(groups[number], self._state_arrays(number))
-            layouts[number] = (tuple(array is None for array in state), layout)
+            state = optimizer._kernel_state(groups[number], self._state_arrays(number, names))
+            layouts[(number, names)] = (tuple(array is None for array in state), layout, names)
         key = (
             None if active is None else active.tobytes(),
             tuple(layouts.items()),
             tuple(self.buffers),
+            self.quantized_version,
         )
         plan = self.plans.get(key)
         if plan is None:
@@ -363,36 +438,39 @@ class FlatStep:
         return plan
 
     def _build_plan(
-        self, active: np.ndarray | None, layouts: dict[int, tuple[Any, ...]]
+        self, active: np.ndarray | None, layouts: dict[tuple[int, tuple[str, ...]], Any]
     ) -> list[tuple[Any, ...]]:
         runs = []
-        start, run_group = None, -1
+        start, run_kind = None, None
         for position, param in enumerate(self.launch_param.tolist()):
             if self.is_padding[position]:
                 continue  # joins the open run, if any, under its neutral row
             if param >= 0 and (active is None or active[param]):
-                group = int(self.group_of_param[param])
-                if start is not None and layouts[group] == layouts[run_group]:
+                kind = (int(self.group_of_param[param]), self.quantized_of_param[param])
+                if start is not None and layouts[kind] == layouts[run_kind]:
                     continue
                 if start is not None:
-                    runs.append((start, position, run_group))
-                start, run_group = position, group
+                    runs.append((start, position, run_kind))
+                start, run_kind = position, kind
             elif start is not None:
-                runs.append((start, position, run_group))
+                runs.append((start, position, run_kind))
                 start = None
         if start is not None:
-            runs.append((start, self.launch_param.size, run_group))
+            runs.append((start, self.launch_param.size, run_kind))
 
         bounds = self.flat._launch_bounds
         groups = self.optimizer.param_groups
         plan = []
-        for first, end, group in runs:
+        for first, end, (group, quantized) in runs:
             lo, hi = int(bounds[first]), int(bounds[end])
+            scales = slice(int(self.blocks[first]), int(self.blocks[end]))
             buffers = {
-                name: kernel_view(buffer[lo:hi])
-                for name, buffer in self._state_arrays(group).items()
+                name: buffer[scales] if name.endswith(ABSMAX_SUFFIX) else kernel_view(buffer[lo:hi])
+                for name, buffer in self._state_arrays(group, quantized).items()
             }
-            state = self.optimizer._kernel_state(groups[group], buffers)
+            state = self.optimizer._quantized_views(
+                self.optimizer._kernel_state(groups[group], buffers), quantized, buffers
+            )
             arrays = (
                 bounds[first : end + 1] - lo,
                 self.hyper[first:end],
@@ -403,7 +481,7 @@ class FlatStep:
             precision = {
                 "master": buffers.get(MASTER_PARAM),
                 "comp": buffers.get(KAHAN_COMP),
-                "stochastic": True if layouts[group][1].stochastic else None,
+                "stochastic": True if layouts[(group, quantized)][1].stochastic else None,
             }
             plan.append((arrays, self.shapes[first:end], precision))
         return plan
