@@ -17,7 +17,17 @@ import numpy as np
 
 from fastopt._backend import HOST, backend_of
 from fastopt._checks import plural
-from fastopt.precision import BFLOAT16, KAHAN_COMP, MASTER_PARAM, check_seed
+from fastopt._quantized import quantize
+from fastopt.precision import (
+    ABSMAX_SUFFIX,
+    BFLOAT16,
+    KAHAN_COMP,
+    MASTER_PARAM,
+    MIN_QUANTIZED_SIZE,
+    QUANTIZED,
+    absmax_name,
+    check_seed,
+)
 
 if TYPE_CHECKING:
     from fastopt.optimizer import Optimizer
@@ -108,9 +118,12 @@ def checked_entry(
     """Parameter ``index``'s state entry from a checkpoint: its step, host scalars and arrays
     (in the optimizer's backend), with what a new entry has where the checkpoint has none."""
     param = optimizer._params[index]
-    allowed = optimizer._all_state_names() | {MASTER_PARAM, KAHAN_COMP}
+    names = optimizer._all_state_names()
+    allowed = names | {MASTER_PARAM, KAHAN_COMP} | {absmax_name(name) for name in names}
+    quantized = optimizer._quantized_names(group, param)
     arrays = optimizer._arrays
     checked: dict[str, Any] = {}
+    encoded: dict[str, Any] = {}  # the scales of arrays that came dequantized
     for name, value in entry.items():
         where = f"state_dict state[{index}][{name!r}]"
         if name == "step":
@@ -131,7 +144,7 @@ def checked_entry(
             raise ValueError(f"{where} must be an ndarray, got {type(value).__name__}")
         if value_backend is not HOST:
             value = value_backend.to_host(value)
-        shape = arrays.dtype_shape(param)[1]
+        shape = optimizer._state_shape(name, group, param)
         dtype = optimizer._state_dtype(name, group, param)
         if name in (MASTER_PARAM, KAHAN_COMP) and name not in optimizer._param_state_names(
             group, param
@@ -140,14 +153,30 @@ def checked_entry(
                 f"{where} is not kept with these options (a 16-bit parameter's "
                 f"{'master_weights' if name == MASTER_PARAM else 'kahan_sum'})"
             )
-        # bfloat16 state may come dequantized, as float32 (state_dict(dequantize=True)).
-        accepted = {dtype, np.dtype(np.float32)} if dtype == BFLOAT16 else {dtype}
+        if name.endswith(ABSMAX_SUFFIX) and name[: -len(ABSMAX_SUFFIX)] not in quantized:
+            raise ValueError(
+                f"{where} is kept for quantized state only (state_dtype='int8', parameters "
+                f"of {MIN_QUANTIZED_SIZE} elements or more)"
+            )
+        # bfloat16 and 8-bit state may come dequantized, as float32 (state_dict(dequantize=True)).
+        accepted = {dtype, np.dtype(np.float32)} if dtype in (BFLOAT16, QUANTIZED) else {dtype}
         if value.dtype not in accepted or value.shape != shape:
             raise ValueError(
                 f"{where} must have dtype {dtype} and shape {shape}, "
                 f"got {value.dtype} {value.shape}"
             )
+        if dtype == QUANTIZED and value.dtype != QUANTIZED:
+            codes, scales = quantize(value, name not in optimizer._nonnegative_states)
+            checked[name] = arrays.from_host(codes, like=param)
+            encoded[absmax_name(name)] = scales
+            continue
         checked[name] = arrays.from_host(value.astype(dtype, copy=False), like=param)
+    checked.update(encoded)  # over any scales that came with dequantized values
+    for name in quantized:  # codes come with their scales
+        scales = absmax_name(name)
+        if (name in checked) != (scales in checked):
+            present, absent = (name, scales) if name in checked else (scales, name)
+            raise ValueError(f"state_dict state[{index}] has {present!r} but not {absent!r}")
     # A master copy or compensation buffer the checkpoint lacks is made by the next step.
     missing = (set(optimizer._state_names(group)) | set(optimizer._scalar_names)) - set(checked)
     if missing and checked.get("step", 0) > 0:

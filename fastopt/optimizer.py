@@ -923,8 +923,9 @@ class Optimizer:
         with ``"params"`` as positions) plus ``"step_count"``, the random ``"seed"`` and the
         state of attached objects (``"attached"``). Schedules are not stored: rebuild the
         optimizer with the same schedules and the restored ``step_count`` continues them
-        exactly. ``dequantize=True`` gives the rule's bfloat16 state arrays as float32, and
-        their groups' ``state_dtype`` as None: what a float32 optimizer loads
+        exactly. ``dequantize=True`` gives the rule's bfloat16 and 8-bit state arrays as
+        float32 (without the 8-bit arrays' ``"<name>_absmax"`` scales), and their groups'
+        ``state_dtype`` as None: what a float32 optimizer loads
         (:meth:`load_state_dict` takes either form, in the dtype its groups then say).
         """
         check_bool("dequantize", dequantize)
@@ -941,16 +942,10 @@ class Optimizer:
         }
         if dequantize:  # and the groups say so
             for saved in groups:
-                if saved["state_dtype"] == "bfloat16":
+                if saved["state_dtype"] in ("bfloat16", "int8"):
                     saved["state_dtype"] = None
             for entry in state.values():
-                entry.update(
-                    (name, value.astype(np.float32))
-                    for name, value in entry.items()
-                    if name not in (MASTER_PARAM, KAHAN_COMP)
-                    and isinstance(value, np.ndarray)
-                    and value.dtype == BFLOAT16
-                )
+                self._dequantize_entry(entry)
         attached = {name: obj.state_dict() for name, obj in self._attached.items()}
         return {
             "state": state,
@@ -959,6 +954,18 @@ class Optimizer:
             "seed": self.seed,
             "attached": attached,
         }
+
+    def _dequantize_entry(self, entry: dict[str, Any]) -> None:
+        """A host state entry's bfloat16 and 8-bit arrays (their scales dropped) as float32,
+        in place."""
+        for name, value in list(entry.items()):
+            if name in (MASTER_PARAM, KAHAN_COMP) or not isinstance(value, np.ndarray):
+                continue
+            if value.dtype == BFLOAT16:
+                entry[name] = value.astype(np.float32)
+            elif value.dtype == QUANTIZED:
+                signed = name not in self._nonnegative_states
+                entry[name] = dequantize(value, entry.pop(absmax_name(name)), signed)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a checkpoint made by :meth:`state_dict` (validated whole before any change).

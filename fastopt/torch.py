@@ -89,6 +89,8 @@ from torch.autograd import Variable
 from torch.optim.optimizer import ParamsT
 
 import fastopt
+from fastopt._checks import check_bool
+from fastopt._quantized import dequantize as dequantize_codes
 from fastopt._words import plural
 from fastopt.flat import FlatParams
 from fastopt.gradients import (
@@ -96,7 +98,15 @@ from fastopt.gradients import (
     StepStats,
     check_gradient_options,
 )
-from fastopt.precision import BFLOAT16, KAHAN_COMP, MASTER_PARAM, PRECISION_DEFAULTS, check_seed
+from fastopt.precision import (
+    ABSMAX_SUFFIX,
+    BFLOAT16,
+    KAHAN_COMP,
+    MASTER_PARAM,
+    PRECISION_DEFAULTS,
+    absmax_name,
+    check_seed,
+)
 
 __all__ = [
     "ASGD",
@@ -472,7 +482,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
         """The state keys fastopt keeps: the step, the rule's arrays and host scalars, the
         master copies and compensation buffers."""
         inner = self._inner
-        return inner._all_state_names() | {"step", *inner._scalar_names, MASTER_PARAM, KAHAN_COMP}
+        names = inner._all_state_names()
+        scales = {absmax_name(name) for name in names}
+        return names | scales | {"step", *inner._scalar_names, MASTER_PARAM, KAHAN_COMP}
 
     # ------------------------------------------------------------------ step
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -662,11 +674,32 @@ class _FlatOptimizer(torch.optim.Optimizer):
             self._inner._flat_plan().adopt()
             self._expose_state()
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, dequantize: bool = False) -> dict[str, Any]:
         """torch's ``state_dict()``, with the seed of stochastic rounding (``"seed"``, which
-        ``torch.optim``'s ``load_state_dict`` ignores)."""
+        ``torch.optim``'s ``load_state_dict`` ignores).
+
+        ``dequantize=True`` gives 8-bit state (``state_dtype="int8"``) as float32 tensors,
+        without their ``"<name>_absmax"`` scales, and those groups' ``state_dtype`` as None:
+        what ``torch.optim`` (and a float32 optimizer) loads. bfloat16 state needs no such
+        step: torch casts state to the parameters' dtype as it loads.
+        """
+        check_bool("dequantize", dequantize)
         state_dict = super().state_dict()
         state_dict["seed"] = self._inner.seed
+        if dequantize:
+            for group in state_dict["param_groups"]:
+                if group.get("state_dtype") == "int8":
+                    group["state_dtype"] = None
+            nonnegative = self._inner._nonnegative_states
+            for entry in state_dict["state"].values():
+                for name, value in list(entry.items()):
+                    scales = entry.get(absmax_name(name))
+                    if isinstance(value, torch.Tensor) and value.dtype == torch.uint8:
+                        values = dequantize_codes(
+                            value.numpy(), scales.numpy(), name not in nonnegative
+                        )
+                        entry[name] = torch.from_numpy(values)
+                        del entry[absmax_name(name)]
         return state_dict
 
     def _to_fastopt(self, saved_state: Any, saved_groups: list[Any], seed: Any) -> dict[str, Any]:
@@ -699,6 +732,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     continue  # kept in self.state, as torch keeps it
                 if name in scalars:
                     converted[name] = _plain(value, name)
+                elif isinstance(value, torch.Tensor) and (
+                    value.dtype == torch.uint8 or name.endswith(ABSMAX_SUFFIX)
+                ):  # 8-bit state: codes and their scales, as they are
+                    converted[name] = _array_of(value.detach().to(device="cpu"))
                 elif isinstance(value, torch.Tensor):
                     # torch keeps a 16-bit parameter's state in its dtype: here float32 (exact),
                     # then the group's state dtype; a master copy stays float32.
