@@ -163,15 +163,16 @@ def shard_layout(sizes: Sequence[int], world: int, *, whole: bool) -> ShardLayou
 
 def slice_entry(entry: Mapping[str, Any], piece: Piece, shape: tuple[int, ...] | None) -> dict:
     """A parameter's checked state entry cut to ``piece``: its arrays' elements there
-    (copies, 1-D, or of ``shape`` when given: a whole parameter), its scalars (numbers: every
-    array of a checked entry is a state array) as they are."""
+    (copies, 1-D; whole copies when ``shape`` is given: the piece is the whole parameter), its
+    scalars (numbers: every array of a checked entry is a state array) as they are."""
     cut: dict[str, Any] = {}
     for name, value in entry.items():
-        if isinstance(value, np.ndarray):
-            part = value.reshape(-1)[piece.start : piece.stop].copy()
-            cut[name] = part if shape is None else part.reshape(shape)
-        else:
+        if not isinstance(value, np.ndarray):
             cut[name] = value
+        elif shape is not None:  # the whole parameter (8-bit state's scales included)
+            cut[name] = value.copy()
+        else:
+            cut[name] = value.reshape(-1)[piece.start : piece.stop].copy()
     return cut
 
 
@@ -215,7 +216,9 @@ def assemble(
             raise ValueError(f"the shards disagree on the state of parameter {param}")
         whole: dict[str, Any] = {}
         for name, value in entries[0].items():
-            if isinstance(value, np.ndarray):  # pieces of a state array (a 0-d one: 1-D)
+            if isinstance(value, np.ndarray) and len(entries) == 1 and value.size != size:
+                whole[name] = value  # an 8-bit array's scales, from a whole parameter
+            elif isinstance(value, np.ndarray):  # pieces of a state array (a 0-d one: 1-D)
                 joined = np.concatenate([entry[name].reshape(-1) for entry in entries])
                 whole[name] = joined.reshape(shape)
             else:

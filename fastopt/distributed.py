@@ -105,11 +105,12 @@ _COLLECTIVES = (
 )
 
 
-def _needs_whole_tensors(optimizer_class: type[Optimizer]) -> bool:
-    """Whether a rule reads whole tensors in its update (norms, matrix steps): its shards
-    then hold whole parameters. Rules not declared with :class:`fastopt.rule.Rule` too."""
+def _needs_whole_tensors(optimizer_class: type[Optimizer], quantized: bool = False) -> bool:
+    """Whether a rule reads whole tensors in its update (norms, matrix steps), or its state
+    is quantized in blocks of each whole parameter (``state_dtype="int8"``): its shards then
+    hold whole parameters. Rules not declared with :class:`fastopt.rule.Rule` too."""
     rule = getattr(optimizer_class, "_rule", None)
-    return rule is None or rule.norms is not None or rule.matrix is not None
+    return quantized or rule is None or rule.norms is not None or rule.matrix is not None
 
 
 def _described(error: BaseException | None) -> tuple[str, str] | None:
@@ -252,7 +253,7 @@ class ZeroRedundancyOptimizer:
         self.last_step: StepStats | None = None
         failure, signature = None, None
         try:
-            self._build(params, optimizer_class, nonfinite, max_norm, norm_type)
+            self._build(params, optimizer_class, nonfinite, max_norm, norm_type, defaults)
             self._build_local(optimizer_class, defaults)
             signature = (
                 _signature(self.param_groups, self.dtype, optimizer_class.__name__),
@@ -278,6 +279,7 @@ class ZeroRedundancyOptimizer:
         nonfinite: object,
         max_norm: object,
         norm_type: object,
+        defaults: Mapping[str, Any],
     ) -> None:
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):
             raise TypeError(
@@ -315,13 +317,18 @@ class ZeroRedundancyOptimizer:
                 f"{overlap[0]} and {overlap[1]} of the parameter list"
             )
         self.dtype = self._params[0].dtype
+        quantized = any(
+            group.get("state_dtype", defaults.get("state_dtype")) == "int8"
+            for group in self._groups
+        )
+        self._whole = _needs_whole_tensors(optimizer_class, quantized)
         self.layout: ShardLayout = shard_layout(
-            [p.size for p in self._params], self.world, whole=_needs_whole_tensors(optimizer_class)
+            [p.size for p in self._params], self.world, whole=self._whole
         )
         self._class = optimizer_class
 
     def _build_local(self, optimizer_class: type[Optimizer], defaults: dict[str, Any]) -> None:
-        whole = _needs_whole_tensors(optimizer_class)
+        whole = self._whole
         grad_dtype = np.dtype(np.float32) if self.dtype in LOW_PRECISION_DTYPES else self.dtype
         layout, start = self.layout, self.layout.bounds[self.rank]
         self._grad_buffer = np.zeros(layout.total, grad_dtype)
@@ -445,6 +452,11 @@ class ZeroRedundancyOptimizer:
                 optim._ready_check(optim.param_groups)
             self._sync_to_local()
             optim._refresh_hyperparameters()  # edited values checked before anything moves
+            if not self._whole and any(g["state_dtype"] == "int8" for g in optim.param_groups):
+                raise ValueError(
+                    "state_dtype='int8' quantizes each parameter in blocks of its own: shards "
+                    "then hold whole parameters, so give it when the optimizer is made"
+                )
             paired = self._pair_grads(grads)
             scale = check_loss_scale(loss_scale)
             policy = self.nonfinite if nonfinite is None else nonfinite
@@ -707,7 +719,7 @@ class ZeroRedundancyOptimizer:
 
     def _local_state_dict(self, loaded: Any) -> dict[str, Any]:
         """This rank's pieces of a checked whole state."""
-        whole = _needs_whole_tensors(self._class)
+        whole = self._whole
         state, groups, position = {}, [], 0
         for merged, group in zip(loaded.groups, self.optim.param_groups, strict=True):
             count = len(group["params"])
