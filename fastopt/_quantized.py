@@ -450,4 +450,5 @@ def dequantize(codes: np.ndarray, absmax: np.ndarray, signed: bool) -> np.ndarra
     code = tables(signed)[0]
     flat = np.asarray(codes).reshape(-1)
     scales = np.repeat(np.asarray(absmax, dtype=np.float32), BLOCK)[: flat.size]
-    return (code[flat] * scales).reshape(np.shape(codes))
+    with np.errstate(invalid="ignore"):  # a NaN or Inf scale decodes its block to NaN
+        return (code[flat] * scales).reshape(np.shape(codes))

@@ -846,28 +846,38 @@ def low_precision_step(
     param: np.ndarray,
     grad: np.ndarray,
     /,
-    *state: np.ndarray | None,
+    *state: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     master_param: np.ndarray | None = None,
     kahan_comp: np.ndarray | None = None,
     rounding_key: int | None = None,
     **hyperparameters: Any,
 ) -> Any:
-    """One update of a rule's reference ``rule_step`` on 16-bit storage, as fastopt's kernels
-    do it (``hyperparameters`` are ``rule_step``'s keywords, ``step`` included).
+    """One update of a rule's reference ``rule_step`` on low-precision storage, as fastopt's
+    kernels do it (``hyperparameters`` are ``rule_step``'s keywords, ``step`` included).
 
     The parameter (its float32 ``master_param`` where there is one), the gradient and the
-    state are decoded to float32, ``rule_step`` updates them in float32, and the results are
-    written back: the master copy exactly and the parameter rounded; or through the Kahan
-    ``kahan_comp`` (``c += new - old; p = round(old + c); c = round(c + old - p)``); or the
-    parameter rounded. bfloat16 state is rounded, float32 state stored as is. Rounding is to
-    nearest, or stochastic under ``rounding_key`` (:func:`random_words`, the parameter slot
-    0, state array k slot k + 1, the compensation 63). Returns what ``rule_step`` returns.
+    state are decoded to the compute type (float64 for a float64 parameter, else float32),
+    ``rule_step`` updates them there, and the results are written back: the master copy
+    exactly and the parameter rounded; or through the Kahan ``kahan_comp`` (``c += new - old;
+    p = round(old + c); c = round(c + old - p)``); or the parameter rounded. bfloat16 state is
+    rounded, float state stored as is, and 8-bit state, given as a ``(codes, absmax, code)``
+    triple (:func:`quantize_blockwise`'s output and the map), is decoded and encoded again in
+    place, its new scales from the new values (as float32). Rounding is to nearest, or
+    stochastic under ``rounding_key`` (:func:`random_words`, the parameter slot 0, state
+    array k slot k + 1, the compensation 63). Returns what ``rule_step`` returns.
     """
-    old = master_param.copy() if master_param is not None else param.astype(np.float32)
+    compute = np.float64 if param.dtype == np.float64 else np.float32
+    old = master_param.copy() if master_param is not None else param.astype(compute)
     work = old.copy()
-    grad32 = grad.astype(np.float32)
-    state32 = [None if s is None else s.astype(np.float32) for s in state]
-    returned = rule_step(work, grad32, *state32, **hyperparameters)
+    wide_grad = grad.astype(compute)
+
+    def decoded(array: Any) -> np.ndarray | None:
+        if isinstance(array, tuple):
+            return dequantize_blockwise(*array).astype(compute)
+        return None if array is None else array.astype(compute)
+
+    wide_state = [decoded(s) for s in state]
+    returned = rule_step(work, wide_grad, *wide_state, **hyperparameters)
     index = np.arange(param.size).reshape(param.shape)
 
     def rounded(values: np.ndarray, dtype: np.dtype, slot: int) -> np.ndarray:
@@ -881,9 +891,14 @@ def low_precision_step(
         carried = kahan_comp.astype(np.float32) + (work - old)
         param[...] = rounded(old + carried, param.dtype, 0)
         kahan_comp[...] = rounded(carried + (old - param.astype(np.float32)), param.dtype, 63)
+    elif param.dtype in (np.float32, np.float64):
+        param[...] = work
     else:
         param[...] = rounded(work, param.dtype, 0)
-    for slot, (array, value) in enumerate(zip(state, state32), start=1):
-        if array is not None:
+    for slot, (array, value) in enumerate(zip(state, wide_state), start=1):
+        if isinstance(array, tuple):
+            codes, absmax, code = array
+            codes[...], absmax[...] = quantize_blockwise(value.astype(np.float32), code)
+        elif array is not None:
             array[...] = rounded(value, array.dtype, slot) if array.dtype == _BFLOAT16 else value
     return returned
