@@ -20,16 +20,15 @@ trained here too, with no other change.
 The weights span more scales than the digits MLP's: LayerNorm gains start at 1, where the
 bfloat16 spacing is 2^-7, the other weights near 0.02 and the biases at 0. At the default
 learning rate (1e-4) Adam's updates are below half a spacing for the gains from the first step,
-and rounded to nearest they are lost: the gains never move. The other weights grow and their
-updates shrink as the moments settle; over the last epoch the output projection changes in a
-fifth of its elements and the final LayerNorm's bias in none, and what does change moves by a
-whole spacing, not by the update. That mode stalls after its first epoch (mean losses 3.85,
-3.51, 3.48, 3.46 by epoch), above the loss of predicting each character by its frequency alone
-(3.22 nats on the default text), while float32 goes on learning (3.76, 3.10, 2.87, 2.73); a
-master copy, a Kahan buffer or stochastic rounding end within 0.3% of float32's loss. At
-learning rates of 1e-3 and more most updates survive rounding, and plain bfloat16 trails
-float32 by a few percent rather than stalling (+3.6% at 1e-3 and +1.4% at 3e-3 in runs of 500
-and 1,000 steps of 16 sequences).
+and rounded to nearest they are lost: the gains never move. Of the other weights, over the last
+epoch the output projection changes in a fifth of its elements and the final LayerNorm's bias
+in none, and what does change moves by a whole spacing, not by the update. That mode stalls
+after its first epoch (mean losses 3.85, 3.51, 3.48, 3.46 by epoch), above the loss of
+predicting each character by its frequency alone (3.22 nats on the default text), while float32
+goes on learning (3.76, 3.10, 2.87, 2.73); a master copy, a Kahan buffer or stochastic rounding
+end within 0.3% of float32's loss. At learning rates of 1e-3 and more most updates survive
+rounding, and plain bfloat16 trails float32 by a few percent rather than stalling (+3.6% at
+1e-3 and +1.4% at 3e-3 in runs of 500 and 1,000 steps of 16 sequences).
 
 Run from the repository root (about 1.5 minutes on two cores)::
 
