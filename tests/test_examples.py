@@ -76,3 +76,53 @@ def test_distributed_digits_is_the_single_process_run_with_micro_batches():
     shares = [int(n) for n in re.search(r"per rank: \[(.*?)\]", done.stdout).group(1).split(",")]
     assert len(shares) == 2 and max(shares) < 0.51 * sum(shares)
     assert float(re.search(r"test accuracy (\S+)", done.stdout).group(1)) > 0.7
+
+
+def test_char_transformer_gradients_are_the_loss_derivatives():
+    """The hand-written backward pass of the character transformer against central finite
+    differences of its loss, in float64, for every element of every parameter of a tiny
+    model (two blocks, two heads)."""
+    model = load("char_transformer")
+    config = model.Config(vocab=7, context=5, d_model=8, heads=2, layers=2, hidden=12)
+    rng = np.random.default_rng(0)
+    # Away from the initialization's ones and zeros, so that no gradient vanishes by symmetry.
+    params = {
+        name: value + rng.normal(0.0, 0.3, value.shape)
+        for name, value in model.initial_weights(config, np.float64).items()
+    }
+    x, y = rng.integers(0, config.vocab, (2, 3, config.context))
+    _, grads = model.forward_backward(params, x, y, config)
+    assert list(grads) == list(params)
+    h = 1e-6
+    for name, value in params.items():
+        assert grads[name].shape == value.shape and grads[name].dtype == np.float64, name
+        numeric = np.empty_like(value)
+        for index in np.ndindex(value.shape):
+            saved = value[index]
+            value[index] = saved + h
+            above = model.forward_backward(params, x, y, config)[0]
+            value[index] = saved - h
+            below = model.forward_backward(params, x, y, config)[0]
+            value[index] = saved
+            numeric[index] = (above - below) / (2 * h)
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_char_transformer_low_precision_modes_train_as_float32_does_and_nearest_stalls():
+    """The character transformer on Python's help topics at a small learning rate: every
+    mode but bfloat16 rounded to nearest ends within 2% of float32's final loss; rounded to
+    nearest, the model stops learning (its last epoch gains under 1.5%, float32's over 3%)
+    at a loss well above float32's."""
+    model = load("char_transformer")
+    results = model.main(["--epochs", "4", "--train-chars", "65536"])
+    assert set(results) == set(model.MODES)
+    curve = results["float32"]["loss"]
+    baseline = curve[-1]
+    assert baseline < 0.8 * curve[0] and baseline < 0.97 * curve[-2]
+    for mode in results:
+        if mode != "bf16 nearest":
+            assert results[mode]["loss"][-1] <= 1.02 * baseline, mode
+            assert results[mode]["held_out"] <= 1.02 * results["float32"]["held_out"], mode
+    stalled = results["bf16 nearest"]["loss"]
+    assert stalled[-1] > 0.985 * stalled[-2] and stalled[-1] > 1.1 * baseline
+    assert results["bf16 nearest"]["held_out"] > 1.1 * results["float32"]["held_out"]
