@@ -15,7 +15,9 @@ modes), as a bfloat16 training step would produce them:
 - ``bf16 + stochastic``: rounded stochastically (``stochastic_rounding=True``);
 - ``bf16 + bf16 state + stochastic``: the state in bfloat16 too (14 bytes per element per
   step instead of 28);
-- ``f32 + bf16 state``: float32 parameters, bfloat16 state (``state_dtype="bfloat16"``).
+- ``f32 + bf16 state``: float32 parameters, bfloat16 state (``state_dtype="bfloat16"``);
+- ``f32 + int8 state``: float32 parameters, 8-bit block-wise state (``state_dtype="int8"``;
+  only the 64 x 64 first layer has the 4,096 elements it takes, the rest stays float32).
 
 Run from the repository root (needs scikit-learn)::
 
@@ -51,6 +53,7 @@ MODES: dict[str, tuple[np.dtype, dict[str, Any]]] = {
         {"state_dtype": "bfloat16", "stochastic_rounding": True},
     ),
     "f32 + bf16 state": (np.dtype(np.float32), {"state_dtype": "bfloat16"}),
+    "f32 + int8 state": (np.dtype(np.float32), {"state_dtype": "int8"}),
 }
 
 

@@ -47,6 +47,7 @@ def test_low_precision_modes_train_as_float32_does_and_rounding_to_nearest_stall
         "bf16 + stochastic",
         "bf16 + bf16 state + stochastic",
         "f32 + bf16 state",
+        "f32 + int8 state",
     ):
         assert results[mode]["loss"][-1] <= 1.02 * baseline, mode
     stalled = results["bf16 nearest"]["loss"]

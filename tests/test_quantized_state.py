@@ -420,3 +420,77 @@ def test_invalid_checkpoints_and_options_are_refused_unchanged():
         np.testing.assert_array_equal(opt.state[0][name], value)
     with pytest.raises(ValueError, match="state_dtype must be one of"):
         fastopt.Adam(params, state_dtype="uint8")
+
+
+# ---------------------------------------------------------------------- torch, bitsandbytes
+def test_the_torch_adapter_steps_as_the_numpy_class_and_torch_loads_the_dequantized_state():
+    torch = pytest.importorskip("torch")
+    import fastopt.torch as fastopt_torch
+
+    rng = np.random.default_rng(10)
+    shapes = [(80, 70), (10,)]
+    start = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    tensors = [torch.from_numpy(a.copy()) for a in start]
+    adapter = fastopt_torch.AdamW(tensors, lr=1e-2, state_dtype="int8")
+    arrays = [a.copy() for a in start]
+    plain = fastopt.AdamW(arrays, lr=1e-2, state_dtype="int8")
+    for step in grads:
+        for tensor, grad in zip(tensors, step, strict=True):
+            tensor.grad = torch.from_numpy(grad)
+        adapter.step()
+        plain.step(step)
+    for tensor, array in zip(tensors, arrays, strict=True):
+        np.testing.assert_array_equal(tensor.numpy(), array)
+    exposed = adapter.state[tensors[0]]
+    assert exposed["exp_avg"].dtype == torch.uint8 and exposed["exp_avg_absmax"].shape == (22,)
+    np.testing.assert_array_equal(exposed["exp_avg"].numpy(), plain.state[0]["exp_avg"])
+
+    again = fastopt_torch.AdamW([torch.from_numpy(a.copy()) for a in start], lr=1e-2)
+    again.load_state_dict(adapter.state_dict())
+    assert again.param_groups[0]["state_dtype"] == "int8"
+    np.testing.assert_array_equal(
+        again.state[again.param_groups[0]["params"][0]]["exp_avg_sq"].numpy(),
+        plain.state[0]["exp_avg_sq"],
+    )
+    saved = adapter.state_dict(dequantize=True)
+    assert saved["state"][0]["exp_avg"].dtype == torch.float32
+    assert "exp_avg_absmax" not in saved["state"][0]
+    reference_optimizer = torch.optim.AdamW([torch.from_numpy(a.copy()) for a in start], lr=1e-2)
+    reference_optimizer.load_state_dict(saved)
+    loaded = reference_optimizer.state[reference_optimizer.param_groups[0]["params"][0]]
+    entry = plain.state[0]
+    decoded = _quantized.dequantize(entry["exp_avg"], entry["exp_avg_absmax"], True)
+    np.testing.assert_array_equal(loaded["exp_avg"].numpy(), decoded)
+
+
+def test_adamw_int8_tracks_bitsandbytes_adamw8bit():
+    """bitsandbytes' ``AdamW8bit`` on CPU tensors (dequantize, update in float32, quantize,
+    per 256-element block; its CPU quantizer searches approximately): nearly every code equal
+    after 20 steps, parameters less than one step apart, and as close to float32 AdamW."""
+    torch = pytest.importorskip("torch")
+    bnb = pytest.importorskip("bitsandbytes")
+    import fastopt.torch as fastopt_torch
+
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn((64, 300), generator=generator)
+    theirs, ours, exact = (start.clone() for _ in range(3))
+    lr = 1e-3
+    optimizers = [
+        bnb.optim.AdamW8bit([theirs], lr=lr, weight_decay=0.01, min_8bit_size=4096),
+        fastopt_torch.AdamW([ours], lr=lr, weight_decay=0.01, state_dtype="int8"),
+        torch.optim.AdamW([exact], lr=lr, weight_decay=0.01),
+    ]
+    for _ in range(20):
+        grad = torch.randn(start.shape, generator=generator)
+        for tensor, optimizer in zip((theirs, ours, exact), optimizers, strict=True):
+            tensor.grad = grad.clone()
+            optimizer.step()
+    state_theirs, state_ours = optimizers[0].state[theirs], optimizers[1].state[ours]
+    for their_name, our_name in (("state1", "exp_avg"), ("state2", "exp_avg_sq")):
+        same = state_theirs[their_name].numpy() == state_ours[our_name].numpy()
+        assert same.mean() > 0.95, (our_name, same.mean())
+    assert (theirs - ours).abs().max().item() < lr
+    ours_off = (ours - exact).abs().mean().item()
+    theirs_off = (theirs - exact).abs().mean().item()
+    assert ours_off <= 1.5 * theirs_off + 1e-7, (ours_off, theirs_off)
