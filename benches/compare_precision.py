@@ -14,6 +14,9 @@ The modes (bytes per element a step reads and writes):
 - ``fastopt bf16+master``: bfloat16 gradient, float32 master copy and state, the bfloat16
   parameter written (not read) from the master in the same pass (2 + 8 + 16 + 2 = 28);
 - ``fastopt f32 bf16-state``: float32 parameter and gradient, bfloat16 state (20);
+- ``fastopt f32 int8-state``: float32 parameter and gradient, 8-bit block-wise state (16,
+  and a float32 scale per 256 elements per state array);
+- ``bnb f32 int8-state``: bitsandbytes' ``Adam8bit`` on CPU tensors, the same format (16);
 - ``torch f32``: ``torch.optim.Adam(fused=True)`` in float32 (28);
 - ``torch bf16``: the same on bfloat16 parameters, gradients and state (14);
 - ``torch bf16+master``: what torch needs for a master copy: the bfloat16 gradient cast to a
@@ -52,6 +55,8 @@ def setup(n):
         opt = fastopt.Adam(p, lr=1e-4, master_weights=True)
     elif MODE == "f32-bf16-state":
         opt = fastopt.Adam(p, lr=1e-4, state_dtype="bfloat16")
+    elif MODE == "f32-int8-state":
+        opt = fastopt.Adam(p, lr=1e-4, state_dtype="int8")
     return lambda: opt.step(g)
 """
 
@@ -87,6 +92,17 @@ def setup(n):
     return step
 """
 
+BITSANDBYTES = """
+import torch, bitsandbytes
+
+def setup(n):
+    torch.manual_seed(0)
+    p = torch.randn(n)
+    p.grad = torch.randn(n) * 1e-3
+    opt = bitsandbytes.optim.Adam8bit([p], lr=1e-4)
+    return opt.step
+"""
+
 #: name: (worker source, mode, bytes per element a step moves)
 IMPLEMENTATIONS = {
     "fastopt f32": (FASTOPT, "f32", 28),
@@ -94,6 +110,8 @@ IMPLEMENTATIONS = {
     "fastopt bf16 sr": (FASTOPT, "bf16-sr", 14),
     "fastopt bf16+master": (FASTOPT, "bf16-master", 28),
     "fastopt f32 bf16-state": (FASTOPT, "f32-bf16-state", 20),
+    "fastopt f32 int8-state": (FASTOPT, "f32-int8-state", 16),
+    "bnb f32 int8-state": (BITSANDBYTES, "", 16),
     "torch f32": (TORCH, "f32", 28),
     "torch bf16": (TORCH, "bf16", 14),
     "torch bf16+master": (TORCH, "bf16-master", 40),
@@ -132,6 +150,7 @@ def main() -> None:
                 ("fastopt bf16", "torch bf16"),
                 ("fastopt bf16+master", "torch bf16+master"),
                 ("fastopt bf16 sr", "torch bf16"),
+                ("fastopt f32 int8-state", "bnb f32 int8-state"),
             ]
             for ours, theirs in pairs:
                 if ours in times and theirs in times:

@@ -25,7 +25,11 @@ The generated functions, for a rule with state arrays ``s1 ... sk``:
   the gradient preamble (scale, clip by value, maximize), the rule's update on values, store
   (see :mod:`fastopt._storage`; ``master`` and ``comp`` are None unless a low-precision
   parameter has a master copy or a compensation buffer);
-- ``block``, ``serial``, ``parallel``: the CPU drivers of :mod:`fastopt._launch`.
+- ``block``, ``serial``, ``parallel``: the CPU drivers of :mod:`fastopt._launch`;
+- ``<rule>_values``, ``quantized_values``, ``quantized_block``, ``quantized_serial``,
+  ``quantized_parallel``: the drivers of a step with 8-bit state (see
+  :mod:`fastopt._quantized`), block by block: the new values into a scratch block, the
+  parameter stored from it, each state array encoded with its block's new scale.
 
 The CUDA kernels (:mod:`fastopt.cuda`) compile ``unpack`` and ``<rule>_update`` as device
 functions, so the CPU and the GPU run the same generated element code.

@@ -76,7 +76,10 @@ class RuleKernels(NamedTuple):
     ``update(i, param, grad, *state, scalars)`` is the element-wise update and
     ``unpack(h, param)`` turns a hyperparameter row into its ``scalars``; the CPU drivers
     inline them, :mod:`fastopt.cuda` compiles them as CUDA device functions. ``norms`` is the
-    read pass of a rule whose update needs per-tensor norms, else None.
+    read pass of a rule whose update needs per-tensor norms, else None;
+    ``quantized_serial`` and ``quantized_parallel`` take ``(bounds, blocks, hyper, param,
+    grad, *state, master, comp, stochastic, scratch)`` for a step with 8-bit state (see
+    :mod:`fastopt._quantized`).
     """
 
     serial: Callable[..., None]

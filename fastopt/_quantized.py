@@ -6,20 +6,23 @@ is ``code[codes[i]] * absmax[i // 256]``, ``code`` being one of Dettmers' dynami
 (:func:`fastopt.reference.dynamic_map`: signed for state that takes both signs, unsigned for
 non-negative state such as a second moment). This is bitsandbytes' block-wise format.
 
-The kernels see such an array as a :class:`QuantizedState` (the codes, the scales and the
-map's tables, passed as arguments: nothing is frozen into compiled code). An update decodes
-the state in registers, computes the rule's new values into a per-thread scratch block, then
-takes each block's new absmax and encodes every value as the index of its nearest code,
-``clamp(x * (1 / absmax), -1, 1)`` (``x / absmax`` in a parameter's last, partial block), a
-tie going to the lower code, as :func:`fastopt.reference.quantize_blockwise` does: the same
-codes, bit for bit.
+The kernels see such an array as a :class:`SignedState` or an :class:`UnsignedState` (its codes
+and scales); the type picks the map, whose tables are module constants that numba freezes into
+the compiled code (a table passed as an argument could alias the arrays a loop writes, and
+LLVM would not vectorize the loop). An update decodes the state in registers, computes the
+rule's new values into a per-thread scratch block (the generated drivers of
+:mod:`fastopt._codegen`), then takes each block's new absmax and encodes every value as the
+index of its nearest code, ``clamp(x * (1 / absmax), -1, 1)`` (``x / absmax`` in a
+parameter's last, partial block), a tie going to the lower code, as
+:func:`fastopt.reference.quantize_blockwise` does: the same codes, bit for bit.
 
 Encoding without a search: the 255 decision bounds (midpoints between neighbouring codes) are
 at least 0.7% apart relative to their size, so a bucket of the float32 magnitudes that share
-an exponent and their 8 leading mantissa bits (0.4% wide) holds at most one of them. A table
-gives, per bucket and sign, the number of bounds below the bucket; one comparison with the next
-bound finishes: two table reads, no branch, so the loop vectorizes. The table is built and
-checked against a search over the bounds (:func:`tables`).
+an exponent and their 8 leading mantissa bits (0.4% wide) holds at most one of them. One table
+entry per bucket and sign holds the number of bounds below the bucket and the low bits of the
+bound inside it, if any: one table read (a 32-bit gather, :func:`fastopt._u32.lookup`) and
+one integer comparison, no branch, so the loop vectorizes. The table is built and checked
+against a search over the bounds (:func:`tables`).
 """
 
 from __future__ import annotations
