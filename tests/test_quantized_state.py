@@ -161,19 +161,23 @@ def assert_state_matches(opt, state, master):
         assert_close(entry["master_param"], master, "master_param")
 
 
-REFERENCE_RUNS = [
-    pytest.param(case, size, id=f"{case_id(case)}-{size}")
-    for case in FIRST_CASES
-    for size in (0, 300, 5003)
-] + [
-    pytest.param(case, MIN_QUANTIZED_SIZE, id=f"{case_id(case)}-{MIN_QUANTIZED_SIZE}")
-    for case in FIRST_CASES
-    if case[0] == "adam"
-] + [
-    pytest.param(case, PARALLEL_THRESHOLD + 4099, id=f"{case_id(case)}-parallel")
-    for case in FIRST_CASES
-    if case[0] in ("adam", "lamb")
-]
+REFERENCE_RUNS = (
+    [
+        pytest.param(case, size, id=f"{case_id(case)}-{size}")
+        for case in FIRST_CASES
+        for size in (0, 300, 5003)
+    ]
+    + [
+        pytest.param(case, MIN_QUANTIZED_SIZE, id=f"{case_id(case)}-{MIN_QUANTIZED_SIZE}")
+        for case in FIRST_CASES
+        if case[0] == "adam"
+    ]
+    + [
+        pytest.param(case, PARALLEL_THRESHOLD + 4099, id=f"{case_id(case)}-parallel")
+        for case in FIRST_CASES
+        if case[0] in ("adam", "lamb")
+    ]
+)
 
 
 @pytest.mark.parametrize(("case", "size"), REFERENCE_RUNS)
