@@ -18,6 +18,8 @@ pytest.importorskip("mpi4py")
 from zero_cases import (
     BFLOAT16_CASES,
     CHECKPOINT_CASE,
+    INT8_CASE,
+    INT8_SHAPES,
     SHAPES,
     STEP_CASES,
     STEPS,
@@ -289,3 +291,24 @@ def test_a_dequantized_state_dict_loads_into_a_float32_optimizer():
     again.load_state_dict(opt.state_dict())
     assert again.step_count == 3
     assert again.state_dict()["state"][0]["exp_avg"].dtype == BFLOAT16
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_int8_state_shards_whole_parameters_and_matches_one_process(tmp_path, world):
+    """8-bit state: shards of whole parameters (its blocks are each parameter's), the
+    parameters and every code and scale of the gathered state as one process's on the mean
+    gradient (exact: gradients in 1/64ths, two ranks); int8 set on an optimizer sharded by
+    elements is refused on every rank."""
+    run_ranks(world, "int8", tmp_path)
+    results = np.load(tmp_path / f"int8-{world}.npz")
+    _name, cls, kwargs = INT8_CASE
+    expected = single_process(cls, kwargs, np.float32, INT8_SHAPES, 0, world, 6)
+    for i, param in enumerate(expected.params):
+        np.testing.assert_array_equal(results[f"param/{i}"], param)
+    for index, entry in expected.state.items():
+        for name, value in entry.items():
+            if name != "step":
+                np.testing.assert_array_equal(results[f"{index}/{name}"], value, err_msg=name)
+    assert expected.state[0]["exp_avg"].dtype == np.uint8
+    report = json.loads((tmp_path / f"int8-{world}.json").read_text())
+    assert "give it when the optimizer is made" in report["late"]

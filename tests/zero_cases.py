@@ -49,6 +49,11 @@ BFLOAT16_CASES = [
 ]
 
 
+# 8-bit state: parameters of 4,096 elements and more quantized (shards hold whole ones).
+INT8_CASE = ("AdamW-int8", fastopt.AdamW, {"lr": 0.01, "state_dtype": "int8"})
+INT8_SHAPES = [(70, 90), (5,), (100, 64), (3,), (4096,)]
+
+
 def make_params(shapes, dtype, case: int) -> list[np.ndarray]:
     rng = np.random.default_rng([case, 12345])
     return [np.asarray(rng.standard_normal(shape), dtype=dtype) for shape in shapes]

@@ -24,6 +24,8 @@ from mpi4py import MPI
 from zero_cases import (
     BFLOAT16_CASES,
     CHECKPOINT_CASE,
+    INT8_CASE,
+    INT8_SHAPES,
     STEP_CASES,
     STEPS,
     gradients,
@@ -144,6 +146,28 @@ def errors(out: Path) -> None:
         (out / f"errors-{WORLD}.json").write_text(json.dumps(reports))
 
 
+def int8(out: Path) -> None:
+    """INT8_CASE: the parameters and the whole state (codes and scales) after 6 steps; and
+    an optimizer sharded by elements refuses int8 state set after it was made."""
+    _name, cls, kwargs = INT8_CASE
+    opt = run_case(cls, kwargs, np.float32, INT8_SHAPES, 6, 0)
+    _same_on_every_rank(opt, "int8")
+    whole = opt.state_dict()
+    report = {}
+    plain = ZeroRedundancyOptimizer(make_params([(5000,)], np.float32, 1), cls, lr=0.01)
+    plain.param_groups[0]["state_dtype"] = "int8"
+    try:
+        plain.step(gradients([(5000,)], np.float32, 1, 0, RANK))
+    except ValueError as error:
+        report["late"] = str(error)
+    if RANK == 0:
+        arrays = {f"param/{i}": p for i, p in enumerate(opt.params)}
+        for index, entry in whole["state"].items():
+            arrays.update((f"{index}/{k}", v) for k, v in entry.items() if k != "step")
+        np.savez(out / f"int8-{WORLD}.npz", **arrays)
+        (out / f"int8-{WORLD}.json").write_text(json.dumps(report))
+
+
 def save(out: Path) -> None:
     """CHECKPOINT_CASE for 5 steps, then both kinds of checkpoint."""
     _name, cls, kwargs, shapes = CHECKPOINT_CASE
@@ -176,5 +200,7 @@ if __name__ == "__main__":
         errors(out)
     elif scenario == "save":
         save(out)
+    elif scenario == "int8":
+        int8(out)
     else:
         resume(out, sys.argv[3], int(sys.argv[4]))
