@@ -172,7 +172,8 @@ def tables(signed: bool) -> tuple[np.ndarray, np.ndarray]:
     return code, table
 
 
-def encode(y, table):  # pragma: no cover - the overload below replaces it
+@elementwise
+def encode(y, table):
     """The index of the code nearest ``y`` (float32 in [-1, 1], or NaN: the last code)."""
     u = bits_of(y)
     magnitude = and_(u, _ABS)
@@ -180,51 +181,41 @@ def encode(y, table):  # pragma: no cover - the overload below replaces it
     top = shr(magnitude, 23 - _MANTISSA_BITS)
     bucket = pick(less(top, _FIRST), 0, add(top, -_FIRST & 0xFFFFFFFF))
     bucket = add(pick(greater(bucket, _NAN), _NAN, bucket), pick(negative, _SIDE, 0))
-    entry = word(table[bucket])
+    entry = word(lookup(table, bucket))
     low = and_(magnitude, 0x7FFF)
     low = pick(negative, xor(low, 0x7FFF), low)
     return np.uint8(add(shr(entry, 16), word(greater(low, and_(entry, 0x7FFF)))))
-
-
-@overload(encode, inline="always")
-def _encode(y, table):
-    def encoded(y, table):
-        u = bits_of(y)
-        magnitude = and_(u, _ABS)
-        negative = greater(u, _ABS)
-        top = shr(magnitude, 23 - _MANTISSA_BITS)
-        bucket = pick(less(top, _FIRST), 0, add(top, -_FIRST & 0xFFFFFFFF))
-        bucket = add(pick(greater(bucket, _NAN), _NAN, bucket), pick(negative, _SIDE, 0))
-        entry = word(lookup(table, bucket))
-        low = and_(magnitude, 0x7FFF)
-        low = pick(negative, xor(low, 0x7FFF), low)
-        return np.uint8(add(shr(entry, 16), word(greater(low, and_(entry, 0x7FFF)))))
-
-    return encoded
 
 
 _SIGNED_CODE, _SIGNED_TABLE = tables(True)
 _UNSIGNED_CODE, _UNSIGNED_TABLE = tables(False)
 
 
-def _state_class(value) -> type | None:
-    """SignedState or UnsignedState for the numba type of one, else None."""
-    if isinstance(value, types.BaseNamedTuple) and value.instance_class in (
-        SignedState,
-        UnsignedState,
-    ):
+def _class_among(value, classes: tuple[type, ...]) -> type | None:
+    """The class among ``classes`` whose instances have the numba type ``value``, or None."""
+    if isinstance(value, types.BaseNamedTuple) and value.instance_class in classes:
         return value.instance_class
     return None
+
+
+def _state_class(value) -> type | None:
+    return _class_among(value, (SignedState, UnsignedState))
 
 
 def _block_class(value) -> type | None:
-    """SignedBlock or UnsignedBlock for the numba type of one, else None."""
-    if isinstance(value, types.BaseNamedTuple) and value.instance_class in (
-        SignedBlock,
-        UnsignedBlock,
-    ):
-        return value.instance_class
-    return None
+    return _class_among(value, (SignedBlock, UnsignedBlock))
+
+
+def _table_of(state):  # pragma: no cover - the overload below replaces it
+    """The encoder's table of a quantized state's map (a constant in compiled code)."""
+    return state.map()[1]
+
+
+@overload(_table_of, inline="always")
+def _table_of_overload(state):
+    if _state_class(state) is SignedState:
+        return lambda state: _SIGNED_TABLE
+    return lambda state: _UNSIGNED_TABLE
 
 
 @overload(load, inline="always")
@@ -340,18 +331,11 @@ def _encode_block(codes, scratch, row, largest, table):
             codes[j] = encode(y, table)
 
 
-# Calls per block, not inlined: numba's inliner mishandles the variables of their loops.
+# A call per block, not inlined: numba's inliner mishandles the variables of its loops.
 @kernel
-def _requantize_signed(state, lo, hi, scratch, row):
+def _requantize(state, lo, hi, scratch, row):
     largest = _absmax(scratch, row, hi - lo)
-    _encode_block(state.codes[lo:hi], scratch, row, largest, _SIGNED_TABLE)
-    state.absmax[lo // BLOCK] = largest
-
-
-@kernel
-def _requantize_unsigned(state, lo, hi, scratch, row):
-    largest = _absmax(scratch, row, hi - lo)
-    _encode_block(state.codes[lo:hi], scratch, row, largest, _UNSIGNED_TABLE)
+    _encode_block(state.codes[lo:hi], scratch, row, largest, _table_of(state))
     state.absmax[lo // BLOCK] = largest
 
 
@@ -380,13 +364,8 @@ def finish(state, lo, hi, scratch, row, rounding, slot):  # pragma: no cover - r
 def _finish(state, lo, hi, scratch, row, rounding, slot):
     if isinstance(state, types.NoneType):
         return lambda state, lo, hi, scratch, row, rounding, slot: None
-    kind = _state_class(state)
-    if kind is SignedState:
-        return lambda state, lo, hi, scratch, row, rounding, slot: _requantize_signed(
-            state, lo, hi, scratch, row
-        )
-    if kind is UnsignedState:
-        return lambda state, lo, hi, scratch, row, rounding, slot: _requantize_unsigned(
+    if _state_class(state) is not None:
+        return lambda state, lo, hi, scratch, row, rounding, slot: _requantize(
             state, lo, hi, scratch, row
         )
     return lambda state, lo, hi, scratch, row, rounding, slot: _store_block(
@@ -414,21 +393,12 @@ def block_table(bounds: np.ndarray) -> np.ndarray:
 
 
 @kernel
-def _quantize_signed(values, state, scratch):
+def _quantize_blocks(values, state, scratch):
     for lo in range(0, values.size, BLOCK):
         hi = min(lo + BLOCK, values.size)
         for j in range(hi - lo):
             scratch[0, j] = values[lo + j]
-        _requantize_signed(state, lo, hi, scratch, 0)
-
-
-@kernel
-def _quantize_unsigned(values, state, scratch):
-    for lo in range(0, values.size, BLOCK):
-        hi = min(lo + BLOCK, values.size)
-        for j in range(hi - lo):
-            scratch[0, j] = values[lo + j]
-        _requantize_unsigned(state, lo, hi, scratch, 0)
+        _requantize(state, lo, hi, scratch, 0)
 
 
 def quantized_state(codes: np.ndarray, absmax: np.ndarray, signed: bool) -> QuantizedState:
@@ -443,8 +413,7 @@ def quantize(values: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
     codes = np.empty(flat.size, dtype=np.uint8)
     absmax = np.empty(block_count(flat.size), dtype=np.float32)
     scratch = np.empty((1, BLOCK), dtype=np.float32)
-    encoder = _quantize_signed if signed else _quantize_unsigned
-    encoder(flat, quantized_state(codes, absmax, signed), scratch)
+    _quantize_blocks(flat, quantized_state(codes, absmax, signed), scratch)
     return codes.reshape(np.shape(values)), absmax
 
 
