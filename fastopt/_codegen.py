@@ -152,8 +152,8 @@ def quantized_block(h, base, param, grad{arrays}, stochastic, scratch):
 {views}
         quantized_values(param_, grad_{view_arguments}, scalars, scratch)
         for j in range(hi - lo):
-            old = load_param(param_, master_, j)
-            store_param(param_, master_, comp_, j, old, scratch[0, j], scalars[3])
+            old_param = load_param(param_, master_, j)
+            store_param(param_, master_, comp_, j, old_param, scratch[0, j], scalars[3])
 {finishes}
 
 
@@ -177,7 +177,7 @@ def quantized_parallel(n_chunks, bounds, blocks, hyper, param, grad{arrays}, sto
         while lo < hi:
             end = min(hi, bounds[s + 1])
             offset = lo - bounds[s]
-            first = blocks[s] + offset // BLOCK
+            first_block = blocks[s] + offset // BLOCK
             quantized_block(
                 hyper[s],
                 offset,
@@ -218,7 +218,7 @@ def _quantized_drivers(snake: str, names: list[str], extra: list[str], values_bo
             f", quantized_segment({name}, lo, hi, blocks[s])" for name in arrays
         ),
         parallel_segments="".join(
-            f", quantized_segment({name}, lo, end, first)" for name in arrays
+            f", quantized_segment({name}, lo, end, first_block)" for name in arrays
         ),
     )
 
