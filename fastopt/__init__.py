@@ -2,7 +2,7 @@
 
 Each rule is a class with torch.optim's names, defaults and formulas (``SGD``, ``Adagrad``,
 ``RMSprop``, ``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``Adadelta``, ``Rprop``,
-``ASGD``, ``Muon``; ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``, ``ScheduleFreeSGD`` and
+``ASGD``, ``Muon``, ``Adafactor``; ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``, ``ScheduleFreeSGD`` and
 ``ScheduleFreeAdamW`` as their reference packages compute them) and a functional step
 (``adam_step`` and so on) for code that manages its own state. Every rule is declared once
 (:mod:`fastopt.rule`) and its kernels, class and step are derived. The updates are numba
@@ -29,6 +29,7 @@ from fastopt.flat import FlatParams
 from fastopt.gradients import NonfiniteGradientError, StepStats, global_norm
 from fastopt.loss_scaling import LossScaler
 from fastopt.optimizer import Optimizer
+from fastopt.rules.adafactor import Adafactor, adafactor_step
 from fastopt.rules.adadelta import Adadelta, adadelta_step
 from fastopt.rules.adagrad import Adagrad, adagrad_step
 from fastopt.rules.adam import Adam, AdamW, adam_step
@@ -55,6 +56,7 @@ __all__ = [
     "LARS",
     "SGD",
     "AdEMAMix",
+    "Adafactor",
     "Adadelta",
     "Adagrad",
     "Adam",
@@ -79,6 +81,7 @@ __all__ = [
     "StepStats",
     "__version__",
     "adadelta_step",
+    "adafactor_step",
     "adagrad_step",
     "adam_step",
     "adamax_step",

@@ -275,6 +275,12 @@ class Optimizer:
         """The value a new state array ``name`` starts from (None: a copy of its parameter)."""
         return 0.0
 
+    def _state_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The shape of state array ``name`` of a parameter of ``shape``: the parameter's,
+        but for a rule's host state (:class:`fastopt.rule.HostState`), which may be any
+        shape, or None where such a parameter does not keep it."""
+        return shape
+
     #: The number of dimensions every parameter must have (a rule with a matrix step: 2),
     #: or None for any.
     _param_ndim: ClassVar[int | None] = None
@@ -575,11 +581,16 @@ class Optimizer:
                 state[name] = arrays.full_like(param, 0.0, dtype)
             else:
                 value = self._initial_value(name, group)
-                state[name] = (
-                    arrays.copy(param, dtype)
-                    if value is None
-                    else arrays.full_like(param, value, dtype)
-                )
+                shape = arrays.dtype_shape(param)[1]
+                kept = self._state_shape(name, shape)
+                if kept != shape:  # host state: host memory, as its rule requires
+                    state[name] = np.full(kept, value, dtype)
+                else:
+                    state[name] = (
+                        arrays.copy(param, dtype)
+                        if value is None
+                        else arrays.full_like(param, value, dtype)
+                    )
         if missing or converted:
             self._state_version += 1
         if missing or converted or index not in self._views:
