@@ -361,8 +361,7 @@ def _measure_source(rule: Rule, state: str, segments: str) -> str:
         _branches(
             rule,
             lambda present, indent: [
-                f"{indent}return rule_measure("
-                f"{_arguments(rule.state_names, present, transformed)})"
+                f"{indent}return rule_measure({_arguments(rule.state_names, present, transformed)})"
             ],
         ),
     )

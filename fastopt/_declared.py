@@ -462,7 +462,9 @@ def _host_arrays(
         array, wanted = arguments[entry.name], entry.shape(shape)
         if wanted is None:
             if array is not None:
-                raise ValueError(f"{name}(): {entry.name} is unused for a parameter of shape {shape}")
+                raise ValueError(
+                    f"{name}(): {entry.name} is unused for a parameter of shape {shape}"
+                )
             host.append(None)
             continue
         if array is None:

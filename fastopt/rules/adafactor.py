@@ -18,7 +18,7 @@ import numpy as np
 
 from fastopt._checks import check_nonnegative, check_real
 from fastopt._jit import kernel
-from fastopt.rule import Hyperparameter, HostState, MatrixStep, Norms, Rule, build, flag, real
+from fastopt.rule import HostState, Hyperparameter, MatrixStep, Norms, Rule, build, flag, real
 
 __all__ = ["RULE", "Adafactor", "adafactor_step"]
 
@@ -170,9 +170,7 @@ RULE = Rule(
     hyperparameters=(
         real("lr", 1e-2, scheduled=True),
         Hyperparameter("beta2_decay", -0.8, _check_beta2_decay),
-        Hyperparameter(
-            "eps", (None, 1e-3), _check_eps, annotation="tuple[float | None, float]"
-        ),
+        Hyperparameter("eps", (None, 1e-3), _check_eps, annotation="tuple[float | None, float]"),
         Hyperparameter("d", 1.0, _check_d),
         real("weight_decay", 0.0),
         flag("maximize", keyword_only=True),
