@@ -354,6 +354,7 @@ def optimizer_class(
         ),
         **rule.methods,
         "_scalar_names": rule.scalar_names,
+        "_host_state": frozenset(entry.name for entry in rule.host_state),
         "_required_states": tuple(state.name for state in rule.state if not state.optional),
         "_optional_states": tuple(
             (state.name, state.present) for state in rule.state if state.optional

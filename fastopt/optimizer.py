@@ -275,6 +275,10 @@ class Optimizer:
         """The value a new state array ``name`` starts from (None: a copy of its parameter)."""
         return 0.0
 
+    #: The state arrays kept apart from a FlatParams' flat state buffers (a rule's host
+    #: state, see :class:`fastopt.rule.HostState`).
+    _host_state: ClassVar[frozenset[str]] = frozenset()
+
     def _state_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
         """The shape of state array ``name`` of a parameter of ``shape``: the parameter's,
         but for a rule's host state (:class:`fastopt.rule.HostState`), which may be any
