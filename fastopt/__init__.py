@@ -2,12 +2,12 @@
 
 Each rule is a class with torch.optim's names, defaults and formulas (``SGD``, ``Adagrad``,
 ``RMSprop``, ``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``Adadelta``, ``Rprop``,
-``ASGD``, ``Muon``; ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``, ``ScheduleFreeSGD`` and
-``ScheduleFreeAdamW`` as their reference packages compute them) and a functional step
-(``adam_step`` and so on) for code that manages its own state. Every rule is declared once
-(:mod:`fastopt.rule`) and its kernels, class and step are derived. The updates are numba
-kernels: one multithreaded, vectorized, in-place pass over parameter, gradient and state (two
-for the rules with per-tensor trust ratios).
+``ASGD``, ``Muon``, ``Adafactor``; ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``,
+``ScheduleFreeSGD`` and ``ScheduleFreeAdamW`` as their reference packages compute them) and a
+functional step (``adam_step`` and so on) for code that manages its own state. Every rule is
+declared once (:mod:`fastopt.rule`) and its kernels, class and step are derived. The updates
+are numba kernels: one multithreaded, vectorized, in-place pass over parameter, gradient and
+state (two for the rules with per-tensor trust ratios).
 ``fastopt.reference`` holds the plain NumPy implementation of every rule. ``FlatParams`` packs
 many arrays into one buffer so that one launch updates all of them (every parameter group with
 its own settings); ``fastopt.torch`` (imported on its own, torch optional) steps PyTorch models
@@ -30,6 +30,7 @@ from fastopt.gradients import NonfiniteGradientError, StepStats, global_norm
 from fastopt.loss_scaling import LossScaler
 from fastopt.optimizer import Optimizer
 from fastopt.rules.adadelta import Adadelta, adadelta_step
+from fastopt.rules.adafactor import Adafactor, adafactor_step
 from fastopt.rules.adagrad import Adagrad, adagrad_step
 from fastopt.rules.adam import Adam, AdamW, adam_step
 from fastopt.rules.adamax import Adamax, adamax_step
@@ -56,6 +57,7 @@ __all__ = [
     "SGD",
     "AdEMAMix",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -79,6 +81,7 @@ __all__ = [
     "StepStats",
     "__version__",
     "adadelta_step",
+    "adafactor_step",
     "adagrad_step",
     "adam_step",
     "adamax_step",

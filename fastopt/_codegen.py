@@ -465,15 +465,17 @@ def _measure_source(rule: Rule, state: str, segments: str) -> str:
     count = len(rule.norms.names)
     values = ", ".join(f"x{k}" for k in range(count))
     accumulate = "\n".join(f"v = np.float64(x{k})\nacc{k}[j] += v * v" for k in range(count))
+    # After a matrix step the measure reads its result, as the update does.
+    transformed = rule.matrix is not None
     measure = _element(
         "measure",
         "norms.measure",
         rule.snake_name,
-        [*rule.state_names, "master"],
+        [*rule.state_names, *([TRANSFORMED] if transformed else []), "master"],
         _branches(
             rule,
             lambda present, indent: [
-                f"{indent}return rule_measure({_arguments(rule.state_names, present)})"
+                f"{indent}return rule_measure({_arguments(rule.state_names, present, transformed)})"
             ],
         ),
     )
@@ -516,7 +518,11 @@ def kernel_source(rule: Rule) -> str:
     )
     text += _quantized_drivers(rule.snake_name, names, arrays[len(names) :], values)
     if rule.norms is not None:
-        text += _measure_source(rule, state, segments)
+        if rule.matrix is None:
+            text += _measure_source(rule, state, segments)
+        else:
+            read = f"{state}, {TRANSFORMED}"
+            text += _measure_source(rule, read, f"{segments}, segment({TRANSFORMED}, lo, hi)")
     if rule.matrix is not None:
         body = _branches(
             rule,

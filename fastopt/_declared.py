@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from inspect import Parameter, Signature
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -29,7 +30,7 @@ from fastopt._checks import (
 from fastopt._codegen import LazyKernels
 from fastopt._launch import RuleKernels, launch, single_segment
 from fastopt._storage import ROUNDING_KEY
-from fastopt.gradients import kernel_gradient_terms
+from fastopt.gradients import NonfinitePolicy, kernel_gradient_terms
 from fastopt.optimizer import Optimizer
 from fastopt.precision import (
     KAHAN_COMP,
@@ -147,6 +148,8 @@ class DeclaredOptimizer(Optimizer):
     def _check_group(self, group: Mapping[str, Any]) -> None:
         check_hyperparameters(self._rule, group)
         check_precision(group)
+        if self._rule.host_state:
+            _check_host_state_group(self._rule, group)
         state_dtype = group["state_dtype"]
         if state_dtype in ("bfloat16", "int8") and backend_of(group["params"][0]) is not HOST:
             raise TypeError(
@@ -165,9 +168,53 @@ class DeclaredOptimizer(Optimizer):
         return names
 
     def _all_state_names(self) -> frozenset[str]:
-        return frozenset(self._rule.state_names)
+        return frozenset(self._rule.state_names) | {entry.name for entry in self._rule.host_state}
+
+    def _param_state_names(self, group: Mapping[str, Any], param: Any) -> tuple[str, ...]:
+        names = super()._param_state_names(group, param)
+        if not self._rule.host_state:
+            return names
+        shape = self._arrays.dtype_shape(param)[1]
+        own = len(self._state_names(group))
+        host = tuple(e.name for e in self._rule.host_state if e.shape(shape) is not None)
+        return names[:own] + host + names[own:]
+
+    def _state_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        for entry in self._rule.host_state:
+            if entry.name == name:
+                kept = entry.shape(shape)
+                return None if kept is None else tuple(kept)
+        return super()._state_shape(name, shape)
+
+    def _step_flat(
+        self,
+        active: np.ndarray | None = None,
+        loss_scale: float = 1.0,
+        nonfinite: NonfinitePolicy | None = None,
+    ) -> bool:
+        if not self._rule.host_state:
+            return super()._step_flat(active, loss_scale, nonfinite)
+        # Host state is not shaped like the parameters, so it has no flat buffers: the
+        # FlatParams' tensors are stepped one by one, from views of its gradient buffer.
+        if self._ready_check is not None:
+            self._ready_check(self.param_groups)
+        plan = self._flat_plan()
+        flat = plan.flat
+        outcome = self._prestep(
+            plan.gradients(active), loss_scale, nonfinite, gradient_factor=flat.grad_scale
+        )
+        grads = flat.grads
+        paired = [
+            grads[position] if active is None or active[index] else None
+            for index, position in enumerate(plan.segment_of_param.tolist())
+        ]
+        before = sum(map(len, self.state.values()))
+        self._apply(paired, replace(outcome, grad_scale=outcome.grad_scale * flat.grad_scale))
+        return outcome.stats.applied and sum(map(len, self.state.values())) != before
 
     def _initial_value(self, name: str, group: Mapping[str, Any]) -> float | None:
+        if any(entry.name == name for entry in self._rule.host_state):
+            return 0.0
         (state,) = (state for state in self._rule.state if state.name == name)
         return None if state.from_param else float(state.initial(group))
 
@@ -185,9 +232,31 @@ class DeclaredOptimizer(Optimizer):
         return row_of(rule, group, step, created, grad_scale, clip_value, named)
 
     def _kernel_state(self, group, views) -> tuple[np.ndarray | None, ...]:
-        return tuple(
+        arrays = tuple(
             views[state.name] if state.present(group) else None for state in self._rule.state
         )
+        # The matrix step's host state, after the kernels' arrays (see fastopt._launch).
+        return arrays + tuple(views.get(entry.name) for entry in self._rule.host_state)
+
+
+def _check_host_state_group(rule: Rule, group: Mapping[str, Any]) -> None:
+    """A rule with host state keeps it in its float32 or float64 parameters' dtype, in host
+    memory: no bfloat16 state, no 16-bit parameters, no device arrays."""
+    if group["state_dtype"] is not None:
+        raise ValueError(
+            f"{rule.name} keeps its state in the parameters' dtype: state_dtype must be None, "
+            f"got {group['state_dtype']!r}"
+        )
+    for i, param in enumerate(group["params"]):
+        if backend_of(param) is not HOST:
+            raise NotImplementedError(
+                f"{rule.name} steps host (NumPy) arrays only; params[{i}] is a device array"
+            )
+        dtype = backend_of(param).dtype_shape(param)[0]
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(
+                f"{rule.name} supports float32 and float64 parameters, params[{i}] is {dtype}"
+            )
 
 
 def _class_signature(
@@ -286,6 +355,7 @@ def optimizer_class(
         ),
         **rule.methods,
         "_scalar_names": rule.scalar_names,
+        "_host_state": frozenset(entry.name for entry in rule.host_state),
         "_required_states": tuple(state.name for state in rule.state if not state.optional),
         "_quantizable_states": frozenset(s.name for s in rule.state if s.quantizable),
         "_nonnegative_states": frozenset(s.name for s in rule.state if s.nonnegative),
@@ -311,6 +381,15 @@ def _step_signature(rule: Rule) -> Signature:
                 annotation="np.ndarray" if required else "np.ndarray | None",
             )
         )
+    parameters += [
+        Parameter(
+            entry.name,
+            Parameter.POSITIONAL_OR_KEYWORD,
+            default=None,
+            annotation="np.ndarray | None",
+        )
+        for entry in rule.host_state
+    ]
     for hyperparameter in rule.hyperparameters:
         parameters.append(
             Parameter(
@@ -371,6 +450,39 @@ def _precision_arrays(name: str, arguments: Mapping[str, Any], param: Any) -> tu
     return master, comp
 
 
+def _host_arrays(
+    rule: Rule, name: str, arguments: Mapping[str, Any], param: Any, shape: tuple[int, ...]
+) -> list[np.ndarray | None]:
+    """The functional step's host state arrays, checked: each one the parameter's shape
+    keeps, of its declared shape and of the parameter's dtype (host arrays only)."""
+    if not rule.host_state:
+        return []
+    if not isinstance(param, np.ndarray):
+        raise NotImplementedError(f"{name}() steps host (NumPy) arrays only")
+    if param.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}() supports float32 and float64 parameters, got {param.dtype}")
+    host = []
+    for entry in rule.host_state:
+        array, wanted = arguments[entry.name], entry.shape(shape)
+        if wanted is None:
+            if array is not None:
+                raise ValueError(
+                    f"{name}(): {entry.name} is unused for a parameter of shape {shape}"
+                )
+            host.append(None)
+            continue
+        if array is None:
+            raise ValueError(f"{name}(): {entry.name} is required for a parameter of shape {shape}")
+        check_param(entry.name, array)
+        if array.dtype != param.dtype or array.shape != tuple(wanted):
+            raise ValueError(
+                f"{name}(): {entry.name} must have dtype {param.dtype} and shape "
+                f"{tuple(wanted)}, got {array.dtype} {array.shape}"
+            )
+        host.append(array)
+    return host
+
+
 def _functional_group_state(rule: Rule) -> tuple[Any, ...]:
     return tuple(entry for entry in rule.group_state if entry.functional)
 
@@ -389,7 +501,7 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
         arguments = bound.arguments
         param = check_param("param", arguments["param"])
         shape = backend_of(param).dtype_shape(param)[1]
-        if rule.matrix is not None and len(shape) != rule.matrix.ndim:
+        if rule.matrix is not None and rule.matrix.ndim not in (None, len(shape)):
             raise ValueError(
                 f"{name}() only supports {rule.matrix.ndim}-D parameters, got shape {shape}"
             )
@@ -410,6 +522,8 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
             if array is not None:
                 arrays.append((state.name, check_state(state.name, array, param)))
             state_arrays.append(array)
+        host = _host_arrays(rule, name, arguments, param, shape)
+        arrays += [(entry.name, a) for entry, a in zip(rule.host_state, host) if a is not None]
         master, comp = _precision_arrays(name, arguments, param)
         arrays += [(n, a) for n, a in ((MASTER_PARAM, master), (KAHAN_COMP, comp)) if a is not None]
         check_disjoint(arrays)
@@ -435,6 +549,7 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
             flat(param),
             flat(arrays[1][1]),
             *[None if array is None else flat(array) for array in state_arrays],
+            *[None if array is None else array.reshape(-1) for array in host],
             master=None if master is None else flat(master),
             comp=None if comp is None else flat(comp),
             stochastic=True if stochastic else None,
@@ -454,6 +569,14 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
         + (
             "``step`` counts the updates, this one included (1 for the first). "
             if rule.counts_steps
+            else ""
+        )
+        + (
+            "The host state arrays "
+            + ", ".join(f"``{entry.name}``" for entry in rule.host_state)
+            + " are those the parameter's shape keeps (the others ``None``), in their own "
+            "shapes. "
+            if rule.host_state
             else ""
         )
         + "``loss_scale`` divides the gradient and ``clip_value`` clamps it, inside the "

@@ -182,7 +182,7 @@ class FlatStep:
         for index, entry in optimizer.state.items():
             segment = self.segment_of_param[index]
             for name, value in entry.items():
-                if isinstance(value, np.ndarray):
+                if isinstance(value, np.ndarray) and name not in optimizer._host_state:
                     view = self._views_of(name, value.dtype)[segment]
                     if value is not view:
                         view[...] = value

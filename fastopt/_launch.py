@@ -134,7 +134,9 @@ def launch(
     on the device) run the rule's CUDA kernel. ``shapes`` gives each segment's tensor shape
     (None for padding): a rule with per-tensor norms first runs its read pass, which writes
     the norm fields of ``hyper``; a rule with a matrix step first writes its directions and
-    transforms each tensor's matrix of them on the host.
+    transforms each tensor's matrix of them on the host (then the read pass, if it has
+    norms too). A matrix step with host state (:class:`fastopt.rule.HostState`) takes those
+    arrays, flat, after the kernels' ``arrays``, in a launch of one segment.
     """
     if not isinstance(param, np.ndarray):
         from fastopt.cuda._kernels import launch as launch_cuda
@@ -152,13 +154,17 @@ def launch(
         )
         return
     serial = param.size < PARALLEL_THRESHOLD
-    if kernels.norms is not None:
-        measure_norms(kernels.norms, bounds, hyper, param, (*arrays, master), shapes, serial)
     if kernels.matrix is not None:
+        # The matrix step's host state follows the kernels' arrays (see transform_matrices).
+        held = len(kernels.matrix.declaration.state)
+        host = arrays[len(arrays) - held :]
+        arrays = arrays[: len(arrays) - held]
         transformed = transform_matrices(
-            kernels.matrix, bounds, hyper, param, arrays, shapes, serial, master
+            kernels.matrix, bounds, hyper, param, arrays, shapes, serial, master, host
         )
         arrays = (*arrays, transformed)
+    if kernels.norms is not None:
+        measure_norms(kernels.norms, bounds, hyper, param, (*arrays, master), shapes, serial)
     if any(isinstance(array, QuantizedState) for array in arrays):
         _launch_quantized(kernels, serial, bounds, hyper, param, arrays, master, comp, stochastic)
         return

@@ -30,18 +30,28 @@ def transform_segments(
     hyper: np.ndarray,
     directions: np.ndarray,
     shapes: Sequence[tuple[int, ...] | None] | None,
+    host: Sequence[Any] = (),
 ) -> None:
     """Replace each tensor's directions (segment ``s`` of ``bounds``, shape ``shapes[s]``,
-    None for padding) by their transform under the segment's row, in place."""
+    None for padding) by their transform under the segment's row, in place. ``host``: the
+    flat host state arrays of the matrix step (None where the tensor keeps none), for a
+    launch of one segment."""
     if shapes is None or len(shapes) != bounds.size - 1:
         raise ValueError("a rule with a matrix step needs one tensor shape per segment")
+    declared = matrix.declaration.state
+    if declared and bounds.size != 2:
+        raise ValueError("a matrix step with host state updates one tensor per launch")
     width = len(matrix.row_type._fields)
     for segment, shape in enumerate(shapes):
         lo, hi = int(bounds[segment]), int(bounds[segment + 1])
         if shape is None or lo == hi:
             continue
         h = matrix.row_type(*hyper[segment, hyper.shape[1] - width :].tolist())
-        result = matrix.declaration.transform(directions[lo:hi].reshape(shape), h)
+        state = [
+            None if array is None else array.reshape(entry.shape(shape))
+            for entry, array in zip(declared, host, strict=True)
+        ]
+        result = matrix.declaration.transform(directions[lo:hi].reshape(shape), h, *state)
         directions[lo:hi] = np.asarray(result, dtype=directions.dtype).reshape(-1)
 
 
@@ -54,15 +64,17 @@ def transform_matrices(
     shapes: Sequence[tuple[int, ...] | None] | None,
     serial: bool,
     master: np.ndarray | None = None,
+    host: Sequence[Any] = (),
 ) -> np.ndarray:
     """The direction pass over NumPy arrays (serial or parallel driver), then the host's
     transform of every tensor: the array the update reads ``o`` from, in the compute type
-    (``arrays`` are the gradient and the state, ``master`` the parameter's master copy)."""
+    (``arrays`` are the gradient and the state, ``master`` the parameter's master copy,
+    ``host`` the matrix step's host state)."""
     directions = np.empty(param.shape, compute_type_of(param.dtype))
     arguments = (bounds, hyper, param, *arrays, master, directions, None)
     if serial:
         matrix.serial(*arguments)
     else:
         run_parallel(matrix.parallel, numba.get_num_threads(), *arguments)
-    transform_segments(matrix, bounds, hyper, directions, shapes)
+    transform_segments(matrix, bounds, hyper, directions, shapes, host)
     return directions

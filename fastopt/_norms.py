@@ -10,6 +10,7 @@ row. So the norms, and the update, are the same bits on every path and thread co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,12 @@ def finish_rows(
     values = np.sqrt(totals)
     width = len(norms.row_type._fields)
     h = norms.row_type(*hyper[:, hyper.shape[1] - width :].T)
-    fields = declaration.finish(h, dict(zip(declaration.names, values.T)), ndims)
+    named = dict(zip(declaration.names, values.T))
+    if declaration.counts:
+        sizes = [0 if shape is None else math.prod(shape) for shape in shapes]
+        fields = declaration.finish(h, named, ndims, np.array(sizes, dtype=np.int64))
+    else:
+        fields = declaration.finish(h, named, ndims)
     first = hyper.shape[1] - len(declaration.fields)
     for k, column in enumerate(fields):
         hyper[:, first + k] = column

@@ -144,7 +144,11 @@ def checked_entry(
             raise ValueError(f"{where} must be an ndarray, got {type(value).__name__}")
         if value_backend is not HOST:
             value = value_backend.to_host(value)
-        shape = optimizer._state_shape(name, group, param)
+        shape = optimizer._state_shape(name, arrays.dtype_shape(param)[1])
+        if shape is None:
+            raise ValueError(
+                f"{where} is not kept for a parameter of shape {arrays.dtype_shape(param)[1]}"
+            )
         dtype = optimizer._state_dtype(name, group, param)
         if name in (MASTER_PARAM, KAHAN_COMP) and name not in optimizer._param_state_names(
             group, param
@@ -178,7 +182,8 @@ def checked_entry(
             present, absent = (name, scales) if name in checked else (scales, name)
             raise ValueError(f"state_dict state[{index}] has {present!r} but not {absent!r}")
     # A master copy or compensation buffer the checkpoint lacks is made by the next step.
-    missing = (set(optimizer._state_names(group)) | set(optimizer._scalar_names)) - set(checked)
+    kept = set(optimizer._param_state_names(group, param)) - {MASTER_PARAM, KAHAN_COMP}
+    missing = (kept | set(optimizer._scalar_names)) - set(checked)
     if missing and checked.get("step", 0) > 0:
         raise ValueError(f"state_dict state[{index}] lacks {sorted(missing)}")
     for key, value in optimizer._new_entry(group).items():

@@ -284,6 +284,19 @@ class Optimizer:
         """The value a new state array ``name`` starts from (None: a copy of its parameter)."""
         return 0.0
 
+    #: The state arrays kept apart from a FlatParams' flat state buffers (a rule's host
+    #: state, see :class:`fastopt.rule.HostState`).
+    _host_state: ClassVar[frozenset[str]] = frozenset()
+
+    def _state_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The shape of state array ``name`` of a parameter of ``shape``: the parameter's,
+        but one scale per block for a quantized array's scales, and for a rule's host state
+        (:class:`fastopt.rule.HostState`) any shape, or None where such a parameter does not
+        keep it."""
+        if name.endswith(ABSMAX_SUFFIX) and name not in self._all_state_names():
+            return (block_count(int(np.prod(shape))),)
+        return shape
+
     #: The number of dimensions every parameter must have (a rule with a matrix step: 2),
     #: or None for any.
     _param_ndim: ClassVar[int | None] = None
@@ -586,14 +599,6 @@ class Optimizer:
             return np.dtype(np.float32)
         return state_dtype_of(group, dtype)
 
-    def _state_shape(self, name: str, group: Mapping[str, Any], param: Any) -> tuple[int, ...]:
-        """The shape of state array ``name`` of ``param``: the parameter's, or one scale per
-        block of a quantized array."""
-        shape = self._arrays.dtype_shape(param)[1]
-        if name in self._all_state_names() or name in (MASTER_PARAM, KAHAN_COMP):
-            return shape
-        return (block_count(int(np.prod(shape))),)
-
     def _prepare_state(self, index: int, param: np.ndarray, group: Mapping[str, Any]) -> bool:
         state = self.state.get(index)
         if state is None:
@@ -637,7 +642,11 @@ class Optimizer:
                 continue  # a quantized array's scales: made with it
             else:
                 value = self._initial_value(name, group)
-                if name in quantized:
+                shape = arrays.dtype_shape(param)[1]
+                kept = self._state_shape(name, shape)
+                if kept != shape:  # host state: host memory, as its rule requires
+                    state[name] = np.full(kept, value, dtype)
+                elif name in quantized:
                     start = param if value is None else arrays.full_like(param, value, FLOAT32)
                     self._set_state(state, name, start, group, param, quantized)
                 else:

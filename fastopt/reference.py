@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "QUANTIZATION_BLOCK",
     "adadelta_step",
+    "adafactor_step",
     "adagrad_step",
     "adam_step",
     "adamax_step",
@@ -456,6 +457,48 @@ def muon_step(
         adjusted = lr * math.sqrt(max(1, rows / columns))
     param *= 1 - lr * weight_decay
     param -= adjusted * x.astype(param.dtype)
+
+
+def adafactor_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    row_var: np.ndarray | None = None,
+    col_var: np.ndarray | None = None,
+    variance: np.ndarray | None = None,
+    *,
+    lr: float = 1e-2,
+    beta2_decay: float = -0.8,
+    eps: tuple[float | None, float] = (None, 1e-3),
+    d: float = 1.0,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    step: int,
+) -> None:
+    """Adafactor (see ``fastopt.adafactor_step``), as ``torch.optim.Adafactor`` computes it:
+    ``row_var`` and ``col_var`` for a ``param`` of two or more dimensions (factored over the
+    last two), ``variance`` for one of fewer. A ``param`` without elements is left alone."""
+    if param.size == 0:
+        return
+    g = -grad if maximize else grad
+    eps1, eps2 = eps
+    if eps1 is None:
+        eps1 = float(np.finfo(param.dtype).eps)
+    weight = step**beta2_decay
+    rho = min(lr, 1 / math.sqrt(step))
+    alpha = max(eps2, float(np.linalg.norm(param.astype(np.float64))) / math.sqrt(param.size))
+    alpha *= rho
+    param *= 1 - lr * weight_decay
+    squares = g.astype(np.float64) ** 2
+    if param.ndim >= 2:
+        row_var += weight * (squares.mean(axis=-1, keepdims=True).astype(param.dtype) - row_var)
+        col_var += weight * (squares.mean(axis=-2, keepdims=True).astype(param.dtype) - col_var)
+        estimate = row_var * col_var / np.maximum(row_var.mean(axis=-2, keepdims=True), eps1)
+    else:
+        variance += weight * (g * g - variance)
+        estimate = variance
+    update = g / np.sqrt(np.maximum(estimate, eps1 * eps1))
+    update_rms = float(np.linalg.norm(update.astype(np.float64))) / math.sqrt(update.size)
+    param -= alpha / max(1.0, update_rms / d) * update
 
 
 def ademamix_step(

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BuiltRule",
     "GroupState",
+    "HostState",
     "Hyperparameter",
     "MatrixStep",
     "Norms",
@@ -263,6 +264,9 @@ class Norms:
     needed : callable
         ``needed(ndim)``: whether a tensor of ``ndim`` dimensions needs its norms (LARS: 2 or
         more); a launch of none of those skips the read pass (``finish`` sees norms of 0).
+    counts : bool
+        Whether ``finish`` also takes the tensors' element counts, ``finish(h, norms, ndim,
+        sizes)`` (``sizes`` an int64 array, 0 for padding): Adafactor's root mean squares.
     """
 
     measure: Callable[..., tuple[Any, ...]]
@@ -270,6 +274,26 @@ class Norms:
     fields: tuple[str, ...]
     finish: Callable[..., tuple[Any, ...]]
     needed: Callable[[int], bool] = _any_ndim
+    counts: bool = False
+
+
+@dataclass(frozen=True)
+class HostState:
+    """A per-tensor state array that a matrix step keeps on the host, shaped by the tensor's
+    shape rather than like it (Adafactor's row and column second moments).
+
+    Attributes
+    ----------
+    name : str
+        Its key in ``optimizer.state[i]``.
+    shape : callable
+        ``shape(param_shape) -> tuple of int or None``: its shape for a parameter of that
+        shape, or None where such a parameter does not keep it (Adafactor's ``row_var`` for
+        a vector); it starts at zero, in the state's dtype.
+    """
+
+    name: str
+    shape: Callable[[tuple[int, ...]], tuple[int, ...] | None]
 
 
 @dataclass(frozen=True)
@@ -289,13 +313,21 @@ class MatrixStep:
     transform : callable
         ``transform(matrix, h) -> matrix``: the tensor's directions as a 2-D array of the
         parameters' dtype and the tensor's row (``h``, float64 fields), on the host.
-    ndim : int
-        The parameters' number of dimensions (2 for Muon); others are refused.
+    ndim : int or None
+        The parameters' number of dimensions (2 for Muon); others are refused. None: any
+        (the transform then takes each tensor in its own shape, 0-d and empty ones included;
+        empty ones are not transformed).
+    state : tuple of HostState
+        Per-tensor state the transform reads and updates in place (none for Muon); it is
+        called ``transform(matrix, h, *state)``, each array in its declared shape, None where
+        the tensor does not keep it. Such state is not shaped like the parameters, so a rule
+        that has it steps a :class:`~fastopt.FlatParams` tensor by tensor, on the host only.
     """
 
     direction: Callable[..., Any]
-    transform: Callable[[Any, Any], Any]
-    ndim: int = 2
+    transform: Callable[..., Any]
+    ndim: int | None = 2
+    state: tuple[HostState, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -335,7 +367,9 @@ class Rule:
     norms : Norms, optional
         The per-tensor norms the update reads through row fields (none for most rules).
     matrix : MatrixStep, optional
-        Matrix work on the host whose result the update reads as ``o`` (Muon).
+        Matrix work on the host whose result the update reads as ``o`` (Muon). With norms
+        too, the read pass follows the matrix step and its measure takes ``o`` as the update
+        does (Adafactor).
     group_state : tuple of GroupState
         Values kept per group and advanced by each step (none for most rules).
     advance_group : callable, optional
@@ -409,11 +443,12 @@ class Rule:
         transformed = self.matrix is not None
         functions = [("update", self.update, transformed)]
         if self.norms is not None:
-            functions.append(("norms' measure", self.norms.measure, False))
+            functions.append(("norms' measure", self.norms.measure, transformed))
         if self.matrix is not None:
             functions.append(("matrix step's direction", self.matrix.direction, False))
-            if self.norms is not None:
-                raise ValueError(f"{self.name} may have norms or a matrix step, not both")
+            host = [entry.name for entry in self.matrix.state]
+            if set(host) & set(self.state_names) or len(set(host)) != len(host):
+                raise ValueError(f"{self.name}'s host state {host} repeats a name")
         for what, function, takes_o in functions:
             arguments = inspect.signature(function).parameters
             count = len(self.state) + 3 + takes_o
@@ -444,6 +479,11 @@ class Rule:
     def state_names(self) -> tuple[str, ...]:
         """The state arrays' names, in the update's order."""
         return tuple(state.name for state in self.state)
+
+    @property
+    def host_state(self) -> tuple[HostState, ...]:
+        """The matrix step's per-tensor host state (see :class:`HostState`)."""
+        return self.matrix.state if self.matrix is not None else ()
 
     @property
     def scalar_names(self) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 ``fastopt.torch.Adam(model.parameters(), lr=1e-3)`` (and every other rule of :mod:`fastopt`:
 ``AdamW``, ``SGD``, ``Adagrad``, ``RMSprop``, ``Adamax``, ``NAdam``, ``RAdam``, ``Adadelta``,
-``Rprop``, ``ASGD``, ``Muon``, ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``,
+``Rprop``, ``ASGD``, ``Muon``, ``Adafactor``, ``Lion``, ``AdEMAMix``, ``Adan``, ``Lamb``, ``LARS``,
 ``ScheduleFreeSGD``, ``ScheduleFreeAdamW``) is a :class:`torch.optim.Optimizer` with torch's
 signature (the NumPy class's for rules torch lacks), parameter groups, ``zero_grad``,
 ``state_dict`` format, hooks and learning-rate scheduler support. On construction it copies the
@@ -114,6 +114,7 @@ __all__ = [
     "SGD",
     "AdEMAMix",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -861,6 +862,7 @@ AdEMAMix = _declared_adapter(fastopt.AdEMAMix)
 Adan = _declared_adapter(fastopt.Adan)
 Lamb = _declared_adapter(fastopt.Lamb)
 Muon = _declared_adapter(fastopt.Muon, step_in_state=False)
+Adafactor = _declared_adapter(fastopt.Adafactor)
 LARS = _declared_adapter(fastopt.LARS)
 # schedulefree's classes read "foreach" from their groups: False (its per-tensor loop) lets
 # them load these checkpoints.

@@ -1,0 +1,254 @@
+"""Adafactor (Shazeer and Stern, 2018, "Adafactor: Adaptive Learning Rates with Sublinear
+Memory Cost"), with ``torch.optim.Adafactor``'s names, defaults and formulas.
+
+The update is written out in the class's docstring. A tensor of two or more dimensions keeps
+its second moment factored, as a row and a column factor over its last two dimensions (state
+not shaped like the parameter, :class:`fastopt.rule.HostState`); a vector keeps it whole. A
+step is a read pass writing the gradient (after unscaling, clipping and ``maximize``) into a
+scratch array, the second moment's update on the host (row and column sums of squares in
+float64, in a fixed order), a read pass taking the RMS of the parameter and of the update
+(:class:`fastopt.rule.Norms`), and the fused update of the parameter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastopt._checks import check_nonnegative, check_real
+from fastopt._jit import kernel
+from fastopt.rule import HostState, Hyperparameter, MatrixStep, Norms, Rule, build, flag, real
+
+__all__ = ["RULE", "Adafactor", "adafactor_step"]
+
+
+def adafactor_direction(p, g, h):
+    """What the host reads: the gradient, as the update sees it."""
+    return g
+
+
+def adafactor_measure(p, g, o, h):
+    """What the RMS are taken of: the parameter (before the decay) and the update
+    ``g / sqrt(max(v, eps1^2))`` (``o`` is the inverse square root)."""
+    return p, g * o
+
+
+def adafactor_update(p, g, o, h):
+    """One element of an Adafactor step: decay, then ``p - alpha / denom * u``."""
+    return (p * h.decay_factor + h.neg_step * (g * o),)
+
+
+@kernel
+def _squares_by_row_and_column(g, rows, columns):
+    """The sums of ``g**2`` over the last axis (``rows``) and over the middle one
+    (``columns``) of a 3-D array, in float64, element by element in order."""
+    for b in range(g.shape[0]):
+        for j in range(g.shape[2]):
+            columns[b, j] = 0.0
+        for i in range(g.shape[1]):
+            total = 0.0
+            for j in range(g.shape[2]):
+                v = np.float64(g[b, i, j])
+                total += v * v
+                columns[b, j] += v * v
+            rows[b, i] = total
+
+
+def _lerp(start: np.ndarray, end: np.ndarray, weight: np.generic) -> None:
+    """``start.lerp_(end, weight)`` in place, with torch's formula, in the arrays' dtype."""
+    if weight < 0.5:
+        start += weight * (end - start)
+    else:
+        start[...] = end - (end - start) * (weight.dtype.type(1.0) - weight)
+
+
+def adafactor_second_moment(g, h, row_var, col_var, variance):
+    """The second moment's update of one tensor from its gradient ``g`` (in place), and the
+    inverse square root of its estimate, clamped below at ``eps1**2``, shaped like ``g``."""
+    dtype = g.dtype.type
+    eps1 = float(np.finfo(g.dtype).eps) if h.eps1 < 0 else h.eps1
+    weight = dtype(h.one_minus_beta2)
+    if variance is None:
+        stacked = g.reshape(-1, *g.shape[-2:])
+        rows = np.empty(stacked.shape[:2])
+        columns = np.empty((stacked.shape[0], stacked.shape[2]))
+        _squares_by_row_and_column(stacked, rows, columns)
+        _lerp(row_var, (rows / g.shape[-1]).astype(dtype).reshape(row_var.shape), weight)
+        _lerp(col_var, (columns / g.shape[-2]).astype(dtype).reshape(col_var.shape), weight)
+        row_mean = row_var.astype(np.float64).sum(axis=-2, keepdims=True) / g.shape[-2]
+        estimate = row_var * col_var
+        estimate /= np.maximum(row_mean.astype(dtype), dtype(eps1))
+    else:
+        _lerp(variance, g * g, weight)
+        estimate = variance.copy()
+    np.maximum(estimate, dtype(eps1 * eps1), out=estimate)
+    return dtype(1.0) / np.sqrt(estimate)
+
+
+def adafactor_step_size(h, norms, ndim, sizes):
+    """``-alpha / denom`` per tensor, from the RMS of the parameter and of the update, with
+    Python's ``max`` (the first argument unless the second is larger: a NaN RMS gives eps2)."""
+    roots = np.sqrt(np.maximum(sizes, 1).astype(np.float64))
+    param_rms = norms["param"] / roots
+    alpha = np.where(param_rms > h.eps2, param_rms, h.eps2) * h.rho
+    ratio = norms["update"] / (roots * h.d)
+    return (-alpha / np.where(ratio > 1.0, ratio, 1.0),)
+
+
+def adafactor_row(group, step, created, scalars):
+    """The host row of update number ``step`` (an eps1 of -1 stands for None)."""
+    lr = group["lr"]
+    eps1, eps2 = group["eps"]
+    return (
+        float(step) ** group["beta2_decay"],
+        -1.0 if eps1 is None else eps1,
+        eps2,
+        min(lr, 1.0 / float(step) ** 0.5),
+        group["d"],
+        1.0 - lr * group["weight_decay"],
+    )
+
+
+def _check_beta2_decay(name: str, value: object) -> float:
+    value = check_real(name, value)
+    if not (math.isfinite(value) and value <= 0.0):
+        raise ValueError(f"Invalid {name}: {value} (must be finite and <= 0)")
+    return value
+
+
+def _check_eps(name: str, value: object) -> tuple[float | None, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (eps1 or None, eps2), got {value!r}")
+    eps1, eps2 = value
+    if eps1 is not None:
+        eps1 = check_nonnegative(f"{name}[0]", eps1)
+    return eps1, check_nonnegative(f"{name}[1]", eps2)
+
+
+def _check_d(name: str, value: object) -> float:
+    value = check_real(name, value)
+    if not (math.isfinite(value) and value >= 1.0):
+        raise ValueError(f"Invalid {name}: {value} (must be finite and >= 1)")
+    return value
+
+
+def _row_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    return (*shape[:-1], 1) if len(shape) >= 2 else None
+
+
+def _column_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    return (*shape[:-2], 1, shape[-1]) if len(shape) >= 2 else None
+
+
+def _vector_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    return shape if len(shape) < 2 else None
+
+
+RULE = Rule(
+    name="Adafactor",
+    update=adafactor_update,
+    fields=("one_minus_beta2", "eps1", "eps2", "rho", "d", "decay_factor"),
+    row=adafactor_row,
+    matrix=MatrixStep(
+        direction=adafactor_direction,
+        transform=adafactor_second_moment,
+        ndim=None,
+        state=(
+            HostState("row_var", _row_shape),
+            HostState("col_var", _column_shape),
+            HostState("variance", _vector_shape),
+        ),
+    ),
+    norms=Norms(
+        measure=adafactor_measure,
+        names=("param", "update"),
+        fields=("neg_step",),
+        finish=adafactor_step_size,
+        counts=True,
+    ),
+    hyperparameters=(
+        real("lr", 1e-2, scheduled=True),
+        Hyperparameter("beta2_decay", -0.8, _check_beta2_decay),
+        Hyperparameter("eps", (None, 1e-3), _check_eps, annotation="tuple[float | None, float]"),
+        Hyperparameter("d", 1.0, _check_d),
+        real("weight_decay", 0.0),
+        flag("maximize", keyword_only=True),
+    ),
+    doc=r"""Adafactor: a factored second moment and an update scaled by the parameter's RMS.
+
+    Same names, defaults and formulas as ``torch.optim.Adafactor``. With :math:`t` the
+    update count, :math:`\tau` the ``beta2_decay``, :math:`\gamma` the lr and
+    :math:`\lambda` the weight decay, for each tensor :math:`P` with gradient :math:`G`:
+
+    .. math::
+
+        \hat\beta_t &= 1 - t^{\tau}, \qquad \rho_t = \min(\gamma, 1 / \sqrt{t}), \qquad
+            \alpha_t = \max(\epsilon_2, \mathrm{RMS}(P))\, \rho_t \\
+        P &\leftarrow P\,(1 - \gamma\lambda) \\
+        R &\leftarrow \hat\beta_t R + (1 - \hat\beta_t)\, \mathrm{mean}_{-1}(G^2), \qquad
+        C \leftarrow \hat\beta_t C + (1 - \hat\beta_t)\, \mathrm{mean}_{-2}(G^2) \\
+        V &= \frac{R\, C}{\max(\mathrm{mean}_{-2}(R), \epsilon_1)}
+            \quad (\text{a vector: } V \leftarrow \hat\beta_t V + (1 - \hat\beta_t) G^2) \\
+        U &= G / \sqrt{\max(V, \epsilon_1^2)}, \qquad
+        P \leftarrow P - \frac{\alpha_t}{\max(1, \mathrm{RMS}(U) / d)}\, U
+
+    where :math:`\mathrm{RMS}(X) = \lVert X \rVert / \sqrt{\mathrm{numel}(X)}`, the row
+    factor :math:`R` (shape ``[..., rows, 1]``) and the column factor :math:`C` (``[..., 1,
+    cols]``) are taken over the last two dimensions of a tensor of two or more (the leading
+    ones are a batch), and :math:`\alpha_t` is the RMS of the parameter before the decay.
+
+    Parameters
+    ----------
+    params
+        float32 or float64 arrays of any shape, in host memory: an array, a list of arrays
+        or a list of parameter-group dicts.
+    lr : float or schedule, default 1e-2
+        The cap of the relative step :math:`\rho_t`, and the weight decay's factor.
+    beta2_decay : float <= 0, default -0.8
+    eps : tuple (float or None, float), default (None, 1e-3)
+        :math:`\epsilon_1` (None: the machine epsilon of the parameter's dtype) and
+        :math:`\epsilon_2`.
+    d : float >= 1, default 1.0
+        The clipping threshold of the update's RMS.
+    weight_decay : float, default 0
+        Decoupled: :math:`P \leftarrow P(1 - \gamma\lambda)`.
+    maximize : bool, default False
+    nonfinite, max_norm, norm_type, clip_value
+        Gradient checks and clipping fused into the step, see :class:`~fastopt.Optimizer`.
+
+    Notes
+    -----
+    State: ``step``, then ``row_var`` and ``col_var`` (:math:`R` and :math:`C`) for a
+    tensor of two or more dimensions, ``variance`` (:math:`V`) for one of fewer, all zero at
+    first: torch's names and shapes, so state_dicts load both ways with the torch adapter.
+    The row and column sums of :math:`G^2` are taken in float64 in a fixed order and the
+    RMS in float64 in fixed blocks, so results are the same bits on every thread count.
+    They differ from torch's float32 results by rounding (torch reduces in float32).
+
+    The state is kept in the parameters' dtype in host memory: ``state_dtype="bfloat16"``,
+    16-bit parameters (and so ``master_weights``, ``kahan_sum`` and stochastic rounding,
+    which concern them) and CUDA device arrays are refused. The row and column state is not
+    shaped like the parameters, so a :class:`~fastopt.FlatParams` is stepped tensor by
+    tensor rather than in one launch. A tensor with no elements keeps its zero state and
+    is left alone (torch's step divides by its size of 0). For :math:`\epsilon_1` = None
+    torch takes the machine epsilon of the first parameter of the group for all of them;
+    fastopt takes each parameter's own (the same in a group of one dtype).
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt
+    >>> w = np.ones((2, 3))
+    >>> opt = fastopt.Adafactor(w)
+    >>> opt.step(np.full((2, 3), 0.5))
+    >>> w  # RMS(w) = 1, rho = 0.01, and the update's RMS is 1
+    array([[0.99, 0.99, 0.99],
+           [0.99, 0.99, 0.99]])
+    >>> sorted(opt.state[0]), opt.state[0]["row_var"].shape
+    (['col_var', 'row_var', 'step'], (2, 1))
+    """,
+)
+
+_BUILT = build(RULE)
+Adafactor = _BUILT.optimizer
+adafactor_step = _BUILT.step
