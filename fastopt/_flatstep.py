@@ -442,11 +442,21 @@ class FlatStep:
     ) -> list[tuple[Any, ...]]:
         runs = []
         start, run_kind = None, None
+        # The read pass of per-tensor norms and a matrix step's direction pass slice 8-bit
+        # state by offsets inside one parameter: such parameters launch one by one.
+        kernels = self.optimizer._kernels
+        alone = kernels.norms is not None or kernels.matrix is not None
         for position, param in enumerate(self.launch_param.tolist()):
             if self.is_padding[position]:
+                if start is not None and alone and run_kind[1]:
+                    runs.append((start, position, run_kind))
+                    start = None
                 continue  # joins the open run, if any, under its neutral row
             if param >= 0 and (active is None or active[param]):
                 kind = (int(self.group_of_param[param]), self.quantized_of_param[param])
+                if start is not None and alone and kind[1]:
+                    runs.append((start, position, run_kind))
+                    start = None
                 if start is not None and layouts[kind] == layouts[run_kind]:
                     continue
                 if start is not None:

@@ -94,9 +94,11 @@ class RuleKernels(NamedTuple):
 
 @elementwise
 def chunk_length(n, n_chunks):
-    """Elements per chunk, rounded up to whole 64-element (cache-line aligned) blocks."""
+    """Elements per chunk, rounded up to whole 256-element blocks: cache-line aligned, and
+    whole blocks of 8-bit state (see :mod:`fastopt._quantized`), so that a pass that reads
+    such state by chunks of one parameter decodes each with its block's scale."""
     per_chunk = (n + n_chunks - 1) // n_chunks
-    return (per_chunk + 63) // 64 * 64
+    return (per_chunk + 255) // 256 * 256
 
 
 @elementwise

@@ -881,7 +881,8 @@ def dequantize_blockwise(
     """The float32 values of 8-bit ``codes``: ``code[q] * absmax[block of q]``."""
     flat = np.asarray(codes).reshape(-1)
     scales = np.repeat(np.asarray(absmax, dtype=np.float32), block)[: flat.size]
-    return (code[flat.astype(np.intp)] * scales).reshape(np.shape(codes))
+    with np.errstate(invalid="ignore"):  # a NaN or Inf scale decodes its block to NaN
+        return (code[flat.astype(np.intp)] * scales).reshape(np.shape(codes))
 
 
 def low_precision_step(

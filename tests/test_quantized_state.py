@@ -498,3 +498,42 @@ def test_adamw_int8_tracks_bitsandbytes_adamw8bit():
     ours_off = (ours - exact).abs().mean().item()
     theirs_off = (theirs - exact).abs().mean().item()
     assert ours_off <= 1.5 * theirs_off + 1e-7, (ours_off, theirs_off)
+
+
+@pytest.mark.parametrize(
+    ("cls", "shapes"),
+    [
+        (fastopt.Lamb, [(5, 3000), (100, 50), (7,), (70, 80)]),
+        (fastopt.Muon, [(200, 350), (64, 70), (3, 4), (80, 70)]),
+    ],
+    ids=["Lamb", "Muon"],
+)
+def test_passes_that_read_whole_tensors_decode_each_block_with_its_scale(cls, shapes):
+    """The norms' read pass (LAMB) and the matrix step's direction pass (Muon) read 8-bit
+    state too: in one FlatParams launch of consecutive quantized parameters, and by thread
+    chunks of one parameter (70,000 elements in two chunks), the per-array, one-thread bits."""
+    rng = np.random.default_rng(11)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    steps = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    flat = fastopt.FlatParams(shapes)
+    for view, array in zip(flat.params, arrays, strict=True):
+        view[...] = array
+    by_flat = cls(flat.params, lr=1e-2, state_dtype="int8")
+    for grads in steps:
+        for view, grad in zip(flat.grads, grads, strict=True):
+            view[...] = grad
+        by_flat.step()
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        separate = [array.copy() for array in arrays]
+        by_array = cls(separate, lr=1e-2, state_dtype="int8")
+        for grads in steps:
+            by_array.step(grads)
+    finally:
+        numba.set_num_threads(threads)
+    for index, (got, want) in enumerate(zip(flat.params, separate, strict=True)):
+        np.testing.assert_array_equal(got, want)
+        for name, value in by_array.state[index].items():
+            np.testing.assert_array_equal(by_flat.state[index][name], value, err_msg=name)
+    assert by_array.state[0][next(iter(cls._rule.state_names))].dtype == np.uint8
