@@ -196,13 +196,8 @@ class DeclaredOptimizer(Optimizer):
             return super()._step_flat(active, loss_scale, nonfinite)
         # Host state is not shaped like the parameters, so it has no flat buffers: the
         # FlatParams' tensors are stepped one by one, from views of its gradient buffer.
-        if self._ready_check is not None:
-            self._ready_check(self.param_groups)
-        plan = self._flat_plan()
+        plan, outcome = self._flat_prestep(active, loss_scale, nonfinite)
         flat = plan.flat
-        outcome = self._prestep(
-            plan.gradients(active), loss_scale, nonfinite, gradient_factor=flat.grad_scale
-        )
         grads = flat.grads
         paired = [
             grads[position] if active is None or active[index] else None

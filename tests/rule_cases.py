@@ -213,3 +213,37 @@ def newton_schulz_in_dtype(grad, coefficients, steps, eps):
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.T if grad.size(0) > grad.size(1) else x
+
+
+def run_low_precision_steps(rule, hp, param, grads, new_state, master, comp, key_of):
+    """The rule's reference over ``grads`` by :func:`reference.low_precision_step`, the
+    group's hyperparameters ``hp``: ``new_state(declared)`` makes a state array when the
+    options first need it, ``key_of(step)`` is the random key of update ``step`` (or None);
+    ``param``, ``master`` and ``comp`` are updated in place. Returns the state arrays."""
+    step_function = getattr(reference, f"{rule.snake_name}_step")
+    state, scalars, kept = {}, {}, {}
+    for step, grad in enumerate(grads, start=1):
+        for declared in rule.state:
+            if declared.present(hp) and declared.name not in state:
+                state[declared.name] = new_state(declared)
+        for declared in rule.scalars:
+            scalars.setdefault(declared.name, declared.initial_value(hp, np.dtype(np.float32)))
+        arrays = [state.get(declared.name) for declared in rule.state]
+        options = {h.name: hp[h.name] for h in rule.hyperparameters}
+        if rule.counts_steps:
+            options["step"] = step
+        returned = reference.low_precision_step(
+            step_function,
+            param,
+            grad,
+            *arrays,
+            master_param=master,
+            kahan_comp=comp,
+            rounding_key=key_of(step),
+            **options,
+            **scalars,
+            **kept,
+        )
+        for name, value in (returned or {}).items():
+            (scalars if name in rule.scalar_names else kept)[name] = value
+    return state

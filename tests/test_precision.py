@@ -9,7 +9,7 @@ import ml_dtypes
 import numba
 import numpy as np
 import pytest
-from rule_cases import CASES, assert_close, case_id, problem
+from rule_cases import CASES, assert_close, case_id, problem, run_low_precision_steps
 
 import fastopt
 from fastopt import _codecs, reference
@@ -159,37 +159,17 @@ def run_low_precision_reference(cls, kwargs, param, grads, seed=0):
     master = param.astype(F32) if low and hp["master_weights"] else None
     comp = np.zeros_like(param) if low and hp["kahan_sum"] else None
     stochastic = hp["stochastic_rounding"] and (low or state_dtype == BF16)
-    step_function = getattr(reference, f"{rule.snake_name}_step")
-    state, scalars, kept = {}, {}, {}
-    for step, grad in enumerate(grads, start=1):
-        for declared in rule.state:
-            if declared.present(hp) and declared.name not in state:
-                source = master if master is not None else param.astype(F32)
-                state[declared.name] = (
-                    source.astype(state_dtype)
-                    if declared.from_param
-                    else np.full(param.shape, declared.initial(hp), state_dtype)
-                )
-        for declared in rule.scalars:
-            scalars.setdefault(declared.name, declared.initial_value(hp, F32))
-        arrays = [state.get(declared.name) for declared in rule.state]
-        options = {h.name: hp[h.name] for h in rule.hyperparameters}
-        if rule.counts_steps:
-            options["step"] = step
-        returned = reference.low_precision_step(
-            step_function,
-            param,
-            grad,
-            *arrays,
-            master_param=master,
-            kahan_comp=comp,
-            rounding_key=int(rounding_key(seed, 0, step)) if stochastic else None,
-            **options,
-            **scalars,
-            **kept,
-        )
-        for name, value in (returned or {}).items():
-            (scalars if name in rule.scalar_names else kept)[name] = value
+
+    def new_state(declared):
+        source = master if master is not None else param.astype(F32)
+        if declared.from_param:
+            return source.astype(state_dtype)
+        return np.full(param.shape, declared.initial(hp), state_dtype)
+
+    def key_of(step):
+        return int(rounding_key(seed, 0, step)) if stochastic else None
+
+    state = run_low_precision_steps(rule, hp, param, grads, new_state, master, comp, key_of)
     return state, master, comp
 
 

@@ -7,7 +7,7 @@ import ml_dtypes
 import numba
 import numpy as np
 import pytest
-from rule_cases import CASES, assert_close, case_id, problem
+from rule_cases import CASES, assert_close, case_id, problem, run_low_precision_steps
 
 import fastopt
 from fastopt import _quantized, reference
@@ -95,41 +95,23 @@ def int8_reference(cls, kwargs, param, grads, seed=0):
     plain_dtype = F32 if low else param.dtype
     master = param.astype(F32) if low and hp["master_weights"] else None
     stochastic = hp["stochastic_rounding"] and low
-    step_function = getattr(reference, f"{rule.snake_name}_step")
-    state, scalars, kept = {}, {}, {}
-    for step, grad in enumerate(grads, start=1):
-        for declared in rule.state:
-            if declared.present(hp) and declared.name not in state:
-                source = master if master is not None else param.astype(plain_dtype)
-                start = (
-                    source.astype(plain_dtype)
-                    if declared.from_param
-                    else np.full(param.shape, declared.initial(hp), plain_dtype)
-                )
-                if quantized and declared.quantizable:
-                    code = MAPS[not declared.nonnegative]
-                    state[declared.name] = (*reference.quantize_blockwise(start, code), code)
-                else:
-                    state[declared.name] = start
-        for declared in rule.scalars:
-            scalars.setdefault(declared.name, declared.initial_value(hp, F32))
-        arrays = [state.get(declared.name) for declared in rule.state]
-        options = {h.name: hp[h.name] for h in rule.hyperparameters}
-        if rule.counts_steps:
-            options["step"] = step
-        returned = reference.low_precision_step(
-            step_function,
-            param,
-            grad,
-            *arrays,
-            master_param=master,
-            rounding_key=int(rounding_key(seed, 0, step)) if stochastic else None,
-            **options,
-            **scalars,
-            **kept,
+
+    def new_state(declared):
+        source = master if master is not None else param.astype(plain_dtype)
+        start = (
+            source.astype(plain_dtype)
+            if declared.from_param
+            else np.full(param.shape, declared.initial(hp), plain_dtype)
         )
-        for name, value in (returned or {}).items():
-            (scalars if name in rule.scalar_names else kept)[name] = value
+        if not (quantized and declared.quantizable):
+            return start
+        code = MAPS[not declared.nonnegative]
+        return (*reference.quantize_blockwise(start, code), code)
+
+    def key_of(step):
+        return int(rounding_key(seed, 0, step)) if stochastic else None
+
+    state = run_low_precision_steps(rule, hp, param, grads, new_state, master, None, key_of)
     return state, master
 
 
