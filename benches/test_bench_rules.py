@@ -10,6 +10,9 @@ from fastopt.bench.torch_child import make_torch_step
 
 
 def _step(implementation, rule, dtype, size):
+    case = RULES[rule]
+    if case.max_size is not None and size > case.max_size:
+        pytest.skip(f"{case.label} is timed up to {size_label(case.max_size)} elements")
     if implementation.startswith("torch-"):
         torch = pytest.importorskip("torch")
         torch.set_num_threads(numba.get_num_threads())
@@ -19,8 +22,9 @@ def _step(implementation, rule, dtype, size):
         except (RuntimeError, TypeError, ValueError) as error:
             pytest.skip(f"torch has no {flavour} {RULES[rule].torch_class}: {error}")
     rng = np.random.default_rng(0)
-    param = rng.standard_normal(size, dtype=np.dtype(dtype).type)
-    grad = rng.standard_normal(size, dtype=np.dtype(dtype).type)
+    shape = case.shape(size)
+    param = rng.standard_normal(shape, dtype=np.dtype(dtype).type)
+    grad = rng.standard_normal(shape, dtype=np.dtype(dtype).type)
     return make_step(implementation, rule, param, grad)
 
 

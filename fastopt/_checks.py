@@ -45,6 +45,7 @@ __all__ = [
     "describe",
     "grad_dtypes",
     "plural",
+    "same_place",
     "shares_memory",
     "state_dtypes",
     "with_article",
@@ -69,7 +70,7 @@ def _device_or_raise(name: str, array: object):
     return backend
 
 
-def _same_place(name: str, array: object, param: object):
+def same_place(name: str, array: object, param: object):
     """The backend of ``array``, which must be that of ``param``."""
     backend = _device_or_raise(name, array)
     if backend is not backend_of(param):
@@ -125,7 +126,7 @@ def check_grad(
     ``check_aliasing=False`` leaves the aliasing test of host arrays to the caller (the
     optimizer checks each gradient against every array its step writes at once)."""
     if not (isinstance(grad, np.ndarray) and isinstance(param, np.ndarray)):
-        backend = _same_place(name, grad, param)
+        backend = same_place(name, grad, param)
         if backend is not HOST:
             return backend.check_grad(name, grad, param)
     assert isinstance(grad, np.ndarray)
@@ -144,7 +145,7 @@ def check_grad(
 def check_state(name: str, array: object, param: np.ndarray) -> np.ndarray:
     """A state array: writeable, C-contiguous, of its parameter's size and of one of the
     :func:`state_dtypes` of its parameter's dtype."""
-    backend = _same_place(name, array, param)
+    backend = same_place(name, array, param)
     if backend is not HOST:
         return backend.check_state(name, array, param)
     check_param(name, array)

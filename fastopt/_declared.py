@@ -26,6 +26,7 @@ from fastopt._checks import (
     check_real,
     check_state,
     check_step,
+    same_place,
 )
 from fastopt._codegen import LazyKernels
 from fastopt._launch import RuleKernels, launch, single_segment
@@ -235,18 +236,14 @@ class DeclaredOptimizer(Optimizer):
 
 
 def _check_host_state_group(rule: Rule, group: Mapping[str, Any]) -> None:
-    """A rule with host state keeps it in its float32 or float64 parameters' dtype, in host
-    memory: no bfloat16 state, no 16-bit parameters, no device arrays."""
+    """A rule with host state keeps it in its float32 or float64 parameters' dtype: no
+    8-bit or bfloat16 state, no 16-bit parameters."""
     if group["state_dtype"] is not None:
         raise ValueError(
             f"{rule.name} keeps its state in the parameters' dtype: state_dtype must be None, "
             f"got {group['state_dtype']!r}"
         )
     for i, param in enumerate(group["params"]):
-        if backend_of(param) is not HOST:
-            raise NotImplementedError(
-                f"{rule.name} steps host (NumPy) arrays only; params[{i}] is a device array"
-            )
         dtype = backend_of(param).dtype_shape(param)[0]
         if dtype not in (np.float32, np.float64):
             raise TypeError(
@@ -449,13 +446,12 @@ def _host_arrays(
     rule: Rule, name: str, arguments: Mapping[str, Any], param: Any, shape: tuple[int, ...]
 ) -> list[np.ndarray | None]:
     """The functional step's host state arrays, checked: each one the parameter's shape
-    keeps, of its declared shape and of the parameter's dtype (host arrays only)."""
+    keeps, of its declared shape and of the parameter's dtype, where the parameter is."""
     if not rule.host_state:
         return []
-    if not isinstance(param, np.ndarray):
-        raise NotImplementedError(f"{name}() steps host (NumPy) arrays only")
-    if param.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name}() supports float32 and float64 parameters, got {param.dtype}")
+    dtype = backend_of(param).dtype_shape(param)[0]
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}() supports float32 and float64 parameters, got {dtype}")
     host = []
     for entry in rule.host_state:
         array, wanted = arguments[entry.name], entry.shape(shape)
@@ -469,10 +465,12 @@ def _host_arrays(
         if array is None:
             raise ValueError(f"{name}(): {entry.name} is required for a parameter of shape {shape}")
         check_param(entry.name, array)
-        if array.dtype != param.dtype or array.shape != tuple(wanted):
+        backend = same_place(entry.name, array, param)
+        given = backend.dtype_shape(array)
+        if given != (dtype, tuple(wanted)):
             raise ValueError(
-                f"{name}(): {entry.name} must have dtype {param.dtype} and shape "
-                f"{tuple(wanted)}, got {array.dtype} {array.shape}"
+                f"{name}(): {entry.name} must have dtype {dtype} and shape "
+                f"{tuple(wanted)}, got {given[0]} {given[1]}"
             )
         host.append(array)
     return host
@@ -544,7 +542,7 @@ def functional_step(rule: Rule, kernels: LazyKernels) -> Callable[..., dict[str,
             flat(param),
             flat(arrays[1][1]),
             *[None if array is None else flat(array) for array in state_arrays],
-            *[None if array is None else array.reshape(-1) for array in host],
+            *[None if array is None else flat(array) for array in host],
             master=None if master is None else flat(master),
             comp=None if comp is None else flat(comp),
             stochastic=True if stochastic else None,

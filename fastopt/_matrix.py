@@ -51,8 +51,10 @@ def transform_segments(
             None if array is None else array.reshape(entry.shape(shape))
             for entry, array in zip(declared, host, strict=True)
         ]
-        result = matrix.declaration.transform(directions[lo:hi].reshape(shape), h, *state)
-        directions[lo:hi] = np.asarray(result, dtype=directions.dtype).reshape(-1)
+        view = directions[lo:hi].reshape(shape)
+        result = matrix.declaration.transform(view, h, *state)
+        if result is not view:  # a transform may write its result over its input
+            view[...] = result
 
 
 def transform_matrices(

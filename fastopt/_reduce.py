@@ -37,6 +37,7 @@ __all__ = [
     "block_sums_of_squares",
     "block_table",
     "magnitude_bits",
+    "sum_of_squares",
     "table_sums_of_squares",
 ]
 
@@ -52,7 +53,9 @@ def block_count(size: int) -> int:
 
 
 @elementwise
-def _sum_of_squares(x, lanes):
+def sum_of_squares(x, lanes):
+    """The sum of squares of a 1-D array in float64, in ``lanes`` accumulators (see the
+    module docstring)."""
     acc = np.zeros(lanes)
     rows = x.size // lanes
     for r in range(rows):
@@ -95,26 +98,26 @@ def _max_abs_bits(bits, lanes, magnitude_mask):
 def _sums_of_squares_serial(x, lanes, out):
     for b in range(out.size):
         lo = b * BLOCK
-        out[b] = _sum_of_squares(x[lo : min(lo + BLOCK, x.size)], lanes)
+        out[b] = sum_of_squares(x[lo : min(lo + BLOCK, x.size)], lanes)
 
 
 @parallel_kernel
 def _sums_of_squares_parallel(x, lanes, out):
     for b in prange(out.size):
         lo = b * BLOCK
-        out[b] = _sum_of_squares(x[lo : min(lo + BLOCK, x.size)], lanes)
+        out[b] = sum_of_squares(x[lo : min(lo + BLOCK, x.size)], lanes)
 
 
 @kernel
 def _table_sums_of_squares_serial(x, starts, stops, lanes, out):
     for b in range(out.size):
-        out[b] = _sum_of_squares(x[starts[b] : stops[b]], lanes)
+        out[b] = sum_of_squares(x[starts[b] : stops[b]], lanes)
 
 
 @parallel_kernel
 def _table_sums_of_squares_parallel(x, starts, stops, lanes, out):
     for b in prange(out.size):
-        out[b] = _sum_of_squares(x[starts[b] : stops[b]], lanes)
+        out[b] = sum_of_squares(x[starts[b] : stops[b]], lanes)
 
 
 @kernel

@@ -644,8 +644,8 @@ class Optimizer:
                 value = self._initial_value(name, group)
                 shape = arrays.dtype_shape(param)[1]
                 kept = self._state_shape(name, shape)
-                if kept != shape:  # host state: host memory, as its rule requires
-                    state[name] = np.full(kept, value, dtype)
+                if kept != shape:  # host state, where the parameter lives
+                    state[name] = arrays.from_host(np.full(kept, value, dtype), param)
                 elif name in quantized:
                     start = param if value is None else arrays.full_like(param, value, FLOAT32)
                     self._set_state(state, name, start, group, param, quantized)

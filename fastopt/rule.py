@@ -312,7 +312,8 @@ class MatrixStep:
         the update but ``o``.
     transform : callable
         ``transform(matrix, h) -> matrix``: the tensor's directions as a 2-D array of the
-        parameters' dtype and the tensor's row (``h``, float64 fields), on the host.
+        parameters' dtype and the tensor's row (``h``, float64 fields), on the host. It may
+        write its result over ``matrix`` and return it.
     ndim : int or None
         The parameters' number of dimensions (2 for Muon); others are refused. None: any
         (the transform then takes each tensor in its own shape, 0-d and empty ones included;

@@ -1,10 +1,12 @@
 """Adafactor: the class, the functional step and the FlatParams path against the NumPy
 reference and torch.optim.Adafactor; its factored (non-parameter-shaped) state in
-state_dicts both ways; bit-identical results across thread counts; refused options.
+state_dicts both ways; bit-identical results across thread counts and on CUDA device arrays
+(numba's simulator: ``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_adafactor.py -k
+cuda``); refused options.
 
 Adafactor is not in tests/rule_cases.py: the generic tests there assume state arrays shaped
-like the parameters (flat buffers, one launch per FlatParams, CUDA, 16-bit state), which its
-row and column factors are not; this file covers what they cover for it.
+like the parameters (flat buffers, one launch per FlatParams, 16-bit state), which its row
+and column factors are not; this file covers what they cover for it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from numba.core import config
 
 import fastopt
 from fastopt import reference
@@ -351,3 +354,84 @@ def test_sixteen_bit_parameters_are_refused():
 
     with pytest.raises(TypeError, match="float32 and float64"):
         fastopt.Adafactor(np.ones(4, ml_dtypes.bfloat16))
+
+
+# ---------------------------------------------------------------------- CUDA
+@pytest.mark.skipif(
+    not config.ENABLE_CUDASIM,
+    reason="needs numba's CUDA simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest "
+    "tests/test_adafactor.py -k cuda",
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: d.__name__)
+def test_cuda_device_arrays_match_the_host_and_checkpoints_resume(dtype, monkeypatch):
+    from numba import cuda
+
+    from fastopt._backend import is_device_array
+    from fastopt.cuda import _kernels
+
+    monkeypatch.setattr(_kernels, "THREADS_PER_BLOCK", 16)
+    shapes = [(5, 7), (3, 4, 6), (9,), (1, 1), (0, 3), ()]
+    rng = np.random.default_rng(3)
+    host = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+    device = [cuda.to_device(p) for p in host]
+    options = {"lr": 0.05, "weight_decay": 0.1, "clip_value": 1.5}
+    on_host, on_device = fastopt.Adafactor(host, **options), fastopt.Adafactor(device, **options)
+    grads = [[rng.standard_normal(shape).astype(dtype) for shape in shapes] for _ in range(4)]
+    for step_grads in grads[:2]:
+        on_host.step(step_grads)
+        on_device.step([cuda.to_device(g) for g in step_grads])
+    # A checkpoint of the device optimizer (host copies) resumes on fresh device arrays.
+    saved = on_device.state_dict()
+    resumed = [cuda.to_device(p.copy_to_host()) for p in device]
+    again = fastopt.Adafactor(resumed, **options)
+    again.load_state_dict(saved)
+    for step_grads in grads[2:]:
+        on_host.step(step_grads)
+        on_device.step([cuda.to_device(g) for g in step_grads])
+        again.step([cuda.to_device(g) for g in step_grads])
+    for index, expected in enumerate(host):
+        for params in (device, resumed):
+            assert params[index].copy_to_host().tobytes() == expected.tobytes()
+        for optimizer in (on_device, again):
+            entry = optimizer.state[index]
+            assert sorted(entry) == sorted(on_host.state[index])
+            for name, value in on_host.state[index].items():
+                if name == "step":
+                    assert entry[name] == value == 4
+                    continue
+                assert is_device_array(entry[name]), f"{name} is not on the device"
+                assert entry[name].copy_to_host().tobytes() == value.tobytes(), name
+        assert isinstance(saved["state"][index].get("row_var", np.empty(0)), np.ndarray)
+
+
+@pytest.mark.skipif(
+    not config.ENABLE_CUDASIM,
+    reason="needs numba's CUDA simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest "
+    "tests/test_adafactor.py -k cuda",
+)
+def test_cuda_functional_step_matches_the_host_and_checks_where_its_state_is():
+    from numba import cuda
+
+    param, grads = problem((4, 5), np.float32)
+    expected, row_var, col_var = (
+        param.copy(),
+        np.zeros((4, 1), np.float32),
+        np.zeros((1, 5), np.float32),
+    )
+    device = [cuda.to_device(a) for a in (param, row_var, col_var)]
+    for step, grad in enumerate(grads[:2], start=1):
+        fastopt.adafactor_step(expected, grad, row_var, col_var, step=step, weight_decay=0.1)
+        fastopt.adafactor_step(
+            device[0], cuda.to_device(grad), *device[1:], step=step, weight_decay=0.1
+        )
+    for array, on in zip((expected, row_var, col_var), device, strict=True):
+        assert on.copy_to_host().tobytes() == array.tobytes()
+    before = [on.copy_to_host() for on in device]
+    with pytest.raises(TypeError, match="row_var is a ndarray in host memory"):
+        fastopt.adafactor_step(device[0], cuda.to_device(grads[2]), row_var, device[2], step=3)
+    with pytest.raises(ValueError, match=r"col_var must have dtype float32 and shape \(1, 5\)"):
+        fastopt.adafactor_step(
+            device[0], cuda.to_device(grads[2]), device[1], cuda.to_device(np.zeros((5, 1))), step=3
+        )
+    for array, on in zip(before, device, strict=True):
+        assert on.copy_to_host().tobytes() == array.tobytes()

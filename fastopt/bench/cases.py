@@ -6,7 +6,11 @@ match it, and the number of state arrays it reads and writes. From that count fo
 memory traffic of one update: every rule reads the parameter, the gradient and each state
 array and writes back the parameter and each state array, so an update moves
 ``(3 + 2 * n_state) * itemsize`` bytes per element (Adam, float32: 28), plus what the read
-pass of a rule with per-tensor norms reads before the update (LAMB: 16 more).
+passes before the update read (the per-tensor norms', LAMB: 16 more; a matrix step's
+direction pass) and a matrix step's scratch direction, written and read back (Muon,
+Adafactor: 8 more). A rule with a matrix step runs on near-square matrices
+(:func:`matrix_shape`); the host's matrix work (Muon's Newton-Schulz products, Adafactor's
+row and column sums) is not counted.
 
 Every case is read from its rule's declaration (:mod:`fastopt.rule`) by
 :func:`declared_case`: the state arrays, the reference step and the ``torch.optim`` class.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dis
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +30,7 @@ import numpy as np
 
 import fastopt
 from fastopt import reference
-from fastopt.rule import Rule
+from fastopt.rule import HostState, Rule
 
 __all__ = [
     "BASELINES",
@@ -40,6 +45,7 @@ __all__ = [
     "RuleCase",
     "declared_case",
     "many_tensor_sizes",
+    "matrix_shape",
     "parse_size",
     "size_label",
 ]
@@ -72,6 +78,18 @@ class RuleCase:
         norms (LAMB: parameter, gradient and both moments), 0 for the others.
     prepare
         What a new optimizer needs before its first step (Schedule-Free's ``train()``).
+    host_state
+        The reference's state arrays that are not shaped like the parameter (Adafactor's
+        row and column factors), after ``state`` in its positional order: created at zero by
+        :meth:`new_state` where the parameter's shape keeps them; their traffic is not
+        counted.
+    scratch
+        Arrays a matrix step writes before the update and the update reads (its direction).
+    matrix
+        Whether the parameters are matrices (:meth:`shape`): a rule with a matrix step.
+    max_size
+        The largest size timed (None: any), for a rule whose host work grows faster than
+        its size (Muon's Newton-Schulz products, as ``n ** 1.5``).
     """
 
     name: str
@@ -85,6 +103,10 @@ class RuleCase:
     initial: tuple[float | None, ...] = ()
     read_pass: int = 0
     prepare: Callable[[fastopt.Optimizer], None] | None = field(default=None, repr=False)
+    host_state: tuple[HostState, ...] = ()
+    scratch: int = 0
+    matrix: bool = False
+    max_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.initial and len(self.initial) != len(self.state):
@@ -105,25 +127,35 @@ class RuleCase:
         """Number of state arrays read and written per element."""
         return len(self.state)
 
+    def shape(self, n: int) -> tuple[int, ...]:
+        """The shape of a parameter of ``n`` elements: a vector, or for a rule with a
+        matrix step a near-square matrix (:func:`matrix_shape`)."""
+        return matrix_shape(n) if self.matrix else (n,)
+
     @property
     def reads(self) -> int:
         """Arrays read per element: parameter, gradient and every state array (and those
-        the read pass reads again)."""
-        return 2 + self.n_state + self.read_pass
+        the read passes read again, and a matrix step's scratch)."""
+        return 2 + self.n_state + self.read_pass + self.scratch
 
     @property
     def writes(self) -> int:
-        """Arrays written per element: parameter and every state array."""
-        return 1 + self.n_state
+        """Arrays written per element: parameter, every state array and the scratch."""
+        return 1 + self.n_state + self.scratch
 
     def bytes_per_element(self, dtype: np.dtype | type | str) -> int:
         """Bytes one update moves per element (reads plus writes)."""
         return (self.reads + self.writes) * np.dtype(dtype).itemsize
 
     def new_state(self, param: np.ndarray) -> list[np.ndarray]:
-        """Fresh state arrays for the reference, shaped like ``param``, at their initial values."""
+        """Fresh state arrays for the reference, shaped like ``param``, at their initial
+        values (then the host state ``param``'s shape keeps, at zero)."""
         initial = self.initial or (0.0,) * self.n_state
-        return [param.copy() if value is None else np.full_like(param, value) for value in initial]
+        arrays = [
+            param.copy() if value is None else np.full_like(param, value) for value in initial
+        ]
+        kept = (entry.shape(param.shape) for entry in self.host_state)
+        return arrays + [np.zeros(shape, param.dtype) for shape in kept if shape is not None]
 
 
 class _DeclaredReference:
@@ -141,6 +173,7 @@ class _DeclaredReference:
         self._name = f"{rule.snake_name}_step"
         self._function = getattr(reference, self._name)
         self._present = tuple(state.present(group) for state in rule.state)
+        self._host_state = rule.host_state
         self._hyperparameters = {h.name: group[h.name] for h in rule.hyperparameters}
         self._initial = {
             scalar.name: scalar.initial_value(group, np.dtype(np.float32))
@@ -160,14 +193,18 @@ class _DeclaredReference:
         return f"reference.{self._name}({options})"
 
     def __call__(self, param: np.ndarray, grad: np.ndarray, *state: np.ndarray, step: int) -> None:
-        if len(state) != sum(self._present):
+        # Host state (Adafactor's factors) follows, where the parameter's shape keeps it.
+        present = self._present + tuple(
+            entry.shape(param.shape) is not None for entry in self._host_state
+        )
+        if len(state) != sum(present):
             raise TypeError(
-                f"{self._name} takes {sum(self._present)} state arrays here, got {len(state)}"
+                f"{self._name} takes {sum(present)} state arrays here, got {len(state)}"
             )
         if step < 1:
             raise ValueError(f"step must be >= 1, got {step}")
         arrays = iter(state)
-        full = [next(arrays) if present else None for present in self._present]
+        full = [next(arrays) if here else None for here in present]
         scalars = self._start(step, param.dtype)
         after = self._run(param, grad, full, scalars, step)
         if self._initial:
@@ -199,6 +236,7 @@ def declared_case(
     name: str | None = None,
     label: str | None = None,
     torch_class: str | None = None,
+    max_size: int | None = None,
 ) -> RuleCase:
     """The case of a class declared with :mod:`fastopt.rule`, read from its declaration.
 
@@ -218,6 +256,8 @@ def declared_case(
         the rule), or for a rule torch lacks its reference package's class as
         ``"package.Class"`` (its ``foreach`` path, or its per-tensor loop where it has none,
         is timed as ``torch-foreach``).
+    max_size
+        The largest size to time (None: any).
 
     Returns
     -------
@@ -255,17 +295,20 @@ def declared_case(
             f"(its hyperparameters: {', '.join(names)})"
         )
     # What the class runs with these options: its defaults, a variant's fixed values, checked.
-    probe = optimizer(np.zeros((1,) * (rule.matrix.ndim if rule.matrix else 1)), **options)
+    matrix = rule.matrix is not None
+    probe = optimizer(np.zeros((1, 1) if matrix else (1,)), **options)
     group = {key: probe.defaults[key] for key in names}
     present = [state for state in rule.state if state.present(group)]
-    read_pass = 0
-    if rule.norms is not None:
-        names = list(inspect.signature(rule.norms.measure).parameters)
-        loaded = _loaded_names(rule.norms.measure)
-        arrays = [names[0], names[1]] + [
-            name for name, state in zip(names[2:], rule.state) if state.present(group)
-        ]
-        read_pass = sum(name in loaded for name in arrays)
+    # The passes before the update read again what they load of the parameter, the
+    # gradient, the state and (the norms after a matrix step) the direction.
+    read_pass = sum(
+        _arrays_read(function, rule, group)
+        for function in (
+            rule.norms and rule.norms.measure,
+            rule.matrix and rule.matrix.direction,
+        )
+        if function
+    )
     return RuleCase(
         name=optimizer.__name__.lower() if name is None else name,
         label=optimizer.__name__ if label is None else label,
@@ -280,7 +323,21 @@ def declared_case(
         ),
         read_pass=read_pass,
         prepare=_train if "train" in rule.methods else None,
+        host_state=rule.host_state,
+        scratch=int(matrix),
+        matrix=matrix,
+        max_size=max_size,
     )
+
+
+def _arrays_read(function: Callable[..., Any], rule: Rule, group: Mapping[str, Any]) -> int:
+    """How many of its array arguments (all but the last, the row) a pass's element function
+    reads: the parameter, the gradient, the state the options keep (and a direction)."""
+    names = list(inspect.signature(function).parameters)[:-1]
+    present = [True, True] + [state.present(group) for state in rule.state]
+    present += [True] * (len(names) - len(present))  # the direction a matrix step made
+    loaded = _loaded_names(function)
+    return sum(here and name in loaded for name, here in zip(names, present, strict=True))
 
 
 def _train(optimizer: fastopt.Optimizer) -> None:
@@ -296,6 +353,23 @@ def _loaded_names(function: Callable[..., Any]) -> set[str]:
             names.update(value if isinstance(value, tuple) else (value,))
     return names
 
+
+def matrix_shape(n: int) -> tuple[int, int]:
+    """The most nearly square ``(rows, columns)`` of ``n`` elements, rows <= columns.
+
+    >>> from fastopt.bench.cases import matrix_shape
+    >>> matrix_shape(1 << 20), matrix_shape(1 << 13), matrix_shape(300), matrix_shape(7)
+    ((1024, 1024), (64, 128), (15, 20), (1, 7))
+    """
+    rows = math.isqrt(n)
+    while rows > 1 and n % rows:
+        rows -= 1
+    return max(rows, 1), n // max(rows, 1)
+
+
+#: Muon's Newton-Schulz products take about 6 ns_steps r^2 c flops on an r x c matrix
+#: (r <= c): 0.2 s per step at 2^20 elements on a 2-core host, 13 s at 2^26.
+MUON_MAX_SIZE = 1 << 20
 
 RULES: dict[str, RuleCase] = {
     case.name: case
@@ -347,6 +421,9 @@ RULES: dict[str, RuleCase] = {
             name="nadam_decoupled",
             label="NAdamW",
         ),
+        # Rules with a matrix step, on near-square matrices.
+        declared_case(fastopt.Adafactor, {"lr": 1e-2}),
+        declared_case(fastopt.Muon, {"lr": 1e-3}, max_size=MUON_MAX_SIZE),
     )
 }
 

@@ -271,7 +271,8 @@ def rule_table(results: Results, dtype: str) -> Table:
 
 
 def _twin_notes(results: Results, dtype: str) -> tuple[str, ...]:
-    """Which torch-side figures come from a reference package (rules torch lacks)."""
+    """Which torch-side figures come from a reference package (rules torch lacks) or from
+    a torch.optim class's per-tensor loop (no foreach flag)."""
     notes = {}
     for row in results.rows:
         if (
@@ -283,8 +284,12 @@ def _twin_notes(results: Results, dtype: str) -> tuple[str, ...]:
         ):
             notes.setdefault(RULES[row["rule"]].label, row["note"])
     return tuple(
-        f"{_IMPL_NAMES['torch-foreach']} of {label}: {note}, the rule's reference package "
-        "(torch.optim has no such rule)"
+        f"{_IMPL_NAMES['torch-foreach']} of {label}: {note}"
+        + (
+            ", the rule's reference package (torch.optim has no such rule)"
+            if not note.startswith("torch.optim.")
+            else ", which takes no foreach flag"
+        )
         for label, note in notes.items()
     )
 

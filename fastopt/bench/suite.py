@@ -30,6 +30,7 @@ from fastopt.bench.cases import (
     RULES,
     RuleCase,
     many_tensor_sizes,
+    size_label,
 )
 from fastopt.bench.ceiling import stream_step
 from fastopt.bench.progress import Progress
@@ -113,8 +114,8 @@ def full_config(**overrides: Any) -> SuiteConfig:
     return replace(config, **overrides)
 
 
-def _random(rng: np.random.Generator, n: int, dtype: str) -> np.ndarray:
-    return rng.standard_normal(n, dtype=np.dtype(dtype).type)
+def _random(rng: np.random.Generator, shape: int | tuple[int, ...], dtype: str) -> np.ndarray:
+    return rng.standard_normal(shape, dtype=np.dtype(dtype).type)
 
 
 def _fastopt_step(case: RuleCase, param: np.ndarray, grad: np.ndarray) -> Callable[[], None]:
@@ -129,12 +130,16 @@ def _numpy_step(case: RuleCase, param: np.ndarray, grad: np.ndarray) -> Callable
 
 
 def _ceiling_step(case: RuleCase, param: np.ndarray, grad: np.ndarray) -> Callable[[], None]:
-    state = [np.zeros_like(param) for _ in case.state]
+    param, grad = param.reshape(-1), grad.reshape(-1)
+    # A matrix step's scratch direction is one more array read and written.
+    state = [np.zeros_like(param) for _ in range(case.n_state + case.scratch)]
     if not case.read_pass:
         return lambda: stream_step(param, grad, *state)
-    # A rule with per-tensor norms reads some arrays once more before its update: so does
-    # its ceiling (fastopt._reduce's block sums of squares, read-only, as fast as a stream).
-    read = [param, grad, *state][: case.read_pass]
+    # A rule with per-tensor norms or a matrix step reads some arrays once more before its
+    # update: so does its ceiling (fastopt._reduce's block sums of squares, read-only, as
+    # fast as a stream).
+    arrays = [param, grad, *state]
+    read = [arrays[k % len(arrays)] for k in range(case.read_pass)]
     sums = np.empty(block_count(param.size))
 
     def step() -> None:
@@ -223,8 +228,14 @@ def _single_rows(config: SuiteConfig, progress: Progress) -> list[dict[str, Any]
     rows = []
     in_process = [name for name in config.implementations if name in IN_PROCESS]
     for dtype, size, rule in _cases(config):
-        param, grad = _random(rng, size, dtype), _random(rng, size, dtype)
         progress.advance(f"{rule} {dtype} n={size}", len(in_process))
+        case = RULES[rule]
+        if case.max_size is not None and size > case.max_size:
+            for name in in_process:
+                rows.append(_too_large(_row("single", rule, dtype, size, 1, name), case))
+            continue
+        shape = case.shape(size)
+        param, grad = _random(rng, shape, dtype), _random(rng, shape, dtype)
         steps = {name: make_step(name, rule, param.copy(), grad) for name in in_process}
         # Interleaved, so the ratios between implementations see the same machine.
         for name, timing in time_interleaved(steps, config.policy).items():
@@ -248,6 +259,18 @@ def _many_rows(config: SuiteConfig, progress: Progress) -> list[dict[str, Any]]:
         row.update(time_call(step, config.policy).as_dict())
         rows.append(row)
     return rows
+
+
+def _too_large(row: dict[str, Any], case: RuleCase) -> dict[str, Any]:
+    """A row not timed: the size is above the case's ``max_size``."""
+    row["status"] = "skipped"
+    row["note"] = f"{case.label} is timed up to {size_label(case.max_size)} elements"
+    return row
+
+
+def _above_max_size(request: dict[str, Any]) -> bool:
+    limit = RULES[request["rule"]].max_size
+    return limit is not None and request["size"] > limit
 
 
 def _torch_requests(config: SuiteConfig) -> list[dict[str, Any]]:
@@ -310,12 +333,15 @@ def run_suite(
 
     Every row has ``case`` (``"single"`` or ``"many_tensors"``), ``rule``, ``dtype``,
     ``size`` (elements in all), ``arrays``, ``implementation``, ``bytes_per_element``,
-    ``status`` (``"ok"``, ``"unavailable"`` or ``"error"``), ``note`` and,
+    ``status`` (``"ok"``, ``"unavailable"``, ``"error"`` or ``"skipped"``: a size above
+    the case's ``max_size``), ``note`` and,
     when ``status`` is ``"ok"``, ``median_ns``, ``min_ns``, ``q1_ns``, ``q3_ns``,
     ``max_ns``, ``samples`` and ``calls_per_sample`` (per-call times of ``optimizer.step``,
     or of the reference or ceiling call; see :class:`~fastopt.bench.runner.Timing`).
     """
-    torch_requests = _torch_requests(config)
+    requests = _torch_requests(config)
+    too_large = [r for r in requests if _above_max_size(r)]
+    torch_requests = [r for r in requests if not _above_max_size(r)]
     in_process = sum(name in IN_PROCESS for name in config.implementations)
     total = in_process * len(list(_cases(config)))
     if config.many_tensors:
@@ -337,5 +363,6 @@ def run_suite(
             _complete_torch_row(request, result)
             for request, result in zip(torch_requests, results, strict=True)
         ]
+    rows += [_too_large(_complete_torch_row(r, {}), RULES[r["rule"]]) for r in too_large]
     progress.close()
     return rows, torch_info

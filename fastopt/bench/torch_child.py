@@ -153,18 +153,20 @@ def make_torch_step(
 
     case = RULES[rule]
     optimizer_class = twin_class(case.torch_class)
-    reference = "." in case.torch_class
     flags = {flavour: True}
     if flavour not in inspect.signature(optimizer_class).parameters:
-        if not (reference and flavour == "foreach"):
-            where = case.torch_class if reference else f"torch.optim.{case.torch_class}"
+        if flavour != "foreach":
+            where = (
+                case.torch_class if "." in case.torch_class else f"torch.optim.{case.torch_class}"
+            )
             raise TypeError(f"{where} has no {flavour} implementation")
-        flags = {}  # a reference package's own per-tensor loop stands in for foreach
+        flags = {}  # a class without foreach (Muon, a reference package's): its own loop
     torch_dtype = getattr(torch, dtype)
     params = []
     for n in sizes:
-        param = torch.randn(n, dtype=torch_dtype, generator=generator)
-        param.grad = torch.randn(n, dtype=torch_dtype, generator=generator)
+        shape = case.shape(n)
+        param = torch.randn(shape, dtype=torch_dtype, generator=generator)
+        param.grad = torch.randn(shape, dtype=torch_dtype, generator=generator)
         params.append(param)
     optimizer = optimizer_class(params, **case.torch_options, **flags)
     if hasattr(optimizer, "train"):
@@ -198,10 +200,10 @@ def twin_class(name: str) -> type:
 
 
 def twin_note(name: str, flavour: str) -> str:
-    """How a torch-side row was run, when it is not plain torch.optim."""
-    if "." not in name:
-        return ""
+    """How a torch-side row was run, when it is not a torch.optim class's own flavour."""
     takes_flavour = flavour in inspect.signature(twin_class(name)).parameters
+    if "." not in name:
+        return "" if takes_flavour else f"torch.optim.{name} (its per-tensor loop)"
     how = f"its {flavour} path" if takes_flavour else "its per-tensor loop"
     return f"{name} ({how})"
 

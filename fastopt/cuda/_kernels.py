@@ -317,10 +317,12 @@ def _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream,
     finish_rows(kernels.norms, hyper, segment, sums, shapes)
 
 
-def _transformed(kernels, present, bounds, hyper, param, grad, arrays, stream, shapes):
+def _transformed(kernels, present, bounds, hyper, param, grad, arrays, stream, shapes, held):
     """The matrix step on the device: the directions, transformed per tensor on the host
     (NumPy) and copied back; the device array the update reads ``o`` from (in the compute
-    type; ``present``/``arrays``: the state and the master copy)."""
+    type; ``present``/``arrays``: the state and the master copy). ``held``: the matrix
+    step's host state, device arrays (or None) copied to the host for the transform and
+    back."""
     out = cuda.device_array(param.size, dtype=compute_type_of(param.dtype), stream=stream)
     tables = [cuda.to_device(np.ascontiguousarray(t), stream=stream) for t in (bounds, hyper)]
     _run(
@@ -330,9 +332,13 @@ def _transformed(kernels, present, bounds, hyper, param, grad, arrays, stream, s
         (*tables, param, grad, *arrays, out),
     )
     directions = out.copy_to_host(stream=stream)
+    host = [None if array is None else array.copy_to_host(stream=stream) for array in held]
     cuda.synchronize()
-    transform_segments(kernels.matrix, bounds, hyper, directions, shapes)
+    transform_segments(kernels.matrix, bounds, hyper, directions, shapes, host)
     out.copy_to_device(directions, stream=stream)
+    for array, values in zip(held, host, strict=True):
+        if array is not None:
+            array.copy_to_device(values, stream=stream)
     cuda.synchronize()
     return out
 
@@ -369,15 +375,21 @@ def launch(
         return present, tuple(as_kernel_array(array) for array in arrays if array is not None)
 
     param = as_kernel_array(param)
+    if kernels.matrix is not None:
+        # The matrix step's host state follows the kernels' arrays, as on the CPU.
+        count = len(state) - len(kernels.matrix.declaration.state)
+        state, held = (
+            state[:count],
+            [None if array is None else as_kernel_array(array) for array in state[count:]],
+        )
+        present, arrays = given(*state, master)
+        transformed = _transformed(
+            kernels, present, bounds, hyper, param, grad, arrays, stream, shapes, held
+        )
+        state = (*state, transformed)
     if kernels.norms is not None:
         present, arrays = given(*state, master)
         _measure_norms(kernels, present, bounds, hyper, param, grad, arrays, stream, shapes)
-    if kernels.matrix is not None:
-        present, arrays = given(*state, master)
-        transformed = _transformed(
-            kernels, present, bounds, hyper, param, grad, arrays, stream, shapes
-        )
-        state = (*state, transformed)
     present, arrays = given(*state, master, comp)
     stochastic = stochastic is not None
     if bounds.size == 2:

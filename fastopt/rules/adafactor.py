@@ -15,9 +15,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import prange
 
 from fastopt._checks import check_nonnegative, check_real
-from fastopt._jit import kernel
+from fastopt._jit import PARALLEL_THRESHOLD, kernel, parallel_kernel
+from fastopt._parallel import run_parallel
+from fastopt._reduce import LANES, sum_of_squares
 from fastopt.rule import HostState, Hyperparameter, MatrixStep, Norms, Rule, build, flag, real
 
 __all__ = ["RULE", "Adafactor", "adafactor_step"]
@@ -39,20 +42,58 @@ def adafactor_update(p, g, o, h):
     return (p * h.decay_factor + h.neg_step * (g * o),)
 
 
-@kernel
-def _squares_by_row_and_column(g, rows, columns):
-    """The sums of ``g**2`` over the last axis (``rows``) and over the middle one
-    (``columns``) of a 3-D array, in float64, element by element in order."""
-    for b in range(g.shape[0]):
-        for j in range(g.shape[2]):
+def _row_sums(g, lanes, rows):
+    """``rows[i]``: the sum of ``g[i]**2`` (a 2-D array), in float64, in lanes."""
+    for i in prange(g.shape[0]):
+        rows[i] = sum_of_squares(g[i], lanes)
+
+
+def _column_sums(g, columns):
+    """``columns[b, j]``: the sum of ``g[b, :, j]**2`` (a 3-D array), in float64, row after
+    row; threads take strips of columns."""
+    batch, count, width = g.shape
+    strips = -(-width // _STRIP)
+    for task in prange(batch * strips):
+        b = task // strips
+        lo = (task % strips) * _STRIP
+        hi = min(lo + _STRIP, width)
+        for j in range(lo, hi):
             columns[b, j] = 0.0
-        for i in range(g.shape[1]):
-            total = 0.0
-            for j in range(g.shape[2]):
+        for i in range(count):
+            for j in range(lo, hi):
                 v = np.float64(g[b, i, j])
-                total += v * v
                 columns[b, j] += v * v
-            rows[b, i] = total
+
+
+def _inverse_root(row_var, col_var, denominator, floor, one, out):
+    """``out[b, i, j] = one / sqrt(max(row_var[b, i] * col_var[b, j] / denominator[b],
+    floor))``, in the arrays' dtype, operation by operation as NumPy would round them (a
+    NaN estimate stays NaN)."""
+    batch, count, width = out.shape
+    for task in prange(batch * count):
+        b = task // count
+        r = row_var[b, task % count]
+        d = denominator[b]
+        for j in range(width):
+            e = r * col_var[b, j] / d
+            out[b, task % count, j] = one / np.sqrt(floor if e < floor else e)
+
+
+#: Columns per thread's strip in the column sums (a cache line's worth of float64 sums).
+_STRIP = 64
+#: (serial, parallel) compilations of each of the host's kernels.
+_ROW_SUMS, _COLUMN_SUMS, _INVERSE_ROOT = (
+    (kernel(f), parallel_kernel(f)) for f in (_row_sums, _column_sums, _inverse_root)
+)
+
+
+def _run(kernels, size: int, *args) -> None:
+    """The serial kernel of the pair for a tensor of fewer than PARALLEL_THRESHOLD
+    elements, else the parallel one."""
+    if size < PARALLEL_THRESHOLD:
+        kernels[0](*args)
+    else:
+        run_parallel(kernels[1], *args)
 
 
 def _lerp(start: np.ndarray, end: np.ndarray, weight: np.generic) -> None:
@@ -65,25 +106,28 @@ def _lerp(start: np.ndarray, end: np.ndarray, weight: np.generic) -> None:
 
 def adafactor_second_moment(g, h, row_var, col_var, variance):
     """The second moment's update of one tensor from its gradient ``g`` (in place), and the
-    inverse square root of its estimate, clamped below at ``eps1**2``, shaped like ``g``."""
+    inverse square root of its estimate, clamped below at ``eps1**2``, written over ``g``."""
     dtype = g.dtype.type
     eps1 = float(np.finfo(g.dtype).eps) if h.eps1 < 0 else h.eps1
     weight = dtype(h.one_minus_beta2)
-    if variance is None:
-        stacked = g.reshape(-1, *g.shape[-2:])
-        rows = np.empty(stacked.shape[:2])
-        columns = np.empty((stacked.shape[0], stacked.shape[2]))
-        _squares_by_row_and_column(stacked, rows, columns)
-        _lerp(row_var, (rows / g.shape[-1]).astype(dtype).reshape(row_var.shape), weight)
-        _lerp(col_var, (columns / g.shape[-2]).astype(dtype).reshape(col_var.shape), weight)
-        row_mean = row_var.astype(np.float64).sum(axis=-2, keepdims=True) / g.shape[-2]
-        estimate = row_var * col_var
-        estimate /= np.maximum(row_mean.astype(dtype), dtype(eps1))
-    else:
+    floor, one = dtype(eps1 * eps1), dtype(1.0)
+    if variance is not None:
         _lerp(variance, g * g, weight)
-        estimate = variance.copy()
-    np.maximum(estimate, dtype(eps1 * eps1), out=estimate)
-    return dtype(1.0) / np.sqrt(estimate)
+        np.maximum(variance, floor, out=g)
+        return np.divide(one, np.sqrt(g, out=g), out=g)
+    stacked = g.reshape(-1, *g.shape[-2:])
+    batch, count, width = stacked.shape
+    rows = np.empty(batch * count)
+    columns = np.empty((batch, width))
+    _run(_ROW_SUMS, g.size, stacked.reshape(batch * count, width), LANES, rows)
+    _run(_COLUMN_SUMS, g.size, stacked, columns)
+    _lerp(row_var, (rows / width).astype(dtype).reshape(row_var.shape), weight)
+    _lerp(col_var, (columns / count).astype(dtype).reshape(col_var.shape), weight)
+    row_mean = row_var.astype(np.float64).sum(axis=-2, keepdims=True) / count
+    denominator = np.maximum(row_mean.astype(dtype), dtype(eps1)).reshape(batch)
+    factors = (row_var.reshape(batch, count), col_var.reshape(batch, width))
+    _run(_INVERSE_ROOT, g.size, *factors, denominator, floor, one, stacked)
+    return g
 
 
 def adafactor_step_size(h, norms, ndim, sizes):
@@ -201,8 +245,8 @@ RULE = Rule(
     Parameters
     ----------
     params
-        float32 or float64 arrays of any shape, in host memory: an array, a list of arrays
-        or a list of parameter-group dicts.
+        float32 or float64 arrays of any shape, NumPy or CUDA device arrays: an array, a
+        list of arrays or a list of parameter-group dicts.
     lr : float or schedule, default 1e-2
         The cap of the relative step :math:`\rho_t`, and the weight decay's factor.
     beta2_decay : float <= 0, default -0.8
@@ -226,9 +270,11 @@ RULE = Rule(
     RMS in float64 in fixed blocks, so results are the same bits on every thread count.
     They differ from torch's float32 results by rounding (torch reduces in float32).
 
-    The state is kept in the parameters' dtype in host memory: ``state_dtype="bfloat16"``,
+    The state is kept in the parameters' dtype: a ``state_dtype`` other than None and
     16-bit parameters (and so ``master_weights``, ``kahan_sum`` and stochastic rounding,
-    which concern them) and CUDA device arrays are refused. The row and column state is not
+    which concern them) are refused. On CUDA device arrays the state lives on the device,
+    but the second moment's update runs on the host: each step copies the gradient and the
+    factors to the host and the inverse square root back. The row and column state is not
     shaped like the parameters, so a :class:`~fastopt.FlatParams` is stepped tensor by
     tensor rather than in one launch. A tensor with no elements keeps its zero state and
     is left alone (torch's step divides by its size of 0). For :math:`\epsilon_1` = None
