@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from inspect import Parameter, Signature
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -31,7 +30,7 @@ from fastopt._checks import (
 from fastopt._codegen import LazyKernels
 from fastopt._launch import RuleKernels, launch, single_segment
 from fastopt._storage import ROUNDING_KEY
-from fastopt.gradients import NonfinitePolicy, kernel_gradient_terms
+from fastopt.gradients import kernel_gradient_terms
 from fastopt.optimizer import Optimizer
 from fastopt.precision import (
     KAHAN_COMP,
@@ -186,27 +185,6 @@ class DeclaredOptimizer(Optimizer):
                 kept = entry.shape(shape)
                 return None if kept is None else tuple(kept)
         return super()._state_shape(name, shape)
-
-    def _step_flat(
-        self,
-        active: np.ndarray | None = None,
-        loss_scale: float = 1.0,
-        nonfinite: NonfinitePolicy | None = None,
-    ) -> bool:
-        if not self._rule.host_state:
-            return super()._step_flat(active, loss_scale, nonfinite)
-        # Host state is not shaped like the parameters, so it has no flat buffers: the
-        # FlatParams' tensors are stepped one by one, from views of its gradient buffer.
-        plan, outcome = self._flat_prestep(active, loss_scale, nonfinite)
-        flat = plan.flat
-        grads = flat.grads
-        paired = [
-            grads[position] if active is None or active[index] else None
-            for index, position in enumerate(plan.segment_of_param.tolist())
-        ]
-        before = sum(map(len, self.state.values()))
-        self._apply(paired, replace(outcome, grad_scale=outcome.grad_scale * flat.grad_scale))
-        return outcome.stats.applied and sum(map(len, self.state.values())) != before
 
     def _initial_value(self, name: str, group: Mapping[str, Any]) -> float | None:
         if any(entry.name == name for entry in self._rule.host_state):

@@ -65,6 +65,14 @@ def _locate(params: list[np.ndarray]) -> tuple[FlatParams, np.ndarray]:
     return flat, segment_of_param  # type: ignore[return-value]
 
 
+def _neutral(group: dict[str, Any]) -> dict[str, Any]:
+    """The group under which padding stays zero (see the module docstring): ``eps`` 1, or
+    each of a tuple of them (Adafactor's) 1."""
+    eps = group.get("eps", 1.0)
+    eps = tuple(1.0 for _ in eps) if isinstance(eps, (tuple, list)) else 1.0
+    return dict(group, lr=0.0, eps=eps, weight_decay=0.0)
+
+
 class FlatStep:
     """The launch plan, state buffers and hyperparameter table of one optimizer's flat steps.
 
@@ -194,6 +202,7 @@ class FlatStep:
         self.complete[:] = False
         self.synced_version = optimizer._state_version
         self.synced_step_count = optimizer.step_count
+        self.plans.clear()  # they hold the host state arrays (a rule's), now maybe others
 
     def ensure_state(self, params: np.ndarray) -> np.ndarray | None:
         """Create the missing state of ``params`` (indices): a bool per parameter, True where
@@ -269,6 +278,12 @@ class FlatStep:
                 view[...] = param if value is None else value
                 missing = True
             entry[name] = view
+        # A matrix step's host state is not shaped like the parameter: arrays of its own.
+        for name in optimizer._host_state:
+            shape = optimizer._state_shape(name, param.shape)
+            if shape is not None and name not in entry:
+                entry[name] = np.zeros(shape, layout.dtype)
+                missing = True
         return missing
 
     # ------------------------------------------------------------------ step
@@ -319,10 +334,7 @@ class FlatStep:
             entry["step"] = step  # type: ignore[index]
 
         scale = self.flat.grad_scale * grad_scale
-        neutral = [
-            optimizer._row(dict(group, lr=0.0, eps=1.0, weight_decay=0.0), 1, False, 0.0, math.inf)
-            for group in groups
-        ]
+        neutral = [optimizer._row(_neutral(group), 1, False, 0.0, math.inf) for group in groups]
         if optimizer._scalar_names:
             self._rows_with_scalars(params, entries, created, scale, clip_value)
             padding = self.padding[self.padded]
@@ -481,6 +493,8 @@ class FlatStep:
             state = self.optimizer._quantized_views(
                 self.optimizer._kernel_state(groups[group], buffers), quantized, buffers
             )
+            if kernels.matrix is not None and kernels.matrix.declaration.state:
+                state = self._with_host_state(state, first, end)
             arrays = (
                 bounds[first : end + 1] - lo,
                 self.hyper[first:end],
@@ -495,3 +509,18 @@ class FlatStep:
             }
             plan.append((arrays, self.shapes[first:end], precision))
         return plan
+
+    def _with_host_state(self, state: tuple[Any, ...], first: int, end: int) -> tuple[Any, ...]:
+        """The kernel state of kernel segments ``first:end`` with a matrix step's host state
+        (last, one entry per declared array) as a tuple of each segment's array, None for
+        padding and where a tensor keeps none (see :func:`fastopt._matrix.transform_segments`)."""
+        declared = self.optimizer._kernels.matrix.declaration.state
+        entries = [
+            None if param < 0 else self.entries[param]
+            for param in self.launch_param[first:end].tolist()
+        ]
+        host = tuple(
+            tuple(None if entry is None else entry.get(held.name) for entry in entries)
+            for held in declared
+        )
+        return state[: len(state) - len(declared)] + host

@@ -34,13 +34,15 @@ def transform_segments(
 ) -> None:
     """Replace each tensor's directions (segment ``s`` of ``bounds``, shape ``shapes[s]``,
     None for padding) by their transform under the segment's row, in place. ``host``: the
-    flat host state arrays of the matrix step (None where the tensor keeps none), for a
-    launch of one segment."""
+    host state of the matrix step, per declared array a flat array (or None where the
+    tensor keeps none) in a launch of one segment, or a tuple of one such per segment."""
     if shapes is None or len(shapes) != bounds.size - 1:
         raise ValueError("a rule with a matrix step needs one tensor shape per segment")
     declared = matrix.declaration.state
-    if declared and bounds.size != 2:
-        raise ValueError("a matrix step with host state updates one tensor per launch")
+    count = len(shapes)
+    per_segment = [held if isinstance(held, tuple) else (held,) * count for held in host]
+    if declared and count != 1 and not all(isinstance(held, tuple) for held in host):
+        raise ValueError("a matrix step's host state needs one array per segment")
     width = len(matrix.row_type._fields)
     for segment, shape in enumerate(shapes):
         lo, hi = int(bounds[segment]), int(bounds[segment + 1])
@@ -48,8 +50,8 @@ def transform_segments(
             continue
         h = matrix.row_type(*hyper[segment, hyper.shape[1] - width :].tolist())
         state = [
-            None if array is None else array.reshape(entry.shape(shape))
-            for entry, array in zip(declared, host, strict=True)
+            None if held[segment] is None else held[segment].reshape(entry.shape(shape))
+            for entry, held in zip(declared, per_segment, strict=True)
         ]
         view = directions[lo:hi].reshape(shape)
         result = matrix.declaration.transform(view, h, *state)

@@ -810,19 +810,6 @@ class Optimizer:
             self._flat_step = FlatStep(self)
         return self._flat_step
 
-    def _flat_prestep(
-        self, active: np.ndarray | None, loss_scale: float, nonfinite: NonfinitePolicy | None
-    ) -> tuple[FlatStep, Prestep]:
-        """The flat path's plan and its read pass over the FlatParams' gradient buffer (the
-        mode checked first)."""
-        if self._ready_check is not None:
-            self._ready_check(self.param_groups)
-        plan = self._flat_plan()
-        outcome = self._prestep(
-            plan.gradients(active), loss_scale, nonfinite, gradient_factor=plan.flat.grad_scale
-        )
-        return plan, outcome
-
     def _step_flat(
         self,
         active: np.ndarray | None = None,
@@ -835,7 +822,12 @@ class Optimizer:
         skips those without a gradient. Returns whether state arrays were created (False
         also when the step was skipped).
         """
-        plan, outcome = self._flat_prestep(active, loss_scale, nonfinite)
+        if self._ready_check is not None:
+            self._ready_check(self.param_groups)
+        plan = self._flat_plan()
+        outcome = self._prestep(
+            plan.gradients(active), loss_scale, nonfinite, gradient_factor=plan.flat.grad_scale
+        )
         self.last_step = outcome.stats
         if not outcome.stats.applied:
             return False

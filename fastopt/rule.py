@@ -321,8 +321,10 @@ class MatrixStep:
     state : tuple of HostState
         Per-tensor state the transform reads and updates in place (none for Muon); it is
         called ``transform(matrix, h, *state)``, each array in its declared shape, None where
-        the tensor does not keep it. Such state is not shaped like the parameters, so a rule
-        that has it steps a :class:`~fastopt.FlatParams` tensor by tensor, on the host only.
+        the tensor does not keep it. Such state is not shaped like the parameters: it has
+        no flat buffer, each tensor keeps arrays of its own (where the parameter lives), and
+        a :class:`~fastopt.FlatParams` step still runs in one launch, the transform taking
+        each tensor's arrays in turn.
     """
 
     direction: Callable[..., Any]

@@ -88,8 +88,15 @@ def test_class_and_functional_step_match_the_reference(dtype, shape, options):
         assert functional_state[name].tobytes() == entry[name].tobytes()
 
 
-def test_flat_params_step_tensor_by_tensor_as_arrays_do():
-    shapes = [(5, 3), (7,), (2, 3, 4), ()]
+def test_flat_params_step_in_one_launch_as_arrays_do(monkeypatch):
+    import fastopt._flatstep
+
+    launches = []
+    real_launch = fastopt._flatstep.launch
+    monkeypatch.setattr(
+        fastopt._flatstep, "launch", lambda *a, **k: launches.append(1) or real_launch(*a, **k)
+    )
+    shapes = [(5, 3), (7,), (2, 3, 4), (), (0, 4), (300, 400)]
     rng = np.random.default_rng(1)
     arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
     flat = fastopt.FlatParams.from_arrays([a.copy() for a in arrays])
@@ -99,18 +106,44 @@ def test_flat_params_step_tensor_by_tensor_as_arrays_do():
     opt = fastopt.Adafactor(
         [{"params": separate[:2], "lr": 0.1}, {"params": separate[2:]}], weight_decay=0.01
     )
-    for _ in range(3):
+
+    def step(flat_step):
         grads = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
         for view, grad in zip(flat.grads, grads, strict=True):
             view[...] = grad
-        flat_opt.step()
+        flat_step()
         opt.step(grads)
-    for ours, expected in zip(flat.params, separate, strict=True):
-        assert ours.tobytes() == expected.tobytes()
-    for index in range(len(shapes)):
-        for name, value in opt.state[index].items():
-            if name != "step":
-                assert flat_opt.state[index][name].tobytes() == value.tobytes()
+
+    def check():
+        for ours, expected in zip(flat.params, separate, strict=True):
+            assert ours.tobytes() == expected.tobytes()
+        padding = np.ones(flat.buffer.size, bool)
+        for offset, length in flat.segments.tolist():
+            padding[offset : offset + length] = False
+        assert padding.any() and not flat.buffer[padding].any(), "the padding moved"
+        for index in range(len(shapes)):
+            assert sorted(flat_opt.state[index]) == sorted(opt.state[index])
+            for name, value in opt.state[index].items():
+                if name != "step":
+                    assert flat_opt.state[index][name].tobytes() == value.tobytes(), name
+
+    for _ in range(3):
+        step(flat_opt.step)
+    assert len(launches) == 3  # every group in one launch per step
+    check()
+    # A per-array step (its own gradients), then flat steps again, then a checkpoint loaded
+    # into a fresh optimizer over the same FlatParams: the flat steps go on from that state.
+    step(lambda: flat_opt.step([g.copy() for g in flat.grads]))
+    step(flat_opt.step)
+    check()
+    resumed = fastopt.Adafactor(
+        [{"params": list(flat.params[:2]), "lr": 0.1}, {"params": list(flat.params[2:])}],
+        weight_decay=0.01,
+    )
+    resumed.load_state_dict(flat_opt.state_dict())
+    flat_opt = resumed
+    step(flat_opt.step)
+    check()
 
 
 def test_gradient_options_apply_to_the_gradient_the_second_moment_sees():

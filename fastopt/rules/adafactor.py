@@ -42,27 +42,28 @@ def adafactor_update(p, g, o, h):
     return (p * h.decay_factor + h.neg_step * (g * o),)
 
 
-def _row_sums(g, lanes, rows):
-    """``rows[i]``: the sum of ``g[i]**2`` (a 2-D array), in float64, in lanes."""
-    for i in prange(g.shape[0]):
-        rows[i] = sum_of_squares(g[i], lanes)
-
-
-def _column_sums(g, columns):
-    """``columns[b, j]``: the sum of ``g[b, :, j]**2`` (a 3-D array), in float64, row after
-    row; threads take strips of columns."""
+def _square_sums(g, lanes, rows, partial, columns):
+    """The sums of ``g**2`` of a 3-D array, in float64: over the last axis into ``rows``
+    (flat, in lanes), over the middle one into ``columns``. Each task takes a block of
+    :data:`_BLOCK_ROWS` rows (read once, from memory, then from cache) and sums its columns
+    into ``partial``; the blocks' sums are then added in block order."""
     batch, count, width = g.shape
-    strips = -(-width // _STRIP)
-    for task in prange(batch * strips):
-        b = task // strips
-        lo = (task % strips) * _STRIP
-        hi = min(lo + _STRIP, width)
-        for j in range(lo, hi):
-            columns[b, j] = 0.0
-        for i in range(count):
-            for j in range(lo, hi):
+    blocks = partial.shape[1]
+    for task in prange(batch * blocks):
+        b, block = task // blocks, task % blocks
+        for j in range(width):
+            partial[b, block, j] = 0.0
+        for i in range(block * _BLOCK_ROWS, min((block + 1) * _BLOCK_ROWS, count)):
+            rows[b * count + i] = sum_of_squares(g[b, i], lanes)
+            for j in range(width):
                 v = np.float64(g[b, i, j])
-                columns[b, j] += v * v
+                partial[b, block, j] += v * v
+    for b in range(batch):
+        for j in range(width):
+            columns[b, j] = 0.0
+        for block in range(blocks):
+            for j in range(width):
+                columns[b, j] += partial[b, block, j]
 
 
 def _inverse_root(row_var, col_var, denominator, floor, one, out):
@@ -79,11 +80,12 @@ def _inverse_root(row_var, col_var, denominator, floor, one, out):
             out[b, task % count, j] = one / np.sqrt(floor if e < floor else e)
 
 
-#: Columns per thread's strip in the column sums (a cache line's worth of float64 sums).
-_STRIP = 64
+#: Rows per task of the sums of squares: a fixed number (the same sums on every thread
+#: count), large enough that the blocks' column sums are a small part of the traffic.
+_BLOCK_ROWS = 256
 #: (serial, parallel) compilations of each of the host's kernels.
-_ROW_SUMS, _COLUMN_SUMS, _INVERSE_ROOT = (
-    (kernel(f), parallel_kernel(f)) for f in (_row_sums, _column_sums, _inverse_root)
+_SQUARE_SUMS, _INVERSE_ROOT = (
+    (kernel(f), parallel_kernel(f)) for f in (_square_sums, _inverse_root)
 )
 
 
@@ -118,9 +120,9 @@ def adafactor_second_moment(g, h, row_var, col_var, variance):
     stacked = g.reshape(-1, *g.shape[-2:])
     batch, count, width = stacked.shape
     rows = np.empty(batch * count)
+    partial = np.empty((batch, -(-count // _BLOCK_ROWS), width))
     columns = np.empty((batch, width))
-    _run(_ROW_SUMS, g.size, stacked.reshape(batch * count, width), LANES, rows)
-    _run(_COLUMN_SUMS, g.size, stacked, columns)
+    _run(_SQUARE_SUMS, g.size, stacked, LANES, rows, partial, columns)
     _lerp(row_var, (rows / width).astype(dtype).reshape(row_var.shape), weight)
     _lerp(col_var, (columns / count).astype(dtype).reshape(col_var.shape), weight)
     row_mean = row_var.astype(np.float64).sum(axis=-2, keepdims=True) / count
@@ -274,9 +276,9 @@ RULE = Rule(
     16-bit parameters (and so ``master_weights``, ``kahan_sum`` and stochastic rounding,
     which concern them) are refused. On CUDA device arrays the state lives on the device,
     but the second moment's update runs on the host: each step copies the gradient and the
-    factors to the host and the inverse square root back. The row and column state is not
-    shaped like the parameters, so a :class:`~fastopt.FlatParams` is stepped tensor by
-    tensor rather than in one launch. A tensor with no elements keeps its zero state and
+    factors to the host and the inverse square root back. A :class:`~fastopt.FlatParams`
+    is stepped in one launch (its row and column state, not shaped like the parameters,
+    kept as arrays of each tensor's own). A tensor with no elements keeps its zero state and
     is left alone (torch's step divides by its size of 0). For :math:`\epsilon_1` = None
     torch takes the machine epsilon of the first parameter of the group for all of them;
     fastopt takes each parameter's own (the same in a group of one dtype).
