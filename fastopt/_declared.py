@@ -151,10 +151,10 @@ class DeclaredOptimizer(Optimizer):
         if self._rule.host_state:
             _check_host_state_group(self._rule, group)
         state_dtype = group["state_dtype"]
-        if state_dtype in ("bfloat16", "int8") and backend_of(group["params"][0]) is not HOST:
+        if state_dtype == "int8" and backend_of(group["params"][0]) is not HOST:
             raise TypeError(
-                f"state_dtype={state_dtype!r} keeps the state in host memory only; on a CUDA "
-                "device use float32 state"
+                "state_dtype='int8' keeps the state in host memory only; on a CUDA device "
+                "use float32 or bfloat16 state"
             )
         for entry in self._rule.group_state:
             entry.check(entry.name, group[entry.name])

@@ -36,6 +36,7 @@ from fastopt import reference  # noqa: E402
 from fastopt._declared import row_of  # noqa: E402
 from fastopt._launch import launch  # noqa: E402
 from fastopt.cuda import _kernels  # noqa: E402
+from fastopt.precision import BFLOAT16  # noqa: E402
 
 ADAM_KERNELS = fastopt.Adam._kernels
 SGD_KERNELS = fastopt.SGD._kernels
@@ -325,8 +326,8 @@ def test_functional_step_with_host_state_raises_before_any_write():
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [
-        (lambda: cuda.to_device(np.zeros(4, np.float16)), TypeError, "dtype float32 or float64"),
-        (lambda: cuda.to_device(np.zeros(4, np.int64)), TypeError, "dtype float32 or float64"),
+        (lambda: cuda.to_device(np.zeros(4, np.int64)), TypeError, "dtype float32, float64"),
+        (lambda: cuda.to_device(np.zeros(4, np.uint16)), TypeError, "or bfloat16 \\(as a"),
         (lambda: InterfaceArray(np.zeros(4), readonly=True), ValueError, "writeable"),
         (lambda: cuda.to_device(np.zeros((4, 6)))[:, ::2], ValueError, "C-contiguous"),
         (lambda: [object()], TypeError, "numpy.ndarray or a CUDA device array"),
@@ -550,3 +551,123 @@ def test_schedule_free_train_and_eval_move_device_parameters(cls):
     for opt in (on_host, on_device):
         opt.train()
     assert_close(device.copy_to_host(), host)
+
+
+# ---------------------------------------------------------------------- 16-bit formats
+def _place(array):
+    """A device copy of a host array: bfloat16 as a BFloat16Array (its bits)."""
+    if array.dtype == BFLOAT16:
+        return fastopt.cuda.BFloat16Array.from_host(array)
+    return cuda.to_device(array)
+
+
+def _as_float(array):
+    return np.asarray(array, dtype=np.float32)
+
+
+PRECISION_OPTIONS = [
+    {},
+    {"master_weights": True},
+    {"kahan_sum": True},
+    {"stochastic_rounding": True},
+    {"state_dtype": "bfloat16"},
+    {"state_dtype": "bfloat16", "stochastic_rounding": True, "master_weights": True},
+]
+
+
+@pytest.mark.parametrize("options", PRECISION_OPTIONS, ids=str)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_sixteen_bit_parameters_and_bfloat16_state_match_the_host(dtype, options):
+    dtype = np.dtype(BFLOAT16 if dtype == "bfloat16" else np.float16)
+    rng = np.random.default_rng(7)
+    start = rng.standard_normal(200).astype(np.float32).astype(dtype)
+    grads = [(rng.standard_normal(200) * 0.1).astype(dtype) for _ in range(STEPS)]
+    grads[-1] = grads[-1].astype(np.float32)  # a 16-bit parameter takes float32 gradients too
+    on_host = start.copy()
+    host_opt = fastopt.AdamW(on_host, lr=0.01, seed=3, **options)
+    on_device = _place(start)
+    device_opt = fastopt.AdamW(on_device, lr=0.01, seed=3, **options)
+    for grad in grads:
+        host_opt.step(grad)
+        device_opt.step(_place(grad))
+    # The stores round the same values (to nearest or with the same random bits): equal to
+    # the 16-bit format's rounding of values that agree to float32's.
+    np.testing.assert_allclose(_as_float(host(on_device)), _as_float(on_host), rtol=2**-7)
+    assert not np.array_equal(_as_float(host(on_device)), _as_float(start)), "nothing moved"
+    expected = host_opt.state[0]
+    assert sorted(device_opt.state[0]) == sorted(expected)
+    saved = device_opt.state_dict()["state"][0]
+    for name, value in device_opt.state[0].items():
+        if name == "step":
+            continue
+        assert fastopt._backend.is_device_array(value), f"{name} is not on the device"
+        assert saved[name].dtype == expected[name].dtype, name
+        if expected[name].dtype == BFLOAT16:
+            np.testing.assert_allclose(
+                _as_float(saved[name]), _as_float(expected[name]), rtol=2**-7, atol=1e-6
+            )
+        else:
+            assert_close(saved[name], expected[name], err_msg=name)
+    # A checkpoint resumes on the device, bit for bit.
+    resumed = _place(host(on_device))
+    again = fastopt.AdamW(resumed, lr=0.01, seed=3, **options)
+    again.load_state_dict(device_opt.state_dict())
+    grad = _place(grads[0])
+    device_opt.step(grad)
+    again.step(grad)
+    assert host(resumed).tobytes() == host(on_device).tobytes()
+
+
+def test_bfloat16_array_wraps_uint16_bits_only():
+    from fastopt.cuda import BFloat16Array
+
+    values = np.array([1.0, -2.5, 3.0], BFLOAT16)
+    wrapped = BFloat16Array.from_host(values)
+    assert (wrapped.shape, wrapped.size, wrapped.dtype) == ((3,), 3, BFLOAT16)
+    assert wrapped.copy_to_host().tobytes() == values.tobytes()
+    assert wrapped.__cuda_array_interface__["typestr"] == "<u2"
+    for bits in (np.uint16, np.int16):  # torch's bits: tensor.view(torch.int16)
+        wrapped = BFloat16Array(cuda.to_device(values.view(bits)))
+        assert wrapped.copy_to_host().tobytes() == values.tobytes()
+        param, grad = wrapped, BFloat16Array.from_host(np.ones(3, BFLOAT16))
+        fastopt.SGD(param, lr=0.5).step(grad)
+        assert host(param).tobytes() == (values - np.float32(0.5)).astype(BFLOAT16).tobytes()
+    with pytest.raises(TypeError, match="dtype uint16 or int16"):
+        BFloat16Array(cuda.to_device(np.zeros(3, np.float32)))
+    with pytest.raises(TypeError, match="uint16 or int16 device array"):
+        BFloat16Array(values.view(np.uint16))
+    with pytest.raises(TypeError, match="dtype bfloat16"):
+        BFloat16Array.from_host(np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="must have dtype float32, float64, float16 or bfloat16"):
+        fastopt.Adam(cuda.to_device(np.zeros(3, np.uint16)))
+
+
+def test_eight_bit_state_is_refused_on_the_device_before_any_write():
+    param = cuda.to_device(np.ones(5000, np.float32))
+    with pytest.raises(TypeError, match="state_dtype='int8' keeps the state in host memory"):
+        fastopt.Adam(param, state_dtype="int8")
+    opt = fastopt.Adam(param)
+    opt.param_groups[0]["state_dtype"] = "int8"
+    with pytest.raises(TypeError, match="host memory only"):
+        opt.step(cuda.to_device(np.ones(5000, np.float32)))
+    assert np.all(host(param) == 1.0) and not opt.state
+
+
+def test_functional_step_takes_sixteen_bit_device_arrays():
+    rng = np.random.default_rng(8)
+    param = rng.standard_normal(100).astype(BFLOAT16)
+    grad = (rng.standard_normal(100) * 0.1).astype(np.float32)
+    state = [np.zeros(100, BFLOAT16), np.zeros(100, BFLOAT16)]
+    on_device = [_place(a) for a in (param, *state)]
+    fastopt.adam_step(param, grad, *state, step=1, lr=0.01)
+    fastopt.adam_step(on_device[0], cuda.to_device(grad), *on_device[1:], step=1, lr=0.01)
+    for expected, array in zip((param, *state), on_device, strict=True):
+        np.testing.assert_allclose(_as_float(host(array)), _as_float(expected), rtol=2**-7)
+    with pytest.raises(TypeError, match="exp_avg must have dtype float32 or bfloat16"):
+        fastopt.adam_step(
+            on_device[0],
+            cuda.to_device(grad),
+            cuda.to_device(np.zeros(100, np.float16)),
+            on_device[2],
+            step=2,
+        )

@@ -9,7 +9,11 @@ rule's CUDA kernel; nothing else changes::
     opt.step(grad_on_device)
 
 Accepted without copies: numba device arrays and any object exposing
-``__cuda_array_interface__`` (CuPy arrays, torch CUDA tensors). A parameter, its gradient and
+``__cuda_array_interface__`` (CuPy arrays, torch CUDA tensors), of float32, float64 or
+float16, and bfloat16 arrays as :class:`BFloat16Array` (their ``uint16`` bits: the CUDA Array
+Interface has no bfloat16 type). The precision options work as on the host
+(``master_weights``, ``kahan_sum``, ``stochastic_rounding``, ``state_dtype="bfloat16"``);
+``state_dtype="int8"`` is for host memory only. A parameter, its gradient and
 its state must all be on the device (mixing in a host array raises ``TypeError`` before
 anything is written); state arrays are allocated on the device, ``state_dict()`` returns
 host copies and ``load_state_dict`` copies them back.
@@ -21,7 +25,18 @@ device array is first used: ``import fastopt`` and all CPU use never load ``numb
 
 from __future__ import annotations
 
-__all__ = ["availability"]
+from typing import Any
+
+__all__ = ["BFloat16Array", "availability"]
+
+
+def __getattr__(name: str) -> Any:
+    # BFloat16Array imports numba.cuda: loaded on first use only.
+    if name == "BFloat16Array":
+        from fastopt.cuda._arrays import BFloat16Array
+
+        return BFloat16Array
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def availability() -> tuple[bool, str]:

@@ -19,10 +19,85 @@ import numpy as np
 from numba import cuda
 
 from fastopt._backend import is_device_array
-from fastopt._checks import FLOAT_DTYPES, shares_memory
+from fastopt._checks import PARAM_DTYPES, grad_dtypes, shares_memory, state_dtypes
+from fastopt._storage import BITS_OF
 from fastopt.cuda._kernels import SIMULATOR, fill
+from fastopt.precision import BFLOAT16
 
-__all__ = ["CUDA_ARRAYS", "CudaArrays", "Layout", "as_kernel_array", "layout"]
+__all__ = ["CUDA_ARRAYS", "BFloat16Array", "CudaArrays", "Layout", "as_kernel_array", "layout"]
+
+
+class BFloat16Array:
+    """A CUDA device array of bfloat16 values, held as their bits in a 16-bit integer
+    device array (numba, CuPy and the CUDA Array Interface have no bfloat16 type).
+
+    fastopt keeps bfloat16 state on the device in this form, and takes bfloat16 parameters
+    and gradients in it: wrap the bits of a torch CUDA tensor without a copy, as
+    ``BFloat16Array(tensor.detach().view(torch.int16))``, or move host values with
+    :meth:`from_host`.
+
+    Parameters
+    ----------
+    bits
+        A C-contiguous device array of dtype uint16 or int16 (numba's or a CUDA Array
+        Interface exporter), whose elements are the bfloat16 values' bit patterns.
+    """
+
+    __fastopt_bfloat16__ = True
+
+    def __init__(self, bits: Any) -> None:
+        if isinstance(bits, BFloat16Array) or not is_device_array(bits):
+            raise TypeError(
+                f"bits must be a uint16 or int16 device array, got {type(bits).__name__}"
+            )
+        where = layout(bits)
+        if where.dtype not in (np.uint16, np.int16):
+            raise TypeError(f"bits must have dtype uint16 or int16, got {where.dtype}")
+        if not where.c_contiguous:
+            raise ValueError("bits must be C-contiguous")
+        self.bits = bits
+
+    @classmethod
+    def from_host(cls, array: np.ndarray) -> BFloat16Array:
+        """A device copy of a host ``ml_dtypes.bfloat16`` array."""
+        array = np.ascontiguousarray(array)
+        if array.dtype != BFLOAT16:
+            raise TypeError(f"array must have dtype bfloat16, got {array.dtype}")
+        return cls(cuda.to_device(array.view(np.uint16)))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The array's shape (its bits')."""
+        return layout(self.bits).shape
+
+    @property
+    def size(self) -> int:
+        """The number of elements."""
+        return layout(self.bits).size
+
+    @property
+    def dtype(self) -> np.dtype:
+        """``ml_dtypes.bfloat16``."""
+        return BFLOAT16
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        """The bits' interface (``"<u2"``): what other libraries can see of it."""
+        where = layout(self.bits)
+        return {
+            "shape": where.shape,
+            "typestr": "<u2",
+            "data": (where.start, where.readonly),
+            "strides": None,
+            "version": 3,
+        }
+
+    def copy_to_host(self) -> np.ndarray:
+        """A host copy, as an ``ml_dtypes.bfloat16`` array."""
+        return as_kernel_array(self.bits).copy_to_host().view(BFLOAT16)
+
+    def __repr__(self) -> str:
+        return f"BFloat16Array(shape={self.shape})"
 
 
 class Layout(NamedTuple):
@@ -55,7 +130,10 @@ def _is_c_contiguous(shape: tuple[int, ...], strides, itemsize: int) -> bool:
 
 
 def layout(array: Any) -> Layout:
-    """The layout of a device array, read from its (CUDA) array interface."""
+    """The layout of a device array, read from its (CUDA) array interface (a
+    :class:`BFloat16Array`'s: its bits', as bfloat16)."""
+    if isinstance(array, BFloat16Array):
+        return layout(array.bits)._replace(dtype=BFLOAT16)
     if hasattr(array, "__cuda_array_interface__"):
         interface = array.__cuda_array_interface__
     else:
@@ -82,7 +160,11 @@ def _simulated_view(array: Any) -> Any:
 
 
 def as_kernel_array(array: Any) -> Any:
-    """A numba device array over the same memory (no copy, no synchronization)."""
+    """A numba device array over the same memory (no copy, no synchronization); a
+    :class:`BFloat16Array`'s bits."""
+    if isinstance(array, BFloat16Array):
+        bits = as_kernel_array(array.bits)
+        return bits.view(np.uint16) if bits.dtype == np.int16 else bits
     if getattr(type(array), "__cuda_ndarray__", False):
         return array
     if SIMULATOR:
@@ -100,8 +182,11 @@ class CudaArrays:
 
     def check_param(self, name: str, array: Any) -> Any:
         where = layout(array)
-        if where.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must have dtype float32 or float64, got {where.dtype}")
+        if where.dtype not in PARAM_DTYPES:
+            raise TypeError(
+                f"{name} must have dtype float32, float64, float16 or bfloat16 (as a "
+                f"fastopt.cuda.BFloat16Array), got {where.dtype}"
+            )
         if not where.c_contiguous:
             raise ValueError(
                 f"{name} must be C-contiguous (torch: .contiguous(); CuPy: cupy.ascontiguousarray)"
@@ -112,10 +197,10 @@ class CudaArrays:
 
     def check_grad(self, name: str, grad: Any, param: Any) -> Any:
         where, param_where = layout(grad), layout(param)
-        if where.dtype != param_where.dtype:
-            raise TypeError(
-                f"{name} must have the parameter's dtype {param_where.dtype}, got {where.dtype}"
-            )
+        allowed = grad_dtypes(param_where.dtype)
+        if where.dtype not in allowed:
+            names = " or ".join(dtype.name for dtype in allowed)
+            raise TypeError(f"{name} must have the parameter's dtype {names}, got {where.dtype}")
         if where.shape != param_where.shape:
             raise ValueError(
                 f"{name} must have the parameter's shape {param_where.shape}, got {where.shape}"
@@ -131,10 +216,10 @@ class CudaArrays:
     def check_state(self, name: str, array: Any, param: Any) -> Any:
         self.check_param(name, array)
         where, param_where = layout(array), layout(param)
-        if where.dtype != param_where.dtype:
-            raise TypeError(
-                f"{name} must have the parameter's dtype {param_where.dtype}, got {where.dtype}"
-            )
+        allowed = state_dtypes(param_where.dtype)
+        if where.dtype not in allowed:
+            names = " or ".join(dtype.name for dtype in allowed)
+            raise TypeError(f"{name} must have dtype {names}, got {where.dtype}")
         if where.size != param_where.size:
             raise ValueError(
                 f"{name} must have the parameter's size {param_where.size}, got {where.size}"
@@ -147,8 +232,15 @@ class CudaArrays:
 
     def full_like(self, array: Any, value: float, dtype: np.dtype | None = None) -> Any:
         where = layout(array)
-        out = cuda.device_array(where.shape, where.dtype if dtype is None else dtype)
-        fill(out.reshape(where.size), value)
+        dtype = where.dtype if dtype is None else np.dtype(dtype)
+        bits = BITS_OF.get(dtype.name)
+        if bits is None:
+            out = cuda.device_array(where.shape, dtype)
+            fill(out.reshape(where.size), value)
+        else:  # a 16-bit format: its bits, rounded on the host
+            out = cuda.device_array(where.shape, bits)
+            fill(out.reshape(where.size), int(np.array(value, dtype).view(bits)))
+            out = BFloat16Array(out) if dtype == BFLOAT16 else out.view(dtype)
         # Updates run on the gradient's stream, which may not wait for the default stream.
         cuda.synchronize()
         return out
@@ -156,22 +248,27 @@ class CudaArrays:
     def copy(self, array: Any, dtype: np.dtype | None = None) -> Any:
         where = layout(array)
         if dtype is not None and np.dtype(dtype) != where.dtype:  # converted on the host
-            return cuda.to_device(self.to_host(array).astype(dtype))
-        out = cuda.device_array(where.shape, where.dtype)
+            return self.from_host(self.to_host(array).astype(dtype), array)
+        out = cuda.device_array(where.shape, as_kernel_array(array).dtype)
         out.copy_to_device(as_kernel_array(array))
         cuda.synchronize()
-        return out
+        return BFloat16Array(out) if where.dtype == BFLOAT16 else out
 
     def flat(self, array: Any) -> Any:
+        # As the kernels see it: a 16-bit format as its bits (a BFloat16Array's already are).
         view = as_kernel_array(array)
-        return view.reshape(view.size)
+        view = view.reshape(view.size)
+        return view.view(BITS_OF["float16"]) if view.dtype == np.float16 else view
 
     def to_host(self, array: Any) -> np.ndarray:
         # An update may still run on another stream than the copy's: wait for the device.
         cuda.synchronize()
-        return as_kernel_array(array).copy_to_host()
+        host = as_kernel_array(array).copy_to_host()
+        return host.view(BFLOAT16) if isinstance(array, BFloat16Array) else host
 
     def from_host(self, array: np.ndarray, like: Any) -> Any:
+        if array.dtype == BFLOAT16:
+            return BFloat16Array.from_host(array)
         return cuda.to_device(np.ascontiguousarray(array))
 
     def span(self, array: Any) -> tuple[int, int]:
