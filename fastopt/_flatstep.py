@@ -372,22 +372,31 @@ class FlatStep:
         clip_value: float,
     ) -> None:
         """The rows of ``params`` for a rule with host scalars: each parameter's scalars move
-        to its new step, and one row is made per distinct (group, step, created, scalars)."""
+        to its new step, and one row is made per distinct (group, step, created, scalars).
+
+        A scalar's next value depends only on the group, the step and its previous value, so
+        parameters that start the step with the same scalars (a model's tensors, stepped
+        together since the first step) share one advance and one row."""
         optimizer = self.optimizer
         groups = optimizer.param_groups
-        rows: dict[tuple[Any, ...], tuple[float, ...]] = {}
+        names = optimizer._scalar_names
+        # (group, step, created, scalars before) -> (scalars after, row)
+        known: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[float, ...]]] = {}
         table = []
         for index, entry in zip(params.tolist(), entries, strict=True):
             number = int(self.group_of_param[index])
             was_created = bool(created is not None and created[index])
-            scalars = optimizer._advance(entry, groups[number])
-            key = (number, entry["step"], was_created, scalars)
-            row = rows.get(key)
-            if row is None:
-                row = rows[key] = optimizer._row(
+            key = (number, entry["step"], was_created, *(entry[name] for name in names))
+            found = known.get(key)
+            if found is None:
+                scalars = optimizer._advance(entry, groups[number])
+                row = optimizer._row(
                     groups[number], entry["step"], was_created, scale, clip_value, scalars
                 )
-            table.append(row)
+                found = known[key] = (tuple(entry[name] for name in names), row)
+            else:
+                entry.update(zip(names, found[0]))
+            table.append(found[1])
         self.hyper[self.launch_of_param[params]] = np.array(table, dtype=np.float64)
 
     def _rows_by_key(

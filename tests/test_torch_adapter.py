@@ -206,7 +206,8 @@ def test_parameters_and_gradients_are_views_of_one_buffer():
 
 
 @pytest.mark.parametrize("set_to_none", [True, False])
-@pytest.mark.parametrize("name", ["Adam", "SGD"])
+# NAdam and ASGD: host scalars (mu_product, eta, mu) that the skipped parameters keep behind.
+@pytest.mark.parametrize("name", ["Adam", "SGD", "NAdam", "ASGD"])
 def test_parameters_without_gradients_are_skipped_like_torch(name, set_to_none):
     kwargs = {"lr": 0.05, "momentum": 0.9} if name == "SGD" else {"lr": 0.05}
     torch.manual_seed(3)
