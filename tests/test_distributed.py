@@ -146,9 +146,11 @@ def test_state_per_rank_is_a_share_of_one_process_state(stepped):
             assert len(shares) == world
             # All together, the whole; each rank its shard's share (aligned up).
             assert sum(shares) == whole, key
+            if name == "Adafactor":  # row and column factors: no multiple of the sizes
+                continue
             itemsize = np.dtype(dtype).itemsize
             arrays = whole // (sum(sizes) * itemsize)
-            layout = shard_layout(sizes, world, whole=name.startswith(("Lamb", "LARS", "Muon")))
+            layout = shard_layout(sizes, world, whole=name.startswith(("Lamb", "LARS", "Muon", "Adafactor")))
             assert max(shares) <= arrays * max(layout.counts) * itemsize, key
 
 

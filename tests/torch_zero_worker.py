@@ -35,6 +35,7 @@ RULES = [
     ("Lamb", {"lr": 0.01}),
     ("LARS", {"lr": 0.1}),
     ("Muon", {"lr": 0.02}),
+    ("Adafactor", {"lr": 0.01, "weight_decay": 0.01}),
     ("ScheduleFreeSGD", {"lr": 0.1}),
     ("ScheduleFreeAdamW", {"lr": 0.01}),
 ]

@@ -18,13 +18,16 @@ MATRIX_SHAPES = [(6, 4), (5, 5), (3, 7)]
 
 
 def _one_case_per_rule() -> list[tuple[str, type, dict[str, Any], list[tuple[int, ...]]]]:
-    """The last (most optioned) case of every rule in the rule table, and Muon."""
+    """The last (most optioned) case of every rule in the rule table, Muon and Adafactor."""
     chosen: dict[str, tuple[type, dict[str, Any]]] = {}
     for _, cls, kwargs in CASES:
         # The classes themselves (the table's Schedule-Free ones start in training mode).
         chosen[cls.__name__] = (getattr(fastopt, cls.__name__), kwargs)
     cases = [(name, cls, kwargs, SHAPES) for name, (cls, kwargs) in chosen.items()]
     cases.append(("Muon", fastopt.Muon, {"lr": 0.02, "momentum": 0.9}, MATRIX_SHAPES))
+    # Row and column state not shaped like the parameters (a 3-D tensor, a vector, a 0-d one).
+    shapes = [*MATRIX_SHAPES, (2, 3, 4), (5,), ()]
+    cases.append(("Adafactor", fastopt.Adafactor, {"lr": 0.02, "weight_decay": 0.01}, shapes))
     # A schedule drives the learning rate (both groups: a callable is not halved).
     schedule = fastopt.schedules.linear_warmup(0.02, 8)
     cases.append(("AdamW-scheduled", fastopt.AdamW, {"lr": schedule}, SHAPES))
