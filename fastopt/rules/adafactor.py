@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from fastopt._checks import check_nonnegative, check_real
-from fastopt._jit import PARALLEL_THRESHOLD, kernel, parallel_kernel
+from fastopt._jit import PARALLEL_THRESHOLD, as_dtype_of, elementwise, kernel, parallel_kernel
 from fastopt._parallel import run_parallel
 from fastopt._reduce import LANES, sum_of_squares
 from fastopt.rule import HostState, Hyperparameter, MatrixStep, Norms, Rule, build, flag, real
@@ -42,11 +42,24 @@ def adafactor_update(p, g, o, h):
     return (p * h.decay_factor + h.neg_step * (g * o),)
 
 
-def _square_sums(g, lanes, rows, partial, columns):
-    """The sums of ``g**2`` of a 3-D array, in float64: over the last axis into ``rows``
-    (flat, in lanes), over the middle one into ``columns``. Each task takes a block of
-    :data:`_BLOCK_ROWS` rows (read once, from memory, then from cache) and sums its columns
-    into ``partial``; the blocks' sums are then added in block order."""
+@elementwise
+def _lerp(start, end, weight, one):
+    """``torch.lerp(start, end, weight)`` of values, with torch's formula, in their dtype."""
+    if weight < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (one - weight)
+
+
+def _factors(g, lanes, partial, rows, columns, row_var, col_var, weight, eps1, one, denominator):
+    """A tensor's factored second moment (``g`` a 3-D array, a batch of matrices; the
+    factors ``row_var`` ``(batch, rows)`` and ``col_var`` ``(batch, columns)`` updated in
+    place) and each matrix's denominator ``max(mean(row_var), eps1)``.
+
+    The sums of ``g**2`` are taken in float64: over the last axis by rows (in lanes), over
+    the middle one by tasks of :data:`_BLOCK_ROWS` rows (each read once from memory, then from
+    cache) whose column sums (``partial``) are then added in block order: a fixed order,
+    whatever the thread count. The rest is in the arrays' dtype, each operation rounded as
+    NumPy (and torch) would, a NaN kept."""
     batch, count, width = g.shape
     blocks = partial.shape[1]
     for task in prange(batch * blocks):
@@ -54,7 +67,7 @@ def _square_sums(g, lanes, rows, partial, columns):
         for j in range(width):
             partial[b, block, j] = 0.0
         for i in range(block * _BLOCK_ROWS, min((block + 1) * _BLOCK_ROWS, count)):
-            rows[b * count + i] = sum_of_squares(g[b, i], lanes)
+            rows[b, i] = sum_of_squares(g[b, i], lanes)
             for j in range(width):
                 v = np.float64(g[b, i, j])
                 partial[b, block, j] += v * v
@@ -64,6 +77,16 @@ def _square_sums(g, lanes, rows, partial, columns):
         for block in range(blocks):
             for j in range(width):
                 columns[b, j] += partial[b, block, j]
+        for j in range(width):
+            mean = as_dtype_of(columns[b, j] / count, col_var)
+            col_var[b, j] = _lerp(col_var[b, j], mean, weight, one)
+        total = 0.0
+        for i in range(count):
+            mean = as_dtype_of(rows[b, i] / width, row_var)
+            row_var[b, i] = _lerp(row_var[b, i], mean, weight, one)
+            total += np.float64(row_var[b, i])
+        mean = as_dtype_of(total / count, row_var)
+        denominator[b] = eps1 if mean < eps1 else mean
 
 
 def _inverse_root(row_var, col_var, denominator, floor, one, out):
@@ -80,12 +103,21 @@ def _inverse_root(row_var, col_var, denominator, floor, one, out):
             out[b, task % count, j] = one / np.sqrt(floor if e < floor else e)
 
 
+def _whole(g, variance, weight, floor, one):
+    """A vector's second moment (``variance``, updated in place) and the inverse square
+    root of its estimate, clamped below at ``floor``, written over ``g``."""
+    for i in prange(g.size):
+        v = _lerp(variance[i], g[i] * g[i], weight, one)
+        variance[i] = v
+        g[i] = one / np.sqrt(floor if v < floor else v)
+
+
 #: Rows per task of the sums of squares: a fixed number (the same sums on every thread
 #: count), large enough that the blocks' column sums are a small part of the traffic.
 _BLOCK_ROWS = 256
-#: (serial, parallel) compilations of each of the host's kernels.
-_SQUARE_SUMS, _INVERSE_ROOT = (
-    (kernel(f), parallel_kernel(f)) for f in (_square_sums, _inverse_root)
+#: (serial, parallel) compilations of the host's kernels.
+_FACTORS, _INVERSE_ROOT, _WHOLE = (
+    (kernel(f), parallel_kernel(f)) for f in (_factors, _inverse_root, _whole)
 )
 
 
@@ -98,36 +130,27 @@ def _run(kernels, size: int, *args) -> None:
         run_parallel(kernels[1], *args)
 
 
-def _lerp(start: np.ndarray, end: np.ndarray, weight: np.generic) -> None:
-    """``start.lerp_(end, weight)`` in place, with torch's formula, in the arrays' dtype."""
-    if weight < 0.5:
-        start += weight * (end - start)
-    else:
-        start[...] = end - (end - start) * (weight.dtype.type(1.0) - weight)
+#: The machine epsilon of each dtype (eps1 = None).
+_EPSILON = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}
 
 
 def adafactor_second_moment(g, h, row_var, col_var, variance):
     """The second moment's update of one tensor from its gradient ``g`` (in place), and the
     inverse square root of its estimate, clamped below at ``eps1**2``, written over ``g``."""
     dtype = g.dtype.type
-    eps1 = float(np.finfo(g.dtype).eps) if h.eps1 < 0 else h.eps1
-    weight = dtype(h.one_minus_beta2)
-    floor, one = dtype(eps1 * eps1), dtype(1.0)
+    eps1 = _EPSILON[g.dtype] if h.eps1 < 0 else h.eps1
+    weight, floor, one = dtype(h.one_minus_beta2), dtype(eps1 * eps1), dtype(1.0)
     if variance is not None:
-        _lerp(variance, g * g, weight)
-        np.maximum(variance, floor, out=g)
-        return np.divide(one, np.sqrt(g, out=g), out=g)
+        _run(_WHOLE, g.size, g.reshape(-1), variance.reshape(-1), weight, floor, one)
+        return g
     stacked = g.reshape(-1, *g.shape[-2:])
     batch, count, width = stacked.shape
-    rows = np.empty(batch * count)
     partial = np.empty((batch, -(-count // _BLOCK_ROWS), width))
-    columns = np.empty((batch, width))
-    _run(_SQUARE_SUMS, g.size, stacked, LANES, rows, partial, columns)
-    _lerp(row_var, (rows / width).astype(dtype).reshape(row_var.shape), weight)
-    _lerp(col_var, (columns / count).astype(dtype).reshape(col_var.shape), weight)
-    row_mean = row_var.astype(np.float64).sum(axis=-2, keepdims=True) / count
-    denominator = np.maximum(row_mean.astype(dtype), dtype(eps1)).reshape(batch)
+    rows, columns = np.empty((batch, count)), np.empty((batch, width))
     factors = (row_var.reshape(batch, count), col_var.reshape(batch, width))
+    denominator = np.empty(batch, dtype)
+    arguments = (stacked, LANES, partial, rows, columns, *factors, weight, dtype(eps1), one)
+    _run(_FACTORS, g.size, *arguments, denominator)
     _run(_INVERSE_ROOT, g.size, *factors, denominator, floor, one, stacked)
     return g
 
