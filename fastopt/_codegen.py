@@ -710,5 +710,6 @@ def kernels_of(rule: Rule) -> RuleKernels:
             unpack=module.unpack,
             norms=norms,
             matrix=matrix,
+            values=getattr(module, f"{rule.snake_name}_values"),
         )
         return built

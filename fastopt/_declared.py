@@ -150,11 +150,15 @@ class DeclaredOptimizer(Optimizer):
         check_precision(group)
         if self._rule.host_state:
             _check_host_state_group(self._rule, group)
-        state_dtype = group["state_dtype"]
-        if state_dtype == "int8" and backend_of(group["params"][0]) is not HOST:
+        rule = self._rule
+        if (
+            group["state_dtype"] == "int8"
+            and (rule.norms is not None or rule.matrix is not None)
+            and backend_of(group["params"][0]) is not HOST
+        ):
             raise TypeError(
-                "state_dtype='int8' keeps the state in host memory only; on a CUDA device "
-                "use float32 or bfloat16 state"
+                f"state_dtype='int8' on a CUDA device is for element-wise rules; {rule.name} "
+                "reads whole tensors (norms or a matrix step): use float32 or bfloat16 state"
             )
         for entry in self._rule.group_state:
             entry.check(entry.name, group[entry.name])

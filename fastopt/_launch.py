@@ -79,7 +79,9 @@ class RuleKernels(NamedTuple):
     read pass of a rule whose update needs per-tensor norms, else None;
     ``quantized_serial`` and ``quantized_parallel`` take ``(bounds, blocks, hyper, param,
     grad, *state, master, comp, stochastic, scratch)`` for a step with 8-bit state (see
-    :mod:`fastopt._quantized`).
+    :mod:`fastopt._quantized`), whose plain-Python ``values(i, param, grad, *state, master,
+    scalars)`` (the new parameter and state values of element ``i``, nothing stored) the CUDA
+    kernel of such a step is compiled from.
     """
 
     serial: Callable[..., None]
@@ -90,6 +92,7 @@ class RuleKernels(NamedTuple):
     matrix: MatrixKernels | None = None
     quantized_serial: Callable[..., None] | None = None
     quantized_parallel: Callable[..., None] | None = None
+    values: Callable[..., Any] | None = None
 
 
 @elementwise

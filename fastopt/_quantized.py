@@ -46,6 +46,7 @@ __all__ = [
     "SignedState",
     "UnsignedBlock",
     "UnsignedState",
+    "block_absmax",
     "block_count",
     "block_of",
     "block_start",
@@ -299,7 +300,7 @@ def _keep(scratch, row, j, value):
 
 
 @elementwise
-def _absmax(scratch, row, n):
+def block_absmax(scratch, row, n):
     """The largest magnitude of ``scratch[row, :n]`` in float32, NaN if any is NaN: the
     maximum of the bit patterns with the sign cleared (every NaN pattern is above Inf's),
     which vectorizes where a float maximum does not without fast-math flags."""
@@ -334,7 +335,7 @@ def _encode_block(codes, scratch, row, largest, table):
 # A call per block, not inlined: numba's inliner mishandles the variables of its loops.
 @kernel
 def _requantize(state, lo, hi, scratch, row):
-    largest = _absmax(scratch, row, hi - lo)
+    largest = block_absmax(scratch, row, hi - lo)
     _encode_block(state.codes[lo:hi], scratch, row, largest, _table_of(state))
     state.absmax[lo // BLOCK] = largest
 

@@ -616,10 +616,10 @@ class Optimizer:
         ]
         for name in converted:
             value = state[name]
-            if value.dtype == QUANTIZED:
-                value = dequantize(
-                    value, state.pop(absmax_name(name)), name not in self._nonnegative_states
-                )
+            if arrays.dtype_shape(value)[0] == QUANTIZED:
+                scales = arrays.to_host(state.pop(absmax_name(name)))
+                signed = name not in self._nonnegative_states
+                value = dequantize(arrays.to_host(value), scales, signed)
             self._set_state(state, name, value, group, param, quantized)
         # Scales left without their codes (the array was decoded above) go.
         stale = [
@@ -674,7 +674,8 @@ class Optimizer:
         if name in quantized:
             host = self._arrays.to_host(value)
             codes, scales = quantize(host, name not in self._nonnegative_states)
-            state[name], state[absmax_name(name)] = codes, scales
+            place = self._arrays.from_host
+            state[name], state[absmax_name(name)] = place(codes, param), place(scales, param)
         else:
             state[name] = self._arrays.copy(value, self._state_dtype(name, group, param))
 

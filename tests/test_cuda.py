@@ -642,15 +642,115 @@ def test_bfloat16_array_wraps_uint16_bits_only():
         fastopt.Adam(cuda.to_device(np.zeros(3, np.uint16)))
 
 
-def test_eight_bit_state_is_refused_on_the_device_before_any_write():
-    param = cuda.to_device(np.ones(5000, np.float32))
-    with pytest.raises(TypeError, match="state_dtype='int8' keeps the state in host memory"):
-        fastopt.Adam(param, state_dtype="int8")
-    opt = fastopt.Adam(param)
-    opt.param_groups[0]["state_dtype"] = "int8"
-    with pytest.raises(TypeError, match="host memory only"):
-        opt.step(cuda.to_device(np.ones(5000, np.float32)))
-    assert np.all(host(param) == 1.0) and not opt.state
+# 8-bit state: parameters of 256 elements and more quantized here (4,096 otherwise), so that
+# the simulator steps a few blocks, the last one partial, and a small parameter beside them.
+EIGHT_BIT_CASES = [
+    ("Adam", {"lr": 0.01, "amsgrad": True}),
+    ("AdamW", {"lr": 0.01, "weight_decay": 0.1}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+    ("Adagrad", {"lr": 0.05}),
+    ("RMSprop", {"lr": 0.01, "centered": True, "momentum": 0.5}),
+    ("Lion", {"lr": 0.01}),
+    ("ScheduleFreeAdamW", {"lr": 0.01}),
+]
+
+
+@pytest.fixture
+def small_quantized(monkeypatch):
+    monkeypatch.setattr(fastopt.precision, "MIN_QUANTIZED_SIZE", 256)
+
+
+def _eight_bit_twins(name, kwargs, dtype=np.float32, **options):
+    rng = np.random.default_rng(9)
+    shapes = [(600,), (5,)]
+    start = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+    on_host = [a.copy() for a in start]
+    on_device = [_place(a) for a in start]
+    cls = getattr(fastopt, name)
+    pair = [cls(params, state_dtype="int8", **kwargs, **options) for params in (on_host, on_device)]
+    for opt in pair:
+        if hasattr(opt, "train"):
+            opt.train()
+    grads = [[rng.standard_normal(shape).astype(dtype) for shape in shapes] for _ in range(3)]
+    return on_host, on_device, pair, grads
+
+
+@pytest.mark.parametrize(("name", "kwargs"), EIGHT_BIT_CASES, ids=[n for n, _ in EIGHT_BIT_CASES])
+def test_eight_bit_state_matches_the_host(small_quantized, name, kwargs):
+    on_host, on_device, (host_opt, device_opt), grads = _eight_bit_twins(name, kwargs)
+    for step_grads in grads:
+        host_opt.step(step_grads)
+        device_opt.step([cuda.to_device(g) for g in step_grads])
+    for index, expected in enumerate(on_host):
+        assert_close(host(on_device[index]), expected)
+        entry, expected_entry = device_opt.state[index], host_opt.state[index]
+        assert sorted(entry) == sorted(expected_entry)
+        for key, value in expected_entry.items():
+            if key == "step" or not isinstance(value, np.ndarray):
+                assert entry[key] == value, key
+                continue
+            assert fastopt._backend.is_device_array(entry[key]), f"{key} is not on the device"
+            actual = host(entry[key])
+            assert actual.dtype == value.dtype, key
+            if value.dtype == np.uint8:  # codes: the same values round to the same codes
+                assert np.mean(actual == value) > 0.99, key
+            else:
+                assert_close(actual, value, err_msg=key)
+    # The large parameter's state is quantized (the small one's is not).
+    assert any(v.dtype == np.uint8 for v in host_opt.state[0].values() if hasattr(v, "dtype"))
+
+
+def test_eight_bit_state_on_bfloat16_parameters_with_a_master_copy(small_quantized):
+    _, on_device, (host_opt, device_opt), grads = _eight_bit_twins(
+        "Adam", {"lr": 0.01}, BFLOAT16, master_weights=True, stochastic_rounding=True
+    )
+    for step_grads in grads:
+        host_opt.step(step_grads)
+        device_opt.step([_place(g) for g in step_grads])
+    for index in range(2):
+        for key, value in host_opt.state[index].items():
+            if key != "step":
+                actual = host(device_opt.state[index][key])
+                if value.dtype == np.uint8:
+                    assert np.mean(actual == value) > 0.99, key
+                else:
+                    assert_close(actual, value, err_msg=key)
+        np.testing.assert_allclose(
+            _as_float(host(on_device[index])), _as_float(host_opt._params[index]), rtol=2**-7
+        )
+
+
+def test_eight_bit_checkpoints_resume_on_the_device_and_convert(small_quantized):
+    _, on_device, (_, device_opt), grads = _eight_bit_twins("Adam", {"lr": 0.01})
+    device_opt.step([cuda.to_device(g) for g in grads[0]])
+    saved = device_opt.state_dict()
+    assert saved["state"][0]["exp_avg"].dtype == np.uint8
+    assert saved["state"][0]["exp_avg_absmax"].shape == (3,)
+    dequantized = device_opt.state_dict(dequantize=True)["state"][0]
+    assert dequantized["exp_avg"].dtype == np.float32 and "exp_avg_absmax" not in dequantized
+    resumed = [_place(host(p)) for p in on_device]
+    again = fastopt.Adam(resumed, lr=0.01, state_dtype="int8")
+    again.load_state_dict(saved)
+    for step_grads in grads[1:]:
+        device_opt.step([cuda.to_device(g) for g in step_grads])
+        again.step([cuda.to_device(g) for g in step_grads])
+    for mine, theirs in zip(resumed, on_device, strict=True):
+        assert host(mine).tobytes() == host(theirs).tobytes()
+    # float32 state switched to 8-bit mid-run: encoded on the host, placed on the device.
+    plain = fastopt.Adam([_place(host(p)) for p in on_device], lr=0.01)
+    plain.step([cuda.to_device(g) for g in grads[0]])
+    plain.param_groups[0]["state_dtype"] = "int8"
+    plain.step([cuda.to_device(g) for g in grads[1]])
+    codes = plain.state[0]["exp_avg"]
+    assert fastopt._backend.is_device_array(codes) and host(codes).dtype == np.uint8
+    assert plain.state[1]["exp_avg"].dtype == np.float32  # 5 elements: not quantized
+
+
+def test_eight_bit_state_is_refused_for_rules_reading_whole_tensors_on_the_device():
+    param = cuda.to_device(np.ones((80, 64), np.float32))
+    with pytest.raises(TypeError, match="for element-wise rules; Lamb reads whole tensors"):
+        fastopt.Lamb(param, state_dtype="int8")
+    assert np.all(host(param) == 1.0)
 
 
 def test_functional_step_takes_sixteen_bit_device_arrays():

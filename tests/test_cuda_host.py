@@ -174,3 +174,33 @@ def test_every_read_pass_of_the_per_tensor_norms_compiles_to_ptx(monkeypatch):
             signature = (*head, array, array, *[array] * sum(present), nbtypes.float64[:, ::1])
             ptx, _ = cuda.compile_ptx(dispatcher.py_func, signature, cc=(8, 0))
             assert ".entry" in ptx and ".local" in ptx, f"{name} {present}"
+
+
+def test_the_eight_bit_state_kernel_compiles_to_ptx(monkeypatch):
+    """Adam with 8-bit moments (the signed and the unsigned map, their tables as constants)
+    and AMSGrad's maximum quantized or kept in float32, with a float32 master copy of
+    bfloat16 parameters: compiled for a device, in float32 arithmetic only."""
+    _compile_for_sm80(monkeypatch)
+    from numba import cuda
+    from numba.core import types as nbtypes
+
+    from fastopt.cuda import _kernels
+
+    f32, u8, u16 = nbtypes.float32[::1], nbtypes.uint8[::1], nbtypes.uint16[::1]
+    tables = (nbtypes.int64[::1], nbtypes.int64[::1], nbtypes.float64[:, ::1])
+    variants = [
+        (("signed", "unsigned", "unsigned", "none", "none"), (f32, f32), (u8, f32) * 3, False),
+        (
+            ("signed", "unsigned", "array", "array", "none"),
+            (u16, u16),
+            (u8, f32) * 2 + (f32, f32),
+            True,
+        ),
+    ]
+    for kinds, param_grad, arrays, stochastic in variants:
+        dispatcher = _kernels._quantized_kernel(fastopt.Adam._kernels, kinds, "float32", stochastic)
+        signature = (*tables, *param_grad, *arrays)
+        ptx, _ = cuda.compile_ptx(dispatcher.py_func, signature, cc=(8, 0))
+        assert ".entry" in ptx and ".local" in ptx, kinds
+        promoted = F64_ARITHMETIC.findall(ptx)
+        assert not promoted, f"{kinds}: float64 arithmetic {promoted[:3]}"

@@ -26,19 +26,31 @@ import inspect
 import linecache
 import os
 import re
+import textwrap
 from functools import cache
 from typing import Any
 
 import numpy as np
-from numba import cuda, float64
+from numba import cuda, float32, float64
 from numba.core import config
 
 from fastopt._jit import cuda_device, cuda_kernel
 from fastopt._launch import RuleKernels
 from fastopt._matrix import transform_segments
 from fastopt._norms import blocks_of, finish_rows
+from fastopt._quantized import (
+    BLOCK,
+    QuantizedState,
+    SignedBlock,
+    SignedState,
+    UnsignedBlock,
+    block_absmax,
+    block_table,
+    encode,
+    tables,
+)
 from fastopt._reduce import LANES
-from fastopt._storage import compute_type_of
+from fastopt._storage import compute_type_of, load_param, store, store_param
 
 __all__ = [
     "SIMULATOR",
@@ -119,6 +131,50 @@ def {name}(starts, stops, segment_of_block, hyper, param, grad{arrays}, out):
             out[b, k] = total
         b += stride
 '''
+
+
+# A step with 8-bit state (see fastopt._quantized): one thread per 256-element block of the
+# launch, as one CPU thread does it. The block's new values go into a scratch block in the
+# thread's local memory, the parameter is stored from it, and each quantized array gets the
+# block's new scale and codes (``blocks``: each segment's first block, then their total).
+_QUANTIZED = '''
+def {name}(bounds, blocks, hyper, param, grad{arrays}):
+    """{rule} with 8-bit state, one thread per block."""
+    scratch = cuda.local.array(({rows}, {block}), {dtype})
+    b = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    total = blocks[blocks.size - 1]
+    while b < total:
+        s = segment_of(blocks, b, 0)
+        lo = bounds[s] + (b - blocks[s]) * {block}
+        hi = lo + {block} if lo + {block} < bounds[s + 1] else bounds[s + 1]
+        n = hi - lo
+        scalars = unpack(hyper[s], param, lo - bounds[s], {stochastic})
+        param_ = param[lo:hi]
+        grad_ = grad[lo:hi]
+{views}
+        for j in range(n):
+            ({targets}) = values(j, param_, grad_{value_arguments}, scalars)
+            scratch[0, j] = p
+{keeps}
+        for j in range(n):
+            old = load_param(param_, {master}, j)
+            store_param(param_, {master}, {comp}, j, old, scratch[0, j], scalars[3])
+{finishes}
+        b += stride
+'''
+
+# Encoding a quantized array's block: its largest magnitude (NaN wins), then each value's
+# nearest code of clamp(x / scale, -1, 1), as fastopt._quantized does on the CPU.
+_ENCODE = """        largest = block_absmax(scratch, {k}, n)
+        floor = largest if not largest < tiny else tiny
+        inverse = unit / floor
+        for j in range(n):
+            y = scratch[{k}, j] * inverse if n == {block} else scratch[{k}, j] / floor
+            y = unit if y > unit else y
+            y = -unit if y < -unit else y
+            {name}_codes[lo + j] = encode(y, {table})
+        {name}_absmax[b] = largest"""
 
 
 def segment_of(bounds, index, lo):
@@ -214,6 +270,123 @@ def kernel_source(
         call=call,
         stochastic=True if stochastic else None,
     )
+
+
+def quantized_kernel_source(
+    kernels: RuleKernels, kinds: tuple[str, ...], dtype: str, stochastic: bool = False
+) -> str:
+    """Python source of the CUDA kernel of a step with 8-bit state. ``kinds`` has one entry
+    per array of :func:`state_names` (the rule's state, the master copy, the compensation):
+    ``"signed"`` or ``"unsigned"`` (quantized: its codes and scales are two arguments),
+    ``"array"`` or ``"none"``; ``dtype`` is the compute type's name."""
+    names = state_names(kernels)
+    if len(kinds) != len(names):
+        raise ValueError(f"{_rule_name(kernels)} has {len(names)} state arrays, got {kinds}")
+    rule_names = names[:-2]  # then master, comp
+    arrays, views = "", []
+    for name, kind in zip(names, kinds, strict=True):
+        if kind in ("signed", "unsigned"):
+            arrays += f", {name}_codes, {name}_absmax"
+            block = "SignedBlock" if kind == "signed" else "UnsignedBlock"
+            views.append(f"{name}_ = {block}({name}_codes[lo:hi], {name}_absmax[b])")
+        elif kind == "array":
+            arrays += f", {name}"
+            views.append(f"{name}_ = {name}[lo:hi]")
+        else:
+            views.append(f"{name}_ = None")
+    rows = {name: k for k, name in enumerate(rule_names, start=1)}
+    keeps, finishes = [], []
+    for name, kind in zip(rule_names, kinds, strict=False):
+        k = rows[name]
+        if kind == "none":
+            continue
+        keeps.append(f"            scratch[{k}, j] = new_{name}")
+        if kind == "array":
+            finishes.append(
+                f"        for j in range(n):\n"
+                f"            store({name}_, j, scratch[{k}, j], scalars[3], {k})"
+            )
+        else:
+            table = "SIGNED_TABLE" if kind == "signed" else "UNSIGNED_TABLE"
+            finishes.append(_ENCODE.format(k=k, name=name, block=BLOCK, table=table))
+    rule = _rule_name(kernels)
+    return _QUANTIZED.format(
+        name=f"_{rule}_cuda_quantized",
+        rule=rule,
+        arrays=arrays,
+        rows=1 + len(rule_names),
+        block=BLOCK,
+        dtype=dtype,
+        stochastic=True if stochastic else None,
+        views=textwrap.indent("\n".join(views), " " * 8),
+        targets=", ".join(["p", *(f"new_{name}" for name in rule_names)]),
+        value_arguments="".join(f", {name}_" for name in names[:-1]),
+        keeps="\n".join(keeps),
+        master=f"{names[-2]}_",
+        comp=f"{names[-1]}_",
+        finishes="\n".join(finishes),
+    )
+
+
+@cache
+def _quantized_kernel(
+    kernels: RuleKernels, kinds: tuple[str, ...], dtype: str, stochastic: bool = False
+):
+    namespace = {
+        "__name__": __name__,
+        "cuda": cuda,
+        "float32": float32,
+        "float64": float64,
+        "values": cuda_device(kernels.values),
+        "unpack": _device_functions(kernels)[1],
+        "segment_of": _segment_of,
+        "SignedBlock": SignedBlock,
+        "UnsignedBlock": UnsignedBlock,
+        "SIGNED_TABLE": tables(True)[1],
+        "UNSIGNED_TABLE": tables(False)[1],
+        "block_absmax": block_absmax,
+        "encode": encode,
+        "load_param": load_param,
+        "store_param": store_param,
+        "store": store,
+        "tiny": np.float32(1e-38),
+        "unit": np.float32(1.0),
+    }
+    source = quantized_kernel_source(kernels, kinds, dtype, stochastic)
+    (name,) = re.findall(r"^def (\w+)", source, flags=re.MULTILINE)
+    filename = f"<fastopt.cuda {name} {kinds} {dtype} {'stochastic' if stochastic else ''}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)
+    return cuda_kernel(namespace[name])
+
+
+def _launch_quantized(kernels, bounds, hyper, param, grad, state, master, comp, stochastic):
+    """A step with 8-bit state on the device: one thread per 256-element block."""
+    from fastopt.cuda._arrays import as_kernel_array
+
+    if kernels.norms is not None or kernels.matrix is not None:
+        raise NotImplementedError(
+            "8-bit state on a CUDA device is for element-wise rules; this rule reads whole "
+            "tensors (norms or a matrix step): use float32 or bfloat16 state"
+        )
+    kinds, arrays = [], []
+    for array in (*state, master, comp):
+        if isinstance(array, QuantizedState):
+            kinds.append("signed" if isinstance(array, SignedState) else "unsigned")
+            arrays += [as_kernel_array(array.codes), as_kernel_array(array.absmax)]
+        elif array is None:
+            kinds.append("none")
+        else:
+            kinds.append("array")
+            arrays.append(as_kernel_array(array))
+    stream = stream_of(grad)
+    blocks = block_table(bounds)
+    tables_ = [
+        cuda.to_device(np.ascontiguousarray(t), stream=stream) for t in (bounds, blocks, hyper)
+    ]
+    dtype = compute_type_of(param.dtype).name
+    kernel = _quantized_kernel(kernels, tuple(kinds), dtype, stochastic is not None)
+    _run(kernel, int(blocks[-1]), stream, (*tables_, param, grad, *arrays))
 
 
 @cache
@@ -375,6 +548,9 @@ def launch(
         return present, tuple(as_kernel_array(array) for array in arrays if array is not None)
 
     param = as_kernel_array(param)
+    if any(isinstance(array, QuantizedState) for array in state):
+        _launch_quantized(kernels, bounds, hyper, param, grad, state, master, comp, stochastic)
+        return
     if kernels.matrix is not None:
         # The matrix step's host state follows the kernels' arrays, as on the CPU.
         count = len(state) - len(kernels.matrix.declaration.state)
