@@ -700,6 +700,21 @@ def test_eight_bit_state_matches_the_host(small_quantized, name, kwargs):
     assert any(v.dtype == np.uint8 for v in host_opt.state[0].values() if hasattr(v, "dtype"))
 
 
+def test_eight_bit_state_of_float64_parameters_encodes_in_float32(small_quantized):
+    on_host, on_device, (host_opt, device_opt), grads = _eight_bit_twins(
+        "Adam", {"lr": 0.01}, np.float64
+    )
+    for step_grads in grads:
+        host_opt.step(step_grads)
+        device_opt.step([cuda.to_device(g) for g in step_grads])
+    assert_close(host(on_device[0]), on_host[0])
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert np.mean(host(device_opt.state[0][key]) == host_opt.state[0][key]) > 0.99, key
+        np.testing.assert_array_equal(
+            host(device_opt.state[0][f"{key}_absmax"]), host_opt.state[0][f"{key}_absmax"]
+        )
+
+
 def test_eight_bit_state_on_bfloat16_parameters_with_a_master_copy(small_quantized):
     _, on_device, (host_opt, device_opt), grads = _eight_bit_twins(
         "Adam", {"lr": 0.01}, BFLOAT16, master_weights=True, stochastic_rounding=True

@@ -165,12 +165,13 @@ def {name}(bounds, blocks, hyper, param, grad{arrays}):
 '''
 
 # Encoding a quantized array's block: its largest magnitude (NaN wins), then each value's
-# nearest code of clamp(x / scale, -1, 1), as fastopt._quantized does on the CPU.
+# nearest code of clamp(x / scale, -1, 1) in float32, as fastopt._quantized does on the CPU.
 _ENCODE = """        largest = block_absmax(scratch, {k}, n)
         floor = largest if not largest < tiny else tiny
         inverse = unit / floor
         for j in range(n):
-            y = scratch[{k}, j] * inverse if n == {block} else scratch[{k}, j] / floor
+            x = float32(scratch[{k}, j])
+            y = x * inverse if n == {block} else x / floor
             y = unit if y > unit else y
             y = -unit if y < -unit else y
             {name}_codes[lo + j] = encode(y, {table})
