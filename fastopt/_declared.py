@@ -153,12 +153,12 @@ class DeclaredOptimizer(Optimizer):
         rule = self._rule
         if (
             group["state_dtype"] == "int8"
-            and (rule.norms is not None or rule.matrix is not None)
+            and rule.matrix is not None
             and backend_of(group["params"][0]) is not HOST
         ):
             raise TypeError(
-                f"state_dtype='int8' on a CUDA device is for element-wise rules; {rule.name} "
-                "reads whole tensors (norms or a matrix step): use float32 or bfloat16 state"
+                f"state_dtype='int8' on a CUDA device is not for rules with a matrix step "
+                f"({rule.name}'s): use float32 or bfloat16 state"
             )
         for entry in self._rule.group_state:
             entry.check(entry.name, group[entry.name])

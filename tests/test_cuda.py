@@ -643,7 +643,8 @@ def test_bfloat16_array_wraps_uint16_bits_only():
 
 
 # 8-bit state: parameters of 256 elements and more quantized here (4,096 otherwise), so that
-# the simulator steps a few blocks, the last one partial, and a small parameter beside them.
+# the simulator steps a few blocks (600 elements: the last one partial) and a small parameter
+# beside them.
 EIGHT_BIT_CASES = [
     ("Adam", {"lr": 0.01, "amsgrad": True}),
     ("AdamW", {"lr": 0.01, "weight_decay": 0.1}),
@@ -652,6 +653,9 @@ EIGHT_BIT_CASES = [
     ("RMSprop", {"lr": 0.01, "centered": True, "momentum": 0.5}),
     ("Lion", {"lr": 0.01}),
     ("ScheduleFreeAdamW", {"lr": 0.01}),
+    # The norms' read pass decodes the state too.
+    ("Lamb", {"lr": 0.01, "weight_decay": 0.01}),
+    ("LARS", {"lr": 0.1}),
 ]
 
 
@@ -662,7 +666,7 @@ def small_quantized(monkeypatch):
 
 def _eight_bit_twins(name, kwargs, dtype=np.float32, **options):
     rng = np.random.default_rng(9)
-    shapes = [(600,), (5,)]
+    shapes = [(20, 30), (5,)]  # a matrix: LAMB's and LARS's trust ratios apply
     start = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
     on_host = [a.copy() for a in start]
     on_device = [_place(a) for a in start]
@@ -761,10 +765,10 @@ def test_eight_bit_checkpoints_resume_on_the_device_and_convert(small_quantized)
     assert plain.state[1]["exp_avg"].dtype == np.float32  # 5 elements: not quantized
 
 
-def test_eight_bit_state_is_refused_for_rules_reading_whole_tensors_on_the_device():
+def test_eight_bit_state_is_refused_for_a_matrix_step_on_the_device():
     param = cuda.to_device(np.ones((80, 64), np.float32))
-    with pytest.raises(TypeError, match="for element-wise rules; Lamb reads whole tensors"):
-        fastopt.Lamb(param, state_dtype="int8")
+    with pytest.raises(TypeError, match="not for rules with a matrix step \\(Muon's\\)"):
+        fastopt.Muon(param, state_dtype="int8")
     assert np.all(host(param) == 1.0)
 
 

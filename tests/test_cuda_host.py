@@ -179,7 +179,8 @@ def test_every_read_pass_of_the_per_tensor_norms_compiles_to_ptx(monkeypatch):
 def test_the_eight_bit_state_kernel_compiles_to_ptx(monkeypatch):
     """Adam with 8-bit moments (the signed and the unsigned map, their tables as constants)
     and AMSGrad's maximum quantized or kept in float32, with a float32 master copy of
-    bfloat16 parameters: compiled for a device, in float32 arithmetic only."""
+    bfloat16 parameters: compiled for a device, in float32 arithmetic only; and LAMB's read
+    pass over 8-bit moments."""
     _compile_for_sm80(monkeypatch)
     from numba import cuda
     from numba.core import types as nbtypes
@@ -197,6 +198,13 @@ def test_the_eight_bit_state_kernel_compiles_to_ptx(monkeypatch):
             True,
         ),
     ]
+    # LAMB's read pass with both moments quantized (decoded by their maps' constant tables).
+    norms = _kernels._kernel(fastopt.Lamb._kernels, ("signed", "unsigned", False), True, "norms")
+    table = nbtypes.int64[::1]
+    head = (table, table, table, nbtypes.float64[:, ::1])
+    signature = (*head, f32, f32, u8, f32, u8, f32, nbtypes.float64[:, ::1])
+    ptx, _ = cuda.compile_ptx(norms.py_func, signature, cc=(8, 0))
+    assert ".entry" in ptx
     for kinds, param_grad, arrays, stochastic in variants:
         dispatcher = _kernels._quantized_kernel(fastopt.Adam._kernels, kinds, "float32", stochastic)
         signature = (*tables, *param_grad, *arrays)

@@ -13,7 +13,7 @@ Accepted without copies: numba device arrays and any object exposing
 float16, and bfloat16 arrays as :class:`BFloat16Array` (their ``uint16`` bits: the CUDA Array
 Interface has no bfloat16 type). The precision options work as on the host
 (``master_weights``, ``kahan_sum``, ``stochastic_rounding``, ``state_dtype="bfloat16"``, and
-``state_dtype="int8"`` for the element-wise rules: one thread per 256-element block). A
+``state_dtype="int8"`` but for Muon: one thread per 256-element block). A
 parameter, its gradient and its state must all be on the device (mixing in a host array
 raises ``TypeError`` before anything is written); state arrays are allocated on the device,
 ``state_dict()`` returns host copies and ``load_state_dict`` copies them back.

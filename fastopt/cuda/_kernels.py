@@ -44,6 +44,7 @@ from fastopt._quantized import (
     SignedBlock,
     SignedState,
     UnsignedBlock,
+    UnsignedState,
     block_absmax,
     block_table,
     encode,
@@ -226,15 +227,21 @@ def kernel_source(
 ) -> str:
     """Python source of the CUDA kernel for a rule and a set of present arrays (those of
     :func:`state_names`): the update's (its stores rounding ``stochastic``-ally), or the read
-    pass of its norms (``stage="norms"``) or the first pass of its matrix step
-    (``"direction"``, segmented)."""
+    pass of its norms (``stage="norms"``, where an 8-bit state array is ``"signed"`` or
+    ``"unsigned"`` in ``present``: its codes and scales, two arguments) or the first pass of
+    its matrix step (``"direction"``, segmented)."""
     names = state_names(kernels, stage)
     if len(present) != len(names):
         raise ValueError(f"{_rule_name(kernels)} has {len(names)} state arrays, got {present}")
-    arrays = "".join(f", {name}" for name, here in zip(names, present, strict=True) if here)
-    state = "".join(
-        f", {name}" if here else ", None" for name, here in zip(names, present, strict=True)
-    )
+    arrays, state = "", ""
+    for name, here in zip(names, present, strict=True):
+        if here in ("signed", "unsigned"):  # 8-bit state (the norms' read pass): two arrays
+            arrays += f", {name}_codes, {name}_absmax"
+            kind = "SignedState" if here == "signed" else "UnsignedState"
+            state += f", {kind}({name}_codes, {name}_absmax)"
+        else:
+            arrays += f", {name}" if here else ""
+            state += f", {name}" if here else ", None"
     rule = _rule_name(kernels)
     if stage == "direction":  # the segmented loop, writing the directions to out
         return _SEGMENTED.format(
@@ -361,26 +368,34 @@ def _quantized_kernel(
     return cuda_kernel(namespace[name])
 
 
-def _launch_quantized(kernels, bounds, hyper, param, grad, state, master, comp, stochastic):
+def _launch_quantized(kernels, bounds, hyper, param, grad, state, master, comp, stochastic, shapes):
     """A step with 8-bit state on the device: one thread per 256-element block."""
     from fastopt.cuda._arrays import as_kernel_array
 
-    if kernels.norms is not None or kernels.matrix is not None:
+    if kernels.matrix is not None:
         raise NotImplementedError(
-            "8-bit state on a CUDA device is for element-wise rules; this rule reads whole "
-            "tensors (norms or a matrix step): use float32 or bfloat16 state"
+            "8-bit state on a CUDA device is not for rules with a matrix step: use float32 "
+            "or bfloat16 state"
         )
-    kinds, arrays = [], []
+    kinds, arguments = [], []
     for array in (*state, master, comp):
         if isinstance(array, QuantizedState):
             kinds.append("signed" if isinstance(array, SignedState) else "unsigned")
-            arrays += [as_kernel_array(array.codes), as_kernel_array(array.absmax)]
+            arguments.append((as_kernel_array(array.codes), as_kernel_array(array.absmax)))
         elif array is None:
             kinds.append("none")
+            arguments.append(())
         else:
             kinds.append("array")
-            arrays.append(as_kernel_array(array))
+            arguments.append((as_kernel_array(array),))
     stream = stream_of(grad)
+    if kernels.norms is not None:  # the read pass: the state and the master copy
+        present = tuple(
+            kind if kind in ("signed", "unsigned") else kind == "array" for kind in kinds
+        )
+        read = [array for pair in arguments[:-1] for array in pair]
+        _measure_norms(kernels, present[:-1], bounds, hyper, param, grad, read, stream, shapes)
+    arrays = [array for pair in arguments for array in pair]
     blocks = block_table(bounds)
     tables_ = [
         cuda.to_device(np.ascontiguousarray(t), stream=stream) for t in (bounds, blocks, hyper)
@@ -414,6 +429,7 @@ def _kernel(
     }
     if stage == "norms":
         namespace["measure"] = cuda_device(kernels.norms.measure)
+        namespace["SignedState"], namespace["UnsignedState"] = SignedState, UnsignedState
     if stage == "direction":
         namespace["direction"] = cuda_device(kernels.matrix.direction)
     source = kernel_source(kernels, present, segmented, stage, stochastic)
@@ -550,7 +566,9 @@ def launch(
 
     param = as_kernel_array(param)
     if any(isinstance(array, QuantizedState) for array in state):
-        _launch_quantized(kernels, bounds, hyper, param, grad, state, master, comp, stochastic)
+        _launch_quantized(
+            kernels, bounds, hyper, param, grad, state, master, comp, stochastic, shapes
+        )
         return
     if kernels.matrix is not None:
         # The matrix step's host state follows the kernels' arrays, as on the CPU.
