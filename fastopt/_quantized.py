@@ -175,7 +175,10 @@ def tables(signed: bool) -> tuple[np.ndarray, np.ndarray]:
 
 @elementwise
 def encode(y, table):
-    """The index of the code nearest ``y`` (float32 in [-1, 1], or NaN: the last code)."""
+    """The index of the code nearest ``y`` (float32) clamped to [-1, 1] (NaN: the last
+    code)."""
+    y = np.float32(1.0) if y > np.float32(1.0) else y
+    y = np.float32(-1.0) if y < np.float32(-1.0) else y
     u = bits_of(y)
     magnitude = and_(u, _ABS)
     negative = greater(u, _ABS)
@@ -320,16 +323,10 @@ def _encode_block(codes, scratch, row, largest, table):
     if n == BLOCK:
         inverse = np.float32(1.0) / floor
         for j in range(n):
-            y = np.float32(scratch[row, j]) * inverse
-            y = np.float32(1.0) if y > np.float32(1.0) else y
-            y = np.float32(-1.0) if y < np.float32(-1.0) else y
-            codes[j] = encode(y, table)
+            codes[j] = encode(np.float32(scratch[row, j]) * inverse, table)
     else:  # a parameter's last, partial block
         for j in range(n):
-            y = np.float32(scratch[row, j]) / floor
-            y = np.float32(1.0) if y > np.float32(1.0) else y
-            y = np.float32(-1.0) if y < np.float32(-1.0) else y
-            codes[j] = encode(y, table)
+            codes[j] = encode(np.float32(scratch[row, j]) / floor, table)
 
 
 # A call per block, not inlined: numba's inliner mishandles the variables of its loops.

@@ -166,15 +166,13 @@ def {name}(bounds, blocks, hyper, param, grad{arrays}):
 '''
 
 # Encoding a quantized array's block: its largest magnitude (NaN wins), then each value's
-# nearest code of clamp(x / scale, -1, 1) in float32, as fastopt._quantized does on the CPU.
+# nearest code of x / scale in float32 (clamped by encode), as fastopt._quantized does.
 _ENCODE = """        largest = block_absmax(scratch, {k}, n)
         floor = largest if not largest < tiny else tiny
         inverse = unit / floor
         for j in range(n):
             x = float32(scratch[{k}, j])
             y = x * inverse if n == {block} else x / floor
-            y = unit if y > unit else y
-            y = -unit if y < -unit else y
             {name}_codes[lo + j] = encode(y, {table})
         {name}_absmax[b] = largest"""
 
