@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 import numba
 
-__all__ = ["run_parallel"]
+from fastopt._jit import PARALLEL_THRESHOLD
+
+__all__ = ["run_by_size", "run_parallel"]
 
 _PARALLEL_LOCK = threading.Lock()
 # None until the first parallel launch has started numba's threading layer (only then can it
@@ -25,3 +27,14 @@ def run_parallel(kernel: Callable[..., object], *args: object) -> None:
     with _PARALLEL_LOCK:
         kernel(*args)
         _layer_is_threadsafe = numba.threading_layer() != "workqueue"
+
+
+def run_by_size(
+    serial: Callable[..., object], parallel: Callable[..., object], size: int, *args: object
+) -> None:
+    """Call ``serial`` for fewer than :data:`~fastopt._jit.PARALLEL_THRESHOLD` elements (the
+    thread pool costs more than the work), else the ``prange`` kernel ``parallel``."""
+    if size < PARALLEL_THRESHOLD:
+        serial(*args)
+    else:
+        run_parallel(parallel, *args)

@@ -25,8 +25,8 @@ import ml_dtypes
 import numpy as np
 from numba import prange
 
-from fastopt._jit import PARALLEL_THRESHOLD, elementwise, kernel, parallel_kernel
-from fastopt._parallel import run_parallel
+from fastopt._jit import elementwise, kernel, parallel_kernel
+from fastopt._parallel import run_by_size
 from fastopt._storage import kernel_view, load
 
 __all__ = [
@@ -134,17 +134,10 @@ def _max_abs_bits_parallel(bits, lanes, magnitude_mask, out):
         out[b] = _max_abs_bits(bits[lo : min(lo + BLOCK, bits.size)], lanes, magnitude_mask)
 
 
-def _run(serial, parallel, size, *args) -> None:
-    if size < PARALLEL_THRESHOLD:
-        serial(*args)
-    else:
-        run_parallel(parallel, *args)
-
-
 def block_sums_of_squares(flat: np.ndarray, out: np.ndarray) -> None:
     """``out[b]`` = float64 sum of squares of block ``b`` of the 1-D array ``flat``."""
     view = kernel_view(flat)
-    _run(_sums_of_squares_serial, _sums_of_squares_parallel, flat.size, view, LANES, out)
+    run_by_size(_sums_of_squares_serial, _sums_of_squares_parallel, flat.size, view, LANES, out)
 
 
 def block_table(offsets: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -167,7 +160,7 @@ def table_sums_of_squares(
     buffer: np.ndarray, starts: np.ndarray, stops: np.ndarray, out: np.ndarray
 ) -> None:
     """``out[b]`` = float64 sum of squares of ``buffer[starts[b]:stops[b]]`` (one launch)."""
-    _run(
+    run_by_size(
         _table_sums_of_squares_serial,
         _table_sums_of_squares_parallel,
         buffer.size,
@@ -198,7 +191,7 @@ def magnitude_bits(dtype: np.dtype) -> tuple[np.dtype, np.integer, np.integer]:
 def block_max_abs_bits(flat: np.ndarray, out: np.ndarray) -> None:
     """``out[b]`` = largest bit pattern of ``|x|`` in block ``b`` of ``flat`` (see module)."""
     bits, mask, _ = magnitude_bits(flat.dtype)
-    _run(
+    run_by_size(
         _max_abs_bits_serial,
         _max_abs_bits_parallel,
         flat.size,

@@ -18,8 +18,8 @@ import numpy as np
 from numba import prange
 
 from fastopt._checks import check_nonnegative, check_real
-from fastopt._jit import PARALLEL_THRESHOLD, as_dtype_of, elementwise, kernel, parallel_kernel
-from fastopt._parallel import run_parallel
+from fastopt._jit import as_dtype_of, elementwise, kernel, parallel_kernel
+from fastopt._parallel import run_by_size
 from fastopt._reduce import LANES, sum_of_squares
 from fastopt.rule import HostState, Hyperparameter, MatrixStep, Norms, Rule, build, flag, real
 
@@ -121,15 +121,6 @@ _FACTORS, _INVERSE_ROOT, _WHOLE = (
 )
 
 
-def _run(kernels, size: int, *args) -> None:
-    """The serial kernel of the pair for a tensor of fewer than PARALLEL_THRESHOLD
-    elements, else the parallel one."""
-    if size < PARALLEL_THRESHOLD:
-        kernels[0](*args)
-    else:
-        run_parallel(kernels[1], *args)
-
-
 #: The machine epsilon of each dtype (eps1 = None).
 _EPSILON = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}
 
@@ -141,7 +132,7 @@ def adafactor_second_moment(g, h, row_var, col_var, variance):
     eps1 = _EPSILON[g.dtype] if h.eps1 < 0 else h.eps1
     weight, floor, one = dtype(h.one_minus_beta2), dtype(eps1 * eps1), dtype(1.0)
     if variance is not None:
-        _run(_WHOLE, g.size, g.reshape(-1), variance.reshape(-1), weight, floor, one)
+        run_by_size(*_WHOLE, g.size, g.reshape(-1), variance.reshape(-1), weight, floor, one)
         return g
     stacked = g.reshape(-1, *g.shape[-2:])
     batch, count, width = stacked.shape
@@ -150,8 +141,8 @@ def adafactor_second_moment(g, h, row_var, col_var, variance):
     factors = (row_var.reshape(batch, count), col_var.reshape(batch, width))
     denominator = np.empty(batch, dtype)
     arguments = (stacked, LANES, partial, rows, columns, *factors, weight, dtype(eps1), one)
-    _run(_FACTORS, g.size, *arguments, denominator)
-    _run(_INVERSE_ROOT, g.size, *factors, denominator, floor, one, stacked)
+    run_by_size(*_FACTORS, g.size, *arguments, denominator)
+    run_by_size(*_INVERSE_ROOT, g.size, *factors, denominator, floor, one, stacked)
     return g
 
 
