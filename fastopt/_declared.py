@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fastopt._backend import HOST, backend_of
+from fastopt._backend import backend_of
 from fastopt._checks import (
     check_bool,
     check_disjoint,
@@ -150,16 +150,6 @@ class DeclaredOptimizer(Optimizer):
         check_precision(group)
         if self._rule.host_state:
             _check_host_state_group(self._rule, group)
-        rule = self._rule
-        if (
-            group["state_dtype"] == "int8"
-            and rule.matrix is not None
-            and backend_of(group["params"][0]) is not HOST
-        ):
-            raise TypeError(
-                f"state_dtype='int8' on a CUDA device is not for rules with a matrix step "
-                f"({rule.name}'s): use float32 or bfloat16 state"
-            )
         for entry in self._rule.group_state:
             entry.check(entry.name, group[entry.name])
 

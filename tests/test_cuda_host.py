@@ -179,8 +179,8 @@ def test_every_read_pass_of_the_per_tensor_norms_compiles_to_ptx(monkeypatch):
 def test_the_eight_bit_state_kernel_compiles_to_ptx(monkeypatch):
     """Adam with 8-bit moments (the signed and the unsigned map, their tables as constants)
     and AMSGrad's maximum quantized or kept in float32, with a float32 master copy of
-    bfloat16 parameters: compiled for a device, in float32 arithmetic only; and LAMB's read
-    pass over 8-bit moments."""
+    bfloat16 parameters: compiled for a device, in float32 arithmetic only; LAMB's read pass
+    over 8-bit moments; Muon's direction pass and update over an 8-bit momentum."""
     _compile_for_sm80(monkeypatch)
     from numba import cuda
     from numba.core import types as nbtypes
@@ -205,6 +205,14 @@ def test_the_eight_bit_state_kernel_compiles_to_ptx(monkeypatch):
     signature = (*head, f32, f32, u8, f32, u8, f32, nbtypes.float64[:, ::1])
     ptx, _ = cuda.compile_ptx(norms.py_func, signature, cc=(8, 0))
     assert ".entry" in ptx
+    # Muon's direction pass decoding its 8-bit momentum, and its update reading the directions.
+    muon = fastopt.Muon._kernels
+    direction = _kernels._kernel(muon, ("signed", False), True, "direction")
+    signature = (table, nbtypes.float64[:, ::1], f32, f32, u8, f32, f32)
+    assert ".entry" in cuda.compile_ptx(direction.py_func, signature, cc=(8, 0))[0]
+    update = _kernels._quantized_kernel(muon, ("signed", "array", "none", "none"), "float32")
+    signature = (*tables, f32, f32, u8, f32, f32)
+    assert ".local" in cuda.compile_ptx(update.py_func, signature, cc=(8, 0))[0]
     for kinds, param_grad, arrays, stochastic in variants:
         dispatcher = _kernels._quantized_kernel(fastopt.Adam._kernels, kinds, "float32", stochastic)
         signature = (*tables, *param_grad, *arrays)

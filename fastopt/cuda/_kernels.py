@@ -224,16 +224,16 @@ def kernel_source(
     stochastic: bool = False,
 ) -> str:
     """Python source of the CUDA kernel for a rule and a set of present arrays (those of
-    :func:`state_names`): the update's (its stores rounding ``stochastic``-ally), or the read
-    pass of its norms (``stage="norms"``, where an 8-bit state array is ``"signed"`` or
-    ``"unsigned"`` in ``present``: its codes and scales, two arguments) or the first pass of
-    its matrix step (``"direction"``, segmented)."""
+    :func:`state_names`): the update's (its stores rounding ``stochastic``-ally), or a read
+    pass: of its norms (``stage="norms"``) or the first pass of its matrix step
+    (``"direction"``, segmented), where an 8-bit state array is ``"signed"`` or
+    ``"unsigned"`` in ``present`` (its codes and scales, two arguments)."""
     names = state_names(kernels, stage)
     if len(present) != len(names):
         raise ValueError(f"{_rule_name(kernels)} has {len(names)} state arrays, got {present}")
     arrays, state = "", ""
     for name, here in zip(names, present, strict=True):
-        if here in ("signed", "unsigned"):  # 8-bit state (the norms' read pass): two arrays
+        if here in ("signed", "unsigned"):  # 8-bit state (a read pass): two arrays
             arrays += f", {name}_codes, {name}_absmax"
             kind = "SignedState" if here == "signed" else "UnsignedState"
             state += f", {kind}({name}_codes, {name}_absmax)"
@@ -288,7 +288,8 @@ def quantized_kernel_source(
     names = state_names(kernels)
     if len(kinds) != len(names):
         raise ValueError(f"{_rule_name(kernels)} has {len(names)} state arrays, got {kinds}")
-    rule_names = names[:-2]  # then master, comp
+    # The rule's state; then a matrix step's transformed array, the master copy, comp.
+    rule_names = names[: len(names) - 2 - (kernels.matrix is not None)]
     arrays, views = "", []
     for name, kind in zip(names, kinds, strict=True):
         if kind in ("signed", "unsigned"):
@@ -367,14 +368,14 @@ def _quantized_kernel(
 
 
 def _launch_quantized(kernels, bounds, hyper, param, grad, state, master, comp, stochastic, shapes):
-    """A step with 8-bit state on the device: one thread per 256-element block."""
+    """A step with 8-bit state on the device: one thread per 256-element block (after a
+    matrix step's direction pass, which decodes the state, and its host transform)."""
     from fastopt.cuda._arrays import as_kernel_array
 
-    if kernels.matrix is not None:
-        raise NotImplementedError(
-            "8-bit state on a CUDA device is not for rules with a matrix step: use float32 "
-            "or bfloat16 state"
-        )
+    held = ()
+    if kernels.matrix is not None:  # its host state follows the kernels' arrays
+        count = len(state) - len(kernels.matrix.declaration.state)
+        state, held = state[:count], state[count:]
     kinds, arguments = [], []
     for array in (*state, master, comp):
         if isinstance(array, QuantizedState):
@@ -387,11 +388,18 @@ def _launch_quantized(kernels, bounds, hyper, param, grad, state, master, comp, 
             kinds.append("array")
             arguments.append((as_kernel_array(array),))
     stream = stream_of(grad)
-    if kernels.norms is not None:  # the read pass: the state and the master copy
-        present = tuple(
-            kind if kind in ("signed", "unsigned") else kind == "array" for kind in kinds
+    # The read passes take the state and the master copy.
+    present = tuple(kind if kind in ("signed", "unsigned") else kind == "array" for kind in kinds)
+    read = [array for pair in arguments[:-1] for array in pair]
+    if kernels.matrix is not None:
+        held = [None if array is None else as_kernel_array(array) for array in held]
+        transformed = _transformed(
+            kernels, present[:-1], bounds, hyper, param, grad, read, stream, shapes, held
         )
-        read = [array for pair in arguments[:-1] for array in pair]
+        # The update reads the transformed array after the state.
+        kinds.insert(len(state), "array")
+        arguments.insert(len(state), (transformed,))
+    if kernels.norms is not None:
         _measure_norms(kernels, present[:-1], bounds, hyper, param, grad, read, stream, shapes)
     arrays = [array for pair in arguments for array in pair]
     blocks = block_table(bounds)
@@ -427,9 +435,10 @@ def _kernel(
     }
     if stage == "norms":
         namespace["measure"] = cuda_device(kernels.norms.measure)
-        namespace["SignedState"], namespace["UnsignedState"] = SignedState, UnsignedState
     if stage == "direction":
         namespace["direction"] = cuda_device(kernels.matrix.direction)
+    # A read pass takes 8-bit state as its codes and scales.
+    namespace["SignedState"], namespace["UnsignedState"] = SignedState, UnsignedState
     source = kernel_source(kernels, present, segmented, stage, stochastic)
     (name,) = re.findall(r"^def (\w+)", source, flags=re.MULTILINE)
     # Registered with linecache so that compiler errors and tracebacks can show the source.
