@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fastopt._arraytypes import is_device_array
 from fastopt._storage import kernel_view
 from fastopt._words import with_article
 
@@ -43,31 +44,6 @@ class ArrayBackend(Protocol):
     def from_host(self, array: np.ndarray, like: Any) -> Any: ...
 
     def span(self, array: Any) -> tuple[int, int]: ...
-
-
-def is_device_array(obj: object) -> bool:
-    """A CUDA device array: numba's (real or simulated) or any CUDA Array Interface exporter.
-
-    Checked without importing ``numba.cuda``: numba's device arrays carry the class flag
-    ``__cuda_ndarray__``; CuPy arrays and torch CUDA tensors expose
-    ``__cuda_array_interface__`` (torch CPU tensors raise AttributeError on it).
-
-    Raises
-    ------
-    TypeError
-        For an exporter that refuses to export (a torch tensor that requires grad).
-    """
-    if getattr(type(obj), "__cuda_ndarray__", False):
-        return True
-    try:
-        return hasattr(obj, "__cuda_array_interface__")
-    except RuntimeError as error:
-        # torch refuses to export a tensor that requires grad; its detached view shares the
-        # memory and exports fine.
-        raise TypeError(
-            f"this {type(obj).__name__} does not expose its memory ({error}); pass a view "
-            "that does, such as tensor.detach()"
-        ) from error
 
 
 class HostArrays:

@@ -19,9 +19,15 @@ import math
 import reprlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-import ml_dtypes
 import numpy as np
 
+from fastopt._arraytypes import (
+    FLOAT_DTYPES,
+    LOW_PRECISION_DTYPES,
+    PARAM_DTYPES,
+    grad_dtypes,
+    state_dtypes,
+)
 from fastopt._backend import HOST, backend_of, location_of
 from fastopt._words import plural, with_article
 
@@ -51,15 +57,6 @@ __all__ = [
     "with_article",
 ]
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: The 16-bit floating-point formats (see :mod:`fastopt.precision`).
-LOW_PRECISION_DTYPES = (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
-#: The dtypes a parameter may have.
-PARAM_DTYPES = FLOAT_DTYPES + LOW_PRECISION_DTYPES
-_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-_FLOAT32 = np.dtype(np.float32)
-
-
 _ARRAY_KINDS = "a numpy.ndarray or a CUDA device array"
 
 
@@ -79,21 +76,6 @@ def same_place(name: str, array: object, param: object):
             "parameter, its gradient and its state must all be in host memory or all on the device"
         )
     return backend
-
-
-def grad_dtypes(param_dtype: np.dtype) -> tuple[np.dtype, ...]:
-    """The dtypes a gradient of a ``param_dtype`` parameter may have: the parameter's, and
-    float32 for a 16-bit parameter."""
-    if param_dtype in LOW_PRECISION_DTYPES:
-        return (param_dtype, _FLOAT32)
-    return (param_dtype,)
-
-
-def state_dtypes(param_dtype: np.dtype) -> tuple[np.dtype, ...]:
-    """The dtypes a state array of a ``param_dtype`` parameter may have: the parameter's (or
-    float32 for a 16-bit parameter), and bfloat16."""
-    own = _FLOAT32 if param_dtype in LOW_PRECISION_DTYPES else param_dtype
-    return (own, _BFLOAT16)
 
 
 def _dtype_names(dtypes: Sequence[np.dtype]) -> str:

@@ -47,9 +47,12 @@ import textwrap
 import threading
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from fastopt._launch import MatrixKernels, NormKernels, RuleKernels
-from fastopt.rule import Rule
+
+if TYPE_CHECKING:
+    from fastopt.rule import Rule
 
 __all__ = [
     "RESERVED_NAMES",

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from inspect import Parameter, Signature
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -41,7 +41,9 @@ from fastopt.precision import (
     is_low_precision,
     rounding_key,
 )
-from fastopt.rule import Rule
+
+if TYPE_CHECKING:
+    from fastopt.rule import Rule
 
 __all__ = [
     "PREAMBLE_WIDTH",

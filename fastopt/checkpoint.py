@@ -51,6 +51,7 @@ import numpy as np
 
 from fastopt._backend import backend_of
 from fastopt._checks import check_bool
+from fastopt._shards import assemble
 from fastopt._words import plural, with_article
 from fastopt.optimizer import Optimizer
 from fastopt.precision import BFLOAT16 as _BFLOAT16
@@ -153,12 +154,10 @@ class Checkpoint:
         CheckpointError
             If the checkpoint does not fit ``optimizer``; nothing has changed then.
         """
-        from fastopt.distributed import ZeroRedundancyOptimizer
-
-        if isinstance(optimizer, ZeroRedundancyOptimizer):
-            rule = optimizer.rule
-        elif isinstance(optimizer, Optimizer):
+        if isinstance(optimizer, Optimizer):
             rule = type(optimizer).__name__
+        elif hasattr(optimizer, "_save_checkpoint"):  # a ZeroRedundancyOptimizer
+            rule = optimizer.rule
         else:
             raise TypeError(f"optimizer must be a fastopt Optimizer, got {type(optimizer)}")
         params = check_bool("params", params)
@@ -329,10 +328,8 @@ def save(
     path = _path(path)
     params = check_bool("params", params)
     sharded = check_bool("sharded", sharded)
-    from fastopt.distributed import ZeroRedundancyOptimizer, save_collectively
-
-    if isinstance(optimizer, ZeroRedundancyOptimizer):
-        save_collectively(path, optimizer, params=params, extra=extra, sharded=sharded)
+    if hasattr(optimizer, "_save_checkpoint"):  # a ZeroRedundancyOptimizer: collective
+        optimizer._save_checkpoint(path, params=params, extra=extra, sharded=sharded)
         return
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastopt Optimizer, got {type(optimizer).__name__}")
@@ -470,8 +467,6 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
     """
     path = _path(path)
     if os.path.isdir(path):
-        from fastopt.distributed import load_shards
-
         return load_shards(path)
     with open(path, "rb") as file:  # a missing or unreadable file is an OSError, as usual
         try:
@@ -719,3 +714,68 @@ def _checkpoint(metadata: Mapping[str, Any], arrays: list[np.ndarray]) -> Checkp
     ):
         raise CheckpointError("malformed metadata: 'params' must be a list of arrays")
     return Checkpoint(rule, state_dict, params, extra)
+
+
+#: The file of a sharded checkpoint that names its shards; written last, atomically.
+SHARD_INDEX = "index.ckpt"
+
+
+def shard_name(token: str, rank: int, world: int) -> str:
+    """The file name of shard ``rank`` of ``world`` in the save ``token`` names."""
+    return f"shard-{token}-{rank:05d}-of-{world:05d}.ckpt"
+
+
+def load_shards(path: str) -> Checkpoint:
+    """:func:`fastopt.load` of a sharded checkpoint's directory: the whole state and
+    parameters, put together from the shards its index names (no MPI needed)."""
+    index = load(os.path.join(path, SHARD_INDEX))
+    about = index.state_dict.get("sharded")
+    if not (
+        isinstance(about, dict)
+        and type(about.get("world")) is int
+        and about["world"] > 0
+        and isinstance(about.get("token"), str)
+        and about["token"].isalnum()
+    ):
+        raise CheckpointError(f"{path}: malformed {SHARD_INDEX}")
+    world, token = about["world"], about["token"]
+    shards = []
+    for rank in range(world):
+        name = os.path.join(path, shard_name(token, rank, world))
+        try:
+            shards.append(load(name))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: shard {rank} of {world} is missing ({name})") from None
+    parts = [shard.state_dict for shard in shards]
+    first = parts[0].get("shard", {})
+    for rank, (shard, part) in enumerate(zip(shards, parts, strict=True)):
+        info = part.get("shard", {})
+        if (
+            shard.rule != index.rule
+            or info.get("rank") != rank
+            or info.get("world") != world
+            or info.get("token") != token
+            or info.get("shapes") != first.get("shapes")
+            or info.get("dtype") != first.get("dtype")
+        ):
+            raise CheckpointError(f"{path}: shard {rank} does not belong to this checkpoint")
+    try:
+        shapes = [tuple(int(n) for n in shape) for shape in parts[0]["shard"]["shapes"]]
+        pieces = [part["pieces"] for part in parts]
+        state = assemble([part["state"] for part in parts], pieces, shapes)
+        params = None
+        if all("param_pieces" in part for part in parts):
+            values = [{i: {"value": v} for i, v in part["param_pieces"].items()} for part in parts]
+            whole = assemble(values, pieces, shapes)
+            params = [whole[i]["value"] for i in range(len(shapes))]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{path}: the shards do not fit together: {error}") from error
+    first_part = parts[0]
+    state_dict = {
+        "state": state,
+        "param_groups": first_part.get("param_groups"),
+        "step_count": first_part.get("step_count"),
+        "seed": first_part.get("seed"),
+        "attached": {},
+    }
+    return Checkpoint(index.rule, state_dict, params, shards[0].extra)

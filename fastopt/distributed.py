@@ -56,7 +56,7 @@ from fastopt._backend import HOST, is_device_array
 from fastopt._checks import LOW_PRECISION_DTYPES, check_bool, check_grad, check_param, plural
 from fastopt._shards import Piece, ShardLayout, assemble, shard_layout, slice_entry
 from fastopt._state_dict import read_state_dict
-from fastopt.checkpoint import Checkpoint
+from fastopt.checkpoint import SHARD_INDEX, load_shards, shard_name, write_checkpoint
 from fastopt.gradients import (
     PLAIN_STEP,
     NonfiniteGradientError,
@@ -739,6 +739,10 @@ class ZeroRedundancyOptimizer:
             "seed": loaded.seed,
         }
 
+    def _save_checkpoint(self, path: str, *, params: bool, extra: Any, sharded: bool) -> None:
+        """What :func:`fastopt.save` calls (collective): :func:`save_collectively`."""
+        save_collectively(path, self, params=params, extra=extra, sharded=sharded)
+
     def __repr__(self) -> str:
         return (
             f"ZeroRedundancyOptimizer({self.rule}, rank {self.rank} of {self.world}, "
@@ -747,14 +751,6 @@ class ZeroRedundancyOptimizer:
 
 
 # ---------------------------------------------------------------------- checkpoint files
-#: The file of a sharded checkpoint that names its shards; written last, atomically.
-SHARD_INDEX = "index.ckpt"
-
-
-def _shard_name(token: str, rank: int, world: int) -> str:
-    return f"shard-{token}-{rank:05d}-of-{world:05d}.ckpt"
-
-
 def save_collectively(
     path: str, optimizer: ZeroRedundancyOptimizer, *, params: bool, extra: Any, sharded: bool
 ) -> None:
@@ -766,8 +762,6 @@ def save_collectively(
     them (atomically: until it is replaced, the previous checkpoint's files are intact) and
     removes the files of earlier saves.
     """
-    from fastopt.checkpoint import write_checkpoint
-
     comm, rank = optimizer.comm, optimizer.rank
     values = optimizer.params if params else None
     if not sharded:
@@ -803,7 +797,7 @@ def save_collectively(
                 index: values[index].reshape(-1)[start:stop]
                 for index, (start, stop) in mine["pieces"].items()
             }
-        name = _shard_name(token, rank, optimizer.world)
+        name = shard_name(token, rank, optimizer.world)
         write_checkpoint(os.path.join(path, name), optimizer.rule, mine, None, extra)
     except (TypeError, ValueError, OSError) as error:
         failure = error
@@ -812,68 +806,10 @@ def save_collectively(
         try:
             index = {"sharded": {"world": optimizer.world, "token": token}}
             write_checkpoint(os.path.join(path, SHARD_INDEX), optimizer.rule, index, None, None)
-            keep = {_shard_name(token, r, optimizer.world) for r in range(optimizer.world)}
+            keep = {shard_name(token, r, optimizer.world) for r in range(optimizer.world)}
             for stale in os.listdir(path):
                 if stale.startswith("shard-") and stale.endswith(".ckpt") and stale not in keep:
                     os.unlink(os.path.join(path, stale))
         except OSError as error:
             failure = error
     _raise_agreed(failure, comm.allgather(_described(failure)), "save the shards' index")
-
-
-def load_shards(path: str) -> Checkpoint:
-    """:func:`fastopt.load` of a sharded checkpoint's directory: the whole state and
-    parameters, put together from the shards its index names (no MPI needed)."""
-    from fastopt.checkpoint import CheckpointError, load
-
-    index = load(os.path.join(path, SHARD_INDEX))
-    about = index.state_dict.get("sharded")
-    if not (
-        isinstance(about, dict)
-        and type(about.get("world")) is int
-        and about["world"] > 0
-        and isinstance(about.get("token"), str)
-        and about["token"].isalnum()
-    ):
-        raise CheckpointError(f"{path}: malformed {SHARD_INDEX}")
-    world, token = about["world"], about["token"]
-    shards = []
-    for rank in range(world):
-        name = os.path.join(path, _shard_name(token, rank, world))
-        try:
-            shards.append(load(name))
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: shard {rank} of {world} is missing ({name})") from None
-    parts = [shard.state_dict for shard in shards]
-    first = parts[0].get("shard", {})
-    for rank, (shard, part) in enumerate(zip(shards, parts, strict=True)):
-        info = part.get("shard", {})
-        if (
-            shard.rule != index.rule
-            or info.get("rank") != rank
-            or info.get("world") != world
-            or info.get("token") != token
-            or info.get("shapes") != first.get("shapes")
-            or info.get("dtype") != first.get("dtype")
-        ):
-            raise CheckpointError(f"{path}: shard {rank} does not belong to this checkpoint")
-    try:
-        shapes = [tuple(int(n) for n in shape) for shape in parts[0]["shard"]["shapes"]]
-        pieces = [part["pieces"] for part in parts]
-        state = assemble([part["state"] for part in parts], pieces, shapes)
-        params = None
-        if all("param_pieces" in part for part in parts):
-            values = [{i: {"value": v} for i, v in part["param_pieces"].items()} for part in parts]
-            whole = assemble(values, pieces, shapes)
-            params = [whole[i]["value"] for i in range(len(shapes))]
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise CheckpointError(f"{path}: the shards do not fit together: {error}") from error
-    first_part = parts[0]
-    state_dict = {
-        "state": state,
-        "param_groups": first_part.get("param_groups"),
-        "step_count": first_part.get("step_count"),
-        "seed": first_part.get("seed"),
-        "attached": {},
-    }
-    return Checkpoint(index.rule, state_dict, params, shards[0].extra)

@@ -46,10 +46,10 @@ import operator
 from collections.abc import Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-from fastopt._checks import LOW_PRECISION_DTYPES, check_bool
+from fastopt._arraytypes import BFLOAT16, LOW_PRECISION_DTYPES
+from fastopt._checks import check_bool
 
 __all__ = [
     "ABSMAX_SUFFIX",
@@ -72,7 +72,6 @@ __all__ = [
     "state_dtype_of",
 ]
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 #: The values ``state_dtype`` takes.
 STATE_DTYPES = (None, "float32", "bfloat16", "int8")

@@ -28,14 +28,12 @@ import os
 import re
 import textwrap
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numba import cuda, float32, float64
-from numba.core import config
 
 from fastopt._jit import cuda_device, cuda_kernel
-from fastopt._launch import RuleKernels
 from fastopt._matrix import transform_segments
 from fastopt._norms import blocks_of, finish_rows
 from fastopt._quantized import (
@@ -52,6 +50,10 @@ from fastopt._quantized import (
 )
 from fastopt._reduce import LANES
 from fastopt._storage import compute_type_of, load_param, store, store_param
+from fastopt.cuda._views import SIMULATOR, as_kernel_array
+
+if TYPE_CHECKING:
+    from fastopt._launch import RuleKernels
 
 __all__ = [
     "SIMULATOR",
@@ -63,9 +65,6 @@ __all__ = [
     "launch",
     "stream_of",
 ]
-
-#: True when numba runs kernels in its CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
-SIMULATOR = bool(config.ENABLE_CUDASIM)
 
 #: Threads per block (environment variable ``FASTOPT_CUDA_THREADS_PER_BLOCK``). 256 keeps
 #: enough warps per multiprocessor resident to hide memory latency in a streaming kernel
@@ -370,8 +369,6 @@ def _quantized_kernel(
 def _launch_quantized(kernels, bounds, hyper, param, grad, state, master, comp, stochastic, shapes):
     """A step with 8-bit state on the device: one thread per 256-element block (after a
     matrix step's direction pass, which decodes the state, and its host transform)."""
-    from fastopt.cuda._arrays import as_kernel_array
-
     held = ()
     if kernels.matrix is not None:  # its host state follows the kernels' arrays
         count = len(state) - len(kernels.matrix.declaration.state)
@@ -559,8 +556,6 @@ def launch(
     kernel runs on the stream the gradient declares (torch's current stream, CuPy's, numba's
     array stream; else the default stream), after the work that produced the gradient.
     """
-    from fastopt.cuda._arrays import as_kernel_array
-
     size = param.size
     if size == 0:
         return  # a grid of zero blocks cannot be launched, and there is nothing to do

@@ -91,8 +91,8 @@ Plotting
     Draws schedules over ``steps`` steps to a PNG (needs matplotlib).
 """
 
-from fastopt.schedules.base import Schedule
-from fastopt.schedules.compose import chain, join, linear_warmup, warmup
+from fastopt.schedules.base import Schedule, chain, constant
+from fastopt.schedules.compose import join, linear_warmup, warmup
 from fastopt.schedules.cosine import (
     cosine_annealing,
     cosine_annealing_warm_restarts,
@@ -100,7 +100,6 @@ from fastopt.schedules.cosine import (
 )
 from fastopt.schedules.cyclic import cyclic, cyclic_momentum, one_cycle, one_cycle_momentum
 from fastopt.schedules.decay import (
-    constant,
     constant_factor,
     exponential_decay,
     inverse_sqrt,

@@ -57,10 +57,6 @@ class Schedule:
         raise NotImplementedError
 
     def __mul__(self, other: object) -> Schedule:
-        # Imported here: both modules build on this one.
-        from fastopt.schedules.compose import chain
-        from fastopt.schedules.decay import constant
-
         if isinstance(other, Schedule):
             return chain([self, other])
         if is_real(other):
@@ -68,10 +64,6 @@ class Schedule:
         return NotImplemented
 
     def __rmul__(self, other: object) -> Schedule:
-        # Imported here: both modules build on this one.
-        from fastopt.schedules.compose import chain
-        from fastopt.schedules.decay import constant
-
         if is_real(other):
             return chain([constant(other), self])
         return NotImplemented
@@ -148,3 +140,69 @@ def increasing_steps(name: str, values: Sequence[int]) -> tuple[int, ...]:
         if steps[i] <= steps[i - 1]:
             raise ValueError(f"{name} must be strictly increasing, got {list(steps)}")
     return steps
+
+
+@frozen_schedule
+class _Constant(Schedule):
+    _constructor = "constant"
+    value: float
+
+    def _value(self, step: int) -> float:
+        return self.value
+
+
+def constant(value: float) -> Schedule:
+    r"""Constant schedule.
+
+    .. math:: v(t) = \text{value}
+
+    Parameters
+    ----------
+    value : float
+        The value at every step; finite.
+    """
+    return _Constant(finite("value", value))
+
+
+def schedule_tuple(name: str, schedules: Sequence[Schedule]) -> tuple[Schedule, ...]:
+    if isinstance(schedules, Schedule) or not isinstance(schedules, Sequence):
+        raise TypeError(f"{name} must be a sequence of Schedule objects, got {schedules!r}")
+    if not schedules:
+        raise ValueError(f"{name} must contain at least one schedule")
+    for i, schedule in enumerate(schedules):
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"{name}[{i}] must be a Schedule, got {type(schedule).__name__}")
+    return tuple(schedules)
+
+
+@frozen_schedule
+class _Chain(Schedule):
+    _constructor = "chain"
+    schedules: tuple[Schedule, ...]
+
+    def _value(self, step: int) -> float:
+        return math.prod(schedule(step) for schedule in self.schedules)
+
+
+def chain(schedules: Sequence[Schedule]) -> Schedule:
+    r"""Pointwise product of schedules, all evaluated at the same step.
+
+    .. math:: v(t) = \prod_i s_i(t)
+
+    This is the closed form of torch's ``ChainedScheduler`` over schedulers whose step is a
+    pure multiplication of the current lr (``ConstantLR``, ``LinearLR``, ``StepLR``,
+    ``MultiStepLR``, ``ExponentialLR``, ``PolynomialLR``, and ``CosineAnnealingLR`` with
+    ``eta_min=0``): the lr is the base lr times the product of their factors. Here one
+    schedule carries the base value and the others are factors with base value 1, e.g.
+    ``chain([constant_factor(0.1, 0.5, 20), exponential_decay(1.0, 0.9)])``. ``a * b``
+    is ``chain([a, b])``; nested chains are flattened.
+
+    Parameters
+    ----------
+    schedules : sequence of Schedule
+        The :math:`\ge 1` factors.
+    """
+    flat: list[Schedule] = []
+    for schedule in schedule_tuple("schedules", schedules):
+        flat.extend(schedule.schedules if isinstance(schedule, _Chain) else (schedule,))
+    return _Chain(tuple(flat))

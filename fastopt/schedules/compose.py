@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from collections.abc import Sequence
 
 from fastopt._checks import plural
-from fastopt.schedules.base import Schedule, finite, frozen_schedule, increasing_steps, integer
-from fastopt.schedules.decay import constant
-
-
-def _schedule_tuple(name: str, schedules: Sequence[Schedule]) -> tuple[Schedule, ...]:
-    if isinstance(schedules, Schedule) or not isinstance(schedules, Sequence):
-        raise TypeError(f"{name} must be a sequence of Schedule objects, got {schedules!r}")
-    if not schedules:
-        raise ValueError(f"{name} must contain at least one schedule")
-    for i, schedule in enumerate(schedules):
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"{name}[{i}] must be a Schedule, got {type(schedule).__name__}")
-    return tuple(schedules)
+from fastopt.schedules.base import (
+    Schedule,
+    constant,
+    finite,
+    frozen_schedule,
+    increasing_steps,
+    integer,
+    schedule_tuple,
+)
 
 
 @frozen_schedule
@@ -54,7 +49,7 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
         The :math:`n - 1` absolute steps where the next schedule takes over; strictly
         increasing, >= 0.
     """
-    schedules = _schedule_tuple("schedules", schedules)
+    schedules = schedule_tuple("schedules", schedules)
     boundaries = increasing_steps("boundaries", boundaries)
     if len(boundaries) != len(schedules) - 1:
         raise ValueError(
@@ -130,36 +125,3 @@ def linear_warmup(peak_value: float, warmup_steps: int, start_value: float = 0.0
         Value at step 0; finite.
     """
     return warmup(constant(peak_value), warmup_steps, start_value)
-
-
-@frozen_schedule
-class _Chain(Schedule):
-    _constructor = "chain"
-    schedules: tuple[Schedule, ...]
-
-    def _value(self, step: int) -> float:
-        return math.prod(schedule(step) for schedule in self.schedules)
-
-
-def chain(schedules: Sequence[Schedule]) -> Schedule:
-    r"""Pointwise product of schedules, all evaluated at the same step.
-
-    .. math:: v(t) = \prod_i s_i(t)
-
-    This is the closed form of torch's ``ChainedScheduler`` over schedulers whose step is a
-    pure multiplication of the current lr (``ConstantLR``, ``LinearLR``, ``StepLR``,
-    ``MultiStepLR``, ``ExponentialLR``, ``PolynomialLR``, and ``CosineAnnealingLR`` with
-    ``eta_min=0``): the lr is the base lr times the product of their factors. Here one
-    schedule carries the base value and the others are factors with base value 1, e.g.
-    ``chain([constant_factor(0.1, 0.5, 20), exponential_decay(1.0, 0.9)])``. ``a * b``
-    is ``chain([a, b])``; nested chains are flattened.
-
-    Parameters
-    ----------
-    schedules : sequence of Schedule
-        The :math:`\ge 1` factors.
-    """
-    flat: list[Schedule] = []
-    for schedule in _schedule_tuple("schedules", schedules):
-        flat.extend(schedule.schedules if isinstance(schedule, _Chain) else (schedule,))
-    return _Chain(tuple(flat))

@@ -20,28 +20,6 @@ from fastopt.schedules.interpolation import linear_blend
 
 
 @frozen_schedule
-class _Constant(Schedule):
-    _constructor = "constant"
-    value: float
-
-    def _value(self, step: int) -> float:
-        return self.value
-
-
-def constant(value: float) -> Schedule:
-    r"""Constant schedule.
-
-    .. math:: v(t) = \text{value}
-
-    Parameters
-    ----------
-    value : float
-        The value at every step; finite.
-    """
-    return _Constant(finite("value", value))
-
-
-@frozen_schedule
 class _ConstantFactor(Schedule):
     _constructor = "constant_factor"
     base_lr: float
