@@ -366,13 +366,20 @@ def _quantized_kernel(
     return cuda_kernel(namespace[name])
 
 
+def _split_host_state(kernels: RuleKernels, state: tuple[Any, ...]) -> tuple[tuple, list]:
+    """The kernels' state arrays, and the matrix step's host state that follows them, as
+    on the CPU (kernel views, None where a tensor keeps none; none without a matrix step)."""
+    if kernels.matrix is None:
+        return state, []
+    count = len(state) - len(kernels.matrix.declaration.state)
+    held = [None if array is None else as_kernel_array(array) for array in state[count:]]
+    return state[:count], held
+
+
 def _launch_quantized(kernels, bounds, hyper, param, grad, state, master, comp, stochastic, shapes):
     """A step with 8-bit state on the device: one thread per 256-element block (after a
     matrix step's direction pass, which decodes the state, and its host transform)."""
-    held = ()
-    if kernels.matrix is not None:  # its host state follows the kernels' arrays
-        count = len(state) - len(kernels.matrix.declaration.state)
-        state, held = state[:count], state[count:]
+    state, held = _split_host_state(kernels, state)
     kinds, arguments = [], []
     for array in (*state, master, comp):
         if isinstance(array, QuantizedState):
@@ -389,7 +396,6 @@ def _launch_quantized(kernels, bounds, hyper, param, grad, state, master, comp, 
     present = tuple(kind if kind in ("signed", "unsigned") else kind == "array" for kind in kinds)
     read = [array for pair in arguments[:-1] for array in pair]
     if kernels.matrix is not None:
-        held = [None if array is None else as_kernel_array(array) for array in held]
         transformed = _transformed(
             kernels, present[:-1], bounds, hyper, param, grad, read, stream, shapes, held
         )
@@ -573,12 +579,7 @@ def launch(
         )
         return
     if kernels.matrix is not None:
-        # The matrix step's host state follows the kernels' arrays, as on the CPU.
-        count = len(state) - len(kernels.matrix.declaration.state)
-        state, held = (
-            state[:count],
-            [None if array is None else as_kernel_array(array) for array in state[count:]],
-        )
+        state, held = _split_host_state(kernels, state)
         present, arrays = given(*state, master)
         transformed = _transformed(
             kernels, present, bounds, hyper, param, grad, arrays, stream, shapes, held
