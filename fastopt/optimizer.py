@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import operator
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -575,7 +576,7 @@ class Optimizer:
 
     def _quantized_names(self, group: Mapping[str, Any], param: Any) -> tuple[str, ...]:
         """The rule's state arrays of ``param`` in ``group`` kept quantized."""
-        size = int(np.prod(self._arrays.dtype_shape(param)[1]))
+        size = math.prod(self._arrays.dtype_shape(param)[1])
         return self._quantized_of(group, self._state_names(group), size)
 
     def _param_state_names(self, group: Mapping[str, Any], param: Any) -> tuple[str, ...]:
@@ -890,7 +891,7 @@ class Optimizer:
         while the group's options need the same state arrays (the per-step cost of a small
         array is mostly this bookkeeping). Also tells whether state arrays were just made."""
         dtype, shape = self._arrays.dtype_shape(param)
-        names = self._layout(group, dtype, int(np.prod(shape)))
+        names = self._layout(group, dtype, math.prod(shape))
         cached = self._plans.get(index)
         if cached is not None and cached[0] == names:
             return False, cached[1]
