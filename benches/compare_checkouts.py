@@ -8,8 +8,10 @@ cores of the next. Run from anywhere::
 
     python benches/compare_checkouts.py OLD_CHECKOUT NEW_CHECKOUT --rounds 9 --sizes 2^12 2^26
     python benches/compare_checkouts.py OLD NEW --case flat200 --sizes 2^20
+    python benches/compare_checkouts.py OLD NEW --deepspeed --sizes 2^16 2^20 2^26
 
-``flat200``: Adam over 200 float32 arrays (sizes spread log-uniformly) in one FlatParams.
+``--deepspeed`` adds DeepSpeed's ``DeepSpeedCPUAdam`` (Adam, not AdamW) in a process of its
+own. ``flat200``: Adam over 200 float32 arrays (sizes spread log-uniformly) in one FlatParams.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import numpy as np
 kind, case = sys.argv[1], sys.argv[2]
 if kind == "torch":
     import torch
+elif kind == "deepspeed":
+    import torch
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
 else:
     import fastopt
     from fastopt.bench.ceiling import stream_step
@@ -34,11 +39,13 @@ def sizes(n):
 
 def setup(n):
     rng = np.random.default_rng(0)
-    if kind == "torch":
+    if kind in ("torch", "deepspeed"):
         shapes = sizes(n) if case == "flat200" else [n]
         params = [torch.nn.Parameter(torch.randn(k)) for k in shapes]
         for p in params:
             p.grad = torch.randn_like(p)
+        if kind == "deepspeed":
+            return DeepSpeedCPUAdam(params, lr=1e-3, adamw_mode=False).step
         return torch.optim.Adam(params, lr=1e-3, fused=True).step
     if case == "flat200":
         flat = fastopt.FlatParams([(k,) for k in sizes(n)], np.float32)
@@ -61,12 +68,20 @@ def main() -> None:
     parser.add_argument("--case", choices=["adam", "flat200"], default="adam")
     parser.add_argument("--sizes", nargs="+", default=["2^12", "2^16", "2^20", "2^24", "2^26"])
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument(
+        "--deepspeed",
+        action="store_true",
+        help="also time DeepSpeed's DeepSpeedCPUAdam (pip install deepspeed; it builds its "
+        "C++ op with g++ and ninja on first use)",
+    )
     args = parser.parse_args()
     kinds = {
         "old": ("fastopt", args.old),
         "new": ("fastopt", args.new),
         "torch": ("torch", args.new),
     }
+    if args.deepspeed:
+        kinds["deepspeed"] = ("deepspeed", args.new)
     if args.case == "adam":
         kinds["stream"] = ("stream", args.new)
     workers = Workers(
@@ -80,6 +95,8 @@ def main() -> None:
         line = ", ".join(medians(times))
         line += f"; new/old {median_ratio(times, 'new', 'old'):.3f}"
         line += f"; torch/new {median_ratio(times, 'torch', 'new'):.2f}"
+        if "deepspeed" in times:
+            line += f"; deepspeed/new {median_ratio(times, 'deepspeed', 'new'):.2f}"
         if "stream" in times:
             line += f"; new at {median_ratio(times, 'stream', 'new'):.0%} of the stream"
         print(f"{args.case} n={n}: {line}", flush=True)

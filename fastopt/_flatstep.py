@@ -23,6 +23,7 @@ import numpy as np
 
 from fastopt._launch import launch
 from fastopt._quantized import block_table
+from fastopt._state_store import StateStore
 from fastopt._storage import ROUNDING_KEY, kernel_view
 from fastopt.flat import FlatParams
 from fastopt.gradients import FlatGradients
@@ -77,9 +78,10 @@ class FlatStep:
     """The launch plan, state buffers and hyperparameter table of one optimizer's flat steps.
 
     The optimizer's ``state`` keeps its usual form (per parameter: ``"step"`` and arrays shaped
-    like the parameter); here those arrays are views of one flat buffer per state name.
-    Arrays the optimizer made elsewhere (per-array steps, ``load_state_dict``) are copied into
-    the flat buffers and replaced by views before the next flat step (:meth:`adopt`).
+    like the parameter); those arrays are views of the optimizer's flat state buffers
+    (:class:`fastopt._state_store.StateStore`, laid out like the FlatParams), which the
+    launches pass whole. The step counts are mirrored here in one array, read again
+    (:meth:`adopt`) when the entries changed elsewhere (per-array steps, ``load_state_dict``).
     """
 
     def __init__(self, optimizer: Optimizer) -> None:
@@ -115,10 +117,9 @@ class FlatStep:
         self.hyper = np.zeros((kinds.size, optimizer._hyper_width))
         # Per kernel segment, its array's shape (None for padding).
         self.shapes = tuple(flat.shapes[kind] if kind >= 0 else None for kind in kinds.tolist())
-        # One flat buffer per state name and dtype (groups may keep their state in different
-        # dtypes), with its per-parameter views.
-        self.buffers: dict[tuple[str, np.dtype], np.ndarray] = {}
-        self.views: dict[tuple[str, np.dtype], tuple[np.ndarray, ...]] = {}
+        store = optimizer._state_store()
+        assert isinstance(store, StateStore) and store.flat is flat
+        self.store = store
         self.all_params = np.arange(count)
         self.entries: list[dict[str, Any] | None] = [None] * count
         self.steps = np.zeros(count, dtype=np.int64)  # mirrors each entry's "step"
@@ -132,34 +133,12 @@ class FlatStep:
         self.quantized_of_param: list[tuple[str, ...]] = [()] * count
         self.quantized_version = 0
         self.blocks = block_table(flat._launch_bounds)
-        self.launch_of_array = np.zeros(len(flat), dtype=np.int64)
-        self.launch_of_array[kinds[kinds >= 0]] = np.flatnonzero(kinds >= 0)
         self.synced_version: int | None = None
         self.synced_step_count: int | None = None
         self.plans: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
         self.read_plans: dict[bytes | None, FlatGradients] = {}
 
     # ------------------------------------------------------------------ state
-    def _views_of(self, name: str, dtype: np.dtype) -> tuple[np.ndarray, ...]:
-        key = (name, dtype)
-        views = self.views.get(key)
-        if views is None:
-            if name.endswith(ABSMAX_SUFFIX):  # a quantized array's scales, by blocks
-                buffer = self.buffers[key] = np.zeros(int(self.blocks[-1]), dtype=dtype)
-                starts = self.blocks[self.launch_of_array]
-                ends = self.blocks[self.launch_of_array + 1]
-                views = tuple(buffer[a:b] for a, b in zip(starts.tolist(), ends.tolist()))
-            else:
-                buffer = self.buffers[key] = self.flat.new_buffer(dtype)
-                views = tuple(
-                    buffer[offset : offset + length].reshape(shape)
-                    for (offset, length), shape in zip(
-                        self.flat.segments.tolist(), self.flat.shapes, strict=True
-                    )
-                )
-            self.views[key] = views
-        return views
-
     def _state_arrays(self, number: int, quantized: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """Group ``number``'s state buffers by name (in the dtypes of its layout, with
         ``quantized`` arrays as codes and their scales); made once per layout, as every
@@ -170,32 +149,24 @@ class FlatStep:
         if cached is not None and cached[0] == layout:
             return cached[1]
         optimizer, group = self.optimizer, self.optimizer.param_groups[number]
+        buffer = self.store.buffer
         arrays = {}
         for name in layout.names + layout.precision:
             if name in quantized:
-                arrays[name] = self.buffers[(name, QUANTIZED)]
-                arrays[absmax_name(name)] = self.buffers[(absmax_name(name), FLOAT32)]
+                arrays[name] = buffer(name, QUANTIZED)
+                arrays[absmax_name(name)] = buffer(absmax_name(name), FLOAT32)
             elif name in layout.precision:
                 dtype = optimizer._state_dtype(name, group, self.flat.params[0])
-                arrays[name] = self.buffers[(name, dtype)]
+                arrays[name] = buffer(name, dtype)
             else:
-                arrays[name] = self.buffers[(name, layout.dtype)]
+                arrays[name] = buffer(name, layout.dtype)
         self.group_arrays[(number, quantized)] = (layout, arrays)
         return arrays
 
     def adopt(self) -> None:
-        """Take the optimizer's state as it is now: move every state array into the flat
-        buffers (copy, then replace by the view) and read every parameter's step count."""
+        """Take the optimizer's state entries as they are now: read every parameter's step
+        count, and check every parameter's state arrays again at its next step."""
         optimizer = self.optimizer
-        for index, entry in optimizer.state.items():
-            segment = self.segment_of_param[index]
-            for name, value in entry.items():
-                if isinstance(value, np.ndarray) and name not in optimizer._host_state:
-                    view = self._views_of(name, value.dtype)[segment]
-                    if value is not view:
-                        view[...] = value
-                        entry[name] = view
-            optimizer._forget_views(index)
         self.entries = [optimizer.state.get(index) for index in range(len(self.entries))]
         self.steps = np.array([e["step"] if e else 0 for e in self.entries], dtype=np.int64)
         self.uniform = bool(self.steps.min() == self.steps.max())
@@ -234,57 +205,13 @@ class FlatStep:
             return None
         created = np.zeros(len(self.entries), dtype=bool)
         for index in todo.tolist():
-            number = self.group_of_param[index]
-            group = groups[number]
-            layout = self.group_layouts[number]
-            assert layout is not None
-            param = optimizer._params[index]
-            segment = self.segment_of_param[index]
-            if group["state_dtype"] == "int8":
-                # Made (or converted) as arrays of their own, then moved into the buffers.
-                created[index] = optimizer._prepare_state(index, param, group)
-                entry = optimizer.state[index]
-                for name, value in entry.items():
-                    if isinstance(value, np.ndarray):
-                        view = self._views_of(name, value.dtype)[segment]
-                        view[...] = value
-                        entry[name] = view
-                self.synced_version = optimizer._state_version
-            else:
-                entry = optimizer.state.setdefault(index, optimizer._new_entry(group))
-                created[index] = self._make_state(index, entry, layout, group, param)
-            self.entries[index] = entry
-            optimizer._forget_views(index)
+            group = groups[self.group_of_param[index]]
+            created[index] = optimizer._prepare_state(index, optimizer._params[index], group)
+            self.entries[index] = optimizer.state[index]
             self.complete[index] = True
+        # What was just made or moved is what the plan holds: nothing to read again.
+        self.synced_version = optimizer._state_version
         return created if created.any() else None
-
-    def _make_state(
-        self, index: int, entry: dict[str, Any], layout: StateLayout, group: Any, param: Any
-    ) -> bool:
-        """Make parameter ``index``'s missing state in the flat buffers (and move arrays kept
-        in another dtype there, converted); whether something was made."""
-        optimizer = self.optimizer
-        missing = False
-        for name in layout.names + layout.precision:
-            dtype = optimizer._state_dtype(name, group, param)
-            view = self._views_of(name, dtype)[self.segment_of_param[index]]
-            if name in entry:  # kept in another dtype before: converted
-                if entry[name] is not view:
-                    view[...] = entry[name]
-            elif name == MASTER_PARAM:
-                view[...] = param
-            elif name != KAHAN_COMP:  # (the compensation starts at zero)
-                value = optimizer._initial_value(name, group)
-                view[...] = param if value is None else value
-                missing = True
-            entry[name] = view
-        # A matrix step's host state is not shaped like the parameter: arrays of its own.
-        for name in optimizer._host_state:
-            shape = optimizer._state_shape(name, param.shape)
-            if shape is not None and name not in entry:
-                entry[name] = np.zeros(shape, layout.dtype)
-                missing = True
-        return missing
 
     # ------------------------------------------------------------------ step
     def gradients(self, active: np.ndarray | None) -> FlatGradients:
@@ -448,7 +375,7 @@ class FlatStep:
         key = (
             None if active is None else active.tobytes(),
             tuple(layouts.items()),
-            tuple(self.buffers),
+            tuple(self.store.buffers),
             self.quantized_version,
         )
         plan = self.plans.get(key)

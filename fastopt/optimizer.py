@@ -28,6 +28,7 @@ from fastopt._flatstep import FlatStep
 from fastopt._launch import launch, single_segment
 from fastopt._quantized import block_count, dequantize, quantize, quantized_state
 from fastopt._state_dict import read_state_dict
+from fastopt._state_store import OwnArrays, StateStore
 from fastopt._storage import ROUNDING_KEY
 from fastopt.flat import FlatParams
 from fastopt.gradients import (
@@ -251,9 +252,12 @@ class Optimizer:
         self._arrays: ArrayBackend = HOST
         self._written_spans: tuple[list[int], list[int], list[str]] | None = None
         self._written_owners: set[int] = set()
-        # The flat path's plan (built by the first step() without grads, dropped when groups
-        # change), and a count of state arrays made outside it (per-array steps,
-        # load_state_dict): when it moves, the plan copies them into its flat buffers.
+        # Host state arrays are views of one flat buffer per name and dtype (made on first
+        # use, again when groups are added); the flat path's plan (built by the first step()
+        # without grads, dropped when groups change) launches over those buffers, and a count
+        # of changes to the state entries made outside it (per-array steps, load_state_dict)
+        # tells it to read them again.
+        self._store: StateStore | OwnArrays | None = None
         self._flat_step: FlatStep | None = None
         self._flat_owners: dict[int, FlatParams] = {}
         self._state_version = 0
@@ -415,6 +419,10 @@ class Optimizer:
         self._arrays = arrays
         self._written_spans = None
         self._flat_step = None
+        # A store laid out for the new parameters: the next step moves the state there.
+        self._store = None
+        self._views.clear()
+        self._plans.clear()
         # The FlatParams whose views these are stay alive as long as the optimizer: its
         # step() without gradients reads their gradient buffers.
         self._flat_owners.update(
@@ -600,10 +608,38 @@ class Optimizer:
             return np.dtype(np.float32)
         return state_dtype_of(group, dtype)
 
+    def _state_store(self) -> StateStore | OwnArrays:
+        """Where the state arrays live: views of flat buffers on the host, arrays of their
+        own on a device (see :mod:`fastopt._state_store`); made on first use."""
+        if self._store is None:
+            params = self._params
+            self._store = (
+                StateStore(params) if self._arrays is HOST else OwnArrays(self._arrays, params)
+            )
+        return self._store
+
+    def _move_into_store(self, index: int) -> bool:
+        """Make parameter ``index``'s host state arrays views of the store (copies of those
+        that are not: loaded, set from outside, or made for an earlier layout); whether any
+        moved."""
+        store = self._state_store()
+        state = self.state[index]
+        moved = [
+            name
+            for name, value in state.items()
+            if isinstance(value, np.ndarray)
+            and name not in self._host_state
+            and not store.holds(index, name, value)
+        ]
+        for name in moved:
+            state[name] = store.put(index, name, state[name], state[name].dtype)
+        return bool(moved)
+
     def _prepare_state(self, index: int, param: np.ndarray, group: Mapping[str, Any]) -> bool:
         state = self.state.get(index)
         if state is None:
             state = self.state[index] = self._new_entry(group)
+        moved = self._move_into_store(index)
         names = self._param_state_names(group, param)
         arrays = self._arrays
         quantized = self._quantized_names(group, param)
@@ -621,7 +657,7 @@ class Optimizer:
                 scales = arrays.to_host(state.pop(absmax_name(name)))
                 signed = name not in self._nonnegative_states
                 value = dequantize(arrays.to_host(value), scales, signed)
-            self._set_state(state, name, value, group, param, quantized)
+            self._set_state(index, state, name, value, group, param, quantized)
         # Scales left without their codes (the array was decoded above) go.
         stale = [
             name
@@ -636,9 +672,9 @@ class Optimizer:
         for name in missing:
             dtype = self._state_dtype(name, group, param)
             if name == MASTER_PARAM:
-                state[name] = arrays.copy(param, dtype)
+                state[name] = self._state_store().put(index, name, param, dtype)
             elif name == KAHAN_COMP:
-                state[name] = arrays.full_like(param, 0.0, dtype)
+                state[name] = self._state_store().put(index, name, 0.0, dtype)
             elif name not in self._all_state_names():
                 continue  # a quantized array's scales: made with it
             else:
@@ -649,21 +685,19 @@ class Optimizer:
                     state[name] = arrays.from_host(np.full(kept, value, dtype), param)
                 elif name in quantized:
                     start = param if value is None else arrays.full_like(param, value, FLOAT32)
-                    self._set_state(state, name, start, group, param, quantized)
+                    self._set_state(index, state, name, start, group, param, quantized)
                 else:
-                    state[name] = (
-                        arrays.copy(param, dtype)
-                        if value is None
-                        else arrays.full_like(param, value, dtype)
-                    )
-        if missing or converted or stale:
+                    start = param if value is None else value
+                    state[name] = self._state_store().put(index, name, start, dtype)
+        if missing or converted or stale or moved:
             self._state_version += 1
-        if missing or converted or stale or index not in self._views:
+        if missing or converted or stale or moved or index not in self._views:
             self._refresh_views(index)
         return bool(missing)
 
     def _set_state(
         self,
+        index: int,
         state: dict[str, Any],
         name: str,
         value: Any,
@@ -673,19 +707,14 @@ class Optimizer:
     ) -> None:
         """Store ``value`` as state array ``name``: encoded, with its scales, if quantized."""
         if name in quantized:
-            host = self._arrays.to_host(value)
+            host = value if isinstance(value, np.ndarray) else self._arrays.to_host(value)
             codes, scales = quantize(host, name not in self._nonnegative_states)
-            place = self._arrays.from_host
-            state[name], state[absmax_name(name)] = place(codes, param), place(scales, param)
+            scales_name = absmax_name(name)
+            state[name] = self._state_store().put(index, name, codes, QUANTIZED)
+            state[scales_name] = self._state_store().put(index, scales_name, scales, FLOAT32)
         else:
-            state[name] = self._arrays.copy(value, self._state_dtype(name, group, param))
-
-    def _forget_views(self, index: int) -> None:
-        """Drop the flat views and launch plan of parameter ``index`` (its state arrays were
-        replaced); the next per-array step makes them again."""
-        self._views.pop(index, None)
-        self._plans.pop(index, None)
-        self._written_spans = None
+            dtype = self._state_dtype(name, group, param)
+            state[name] = self._state_store().put(index, name, value, dtype)
 
     def _refresh_views(self, index: int) -> None:
         self._written_spans = None
@@ -999,6 +1028,7 @@ class Optimizer:
         self._views.clear()
         self._plans.clear()
         for index in self.state:
+            self._move_into_store(index)
             self._refresh_views(index)
         self.step_count = loaded.step_count
         self.seed = loaded.seed

@@ -650,7 +650,6 @@ class _FlatOptimizer(torch.optim.Optimizer):
             if "param_names" in group and "param_names" not in saved:
                 saved["param_names"] = group["param_names"]
         self.param_groups = saved_groups
-        self._inner._flat_plan().adopt()
         # Keys fastopt does not keep stay in the state, as torch keeps them.
         params = [p for group in self.param_groups for p in group["params"]]
         index_of = {
@@ -672,7 +671,6 @@ class _FlatOptimizer(torch.optim.Optimizer):
             self._inner.load_state_dict(
                 self._to_fastopt(written["state"], written["param_groups"], self._inner.seed)
             )
-            self._inner._flat_plan().adopt()
             self._expose_state()
 
     def state_dict(self, *, dequantize: bool = False) -> dict[str, Any]:

@@ -279,7 +279,7 @@ def test_padding_stays_zero_even_with_zero_eps(case):
     assert padding.size > 0
     for buffer in (flat.buffer, flat.grad_buffer):
         assert buffer[padding].tobytes() == bytes(buffer[padding].nbytes)  # +0.0 exactly
-    for (name, _), buffer in opt._flat_step.buffers.items():  # by name and dtype
+    for (name, _), buffer in opt._store.buffers.items():  # by name and dtype
         if name in STATE_LEAVING_ZERO_UNDER_A_ZERO_GRADIENT:
             assert np.isfinite(buffer[padding]).all()
         else:
@@ -328,7 +328,7 @@ def test_state_dict_is_per_parameter_and_round_trips_through_both_paths():
     for index, entry in checkpoint["state"].items():
         assert entry["step"] == STEPS
         assert entry["exp_avg"].shape == flat_opt.params[index].shape
-        buffer = flat_opt._flat_step.buffers[("exp_avg", entry["exp_avg"].dtype)]
+        buffer = flat_opt._store.buffers[("exp_avg", entry["exp_avg"].dtype)]
         assert not np.shares_memory(entry["exp_avg"], buffer)
 
     # Resume a copy of the flat run from the checkpoint; resume the plain run from the same.
@@ -354,7 +354,7 @@ def test_state_dict_is_per_parameter_and_round_trips_through_both_paths():
     assert_same_state(flat_opt, resumed)
     assert_same_state(flat_opt, plain_resumed)
     # After loading, the state lives in the flat buffers again (views, not copies).
-    buffer = resumed._flat_step.buffers[("exp_avg", np.dtype(np.float32))]
+    buffer = resumed._store.buffers[("exp_avg", np.dtype(np.float32))]
     assert all(
         np.shares_memory(e["exp_avg"], buffer) for e in resumed.state.values() if e["exp_avg"].size
     )
@@ -442,12 +442,12 @@ def test_bad_hyperparameters_stop_a_flat_step_before_any_write():
     flat.grad_buffer[...] = 1.0
     opt = fastopt.Adam(flat, lr=0.1)
     opt.step()
-    before = flat.buffer.copy(), {k: v.copy() for k, v in opt._flat_step.buffers.items()}
+    before = flat.buffer.copy(), {k: v.copy() for k, v in opt._store.buffers.items()}
     opt.param_groups[0]["lr"] = -1.0
     with pytest.raises(ValueError, match="lr"):
         opt.step()
     np.testing.assert_array_equal(flat.buffer, before[0])
-    for name, buffer in opt._flat_step.buffers.items():
+    for name, buffer in opt._store.buffers.items():
         np.testing.assert_array_equal(buffer, before[1][name])
     assert opt.state[0]["step"] == 1 and opt.step_count == 1
 
