@@ -27,8 +27,22 @@ kind, case = sys.argv[1], sys.argv[2]
 if kind == "torch":
     import torch
 elif kind == "deepspeed":
+    import os
     import torch
-    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    # make(), with what DeepSpeed prints (its logger, its op's build and C++ code write to
+    # standard output) sent to stderr, off the timing protocol.
+    def quietly(make):
+        out = os.dup(1)
+        os.dup2(2, 1)
+        try:
+            return make()
+        finally:
+            sys.stdout.flush()
+            os.dup2(out, 1)
+            os.close(out)
+
+    DeepSpeedCPUAdam = quietly(lambda: __import__("deepspeed.ops.adam").ops.adam.DeepSpeedCPUAdam)
 else:
     import fastopt
     from fastopt.bench.ceiling import stream_step
@@ -45,7 +59,9 @@ def setup(n):
         for p in params:
             p.grad = torch.randn_like(p)
         if kind == "deepspeed":
-            return DeepSpeedCPUAdam(params, lr=1e-3, adamw_mode=False).step
+            step = quietly(lambda: DeepSpeedCPUAdam(params, lr=1e-3, adamw_mode=False).step)
+            quietly(step)  # the first step builds nothing more, but may print
+            return step
         return torch.optim.Adam(params, lr=1e-3, fused=True).step
     if case == "flat200":
         flat = fastopt.FlatParams([(k,) for k in sizes(n)], np.float32)

@@ -34,6 +34,7 @@ __all__ = [
     "first_segment",
     "launch",
     "run_parallel",
+    "serial_driver",
     "single_segment",
 ]
 
@@ -114,6 +115,21 @@ def first_segment(bounds, index):
 def single_segment(n: int) -> np.ndarray:
     """The segment table of one array of ``n`` elements (shared: kernels only read it)."""
     return np.array([0, n], dtype=np.int64)
+
+
+def serial_driver(kernels: RuleKernels, param: Any, state: tuple[Any, ...]) -> Any:
+    """The serial driver when :func:`launch` of ``param`` with these state arrays would do
+    nothing but call it (a host array under the parallel threshold; no matrix step, no
+    norms, no 8-bit state), else None: a caller that keeps its arguments may call it
+    directly, with ``launch``'s positional arguments and ``master, comp, stochastic``."""
+    plain = (
+        isinstance(param, np.ndarray)
+        and param.size < PARALLEL_THRESHOLD
+        and kernels.matrix is None
+        and kernels.norms is None
+        and not any(isinstance(array, QuantizedState) for array in state)
+    )
+    return kernels.serial if plain else None
 
 
 def launch(

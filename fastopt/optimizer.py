@@ -25,7 +25,7 @@ import numpy as np
 from fastopt._backend import HOST, ArrayBackend, backend_of, is_device_array, location_of
 from fastopt._checks import check_bool, check_grad, check_keywords, check_param, plural
 from fastopt._flatstep import FlatStep
-from fastopt._launch import launch, single_segment
+from fastopt._launch import launch, serial_driver, single_segment
 from fastopt._quantized import block_count, dequantize, quantize, quantized_state
 from fastopt._state_dict import read_state_dict
 from fastopt._state_store import OwnArrays, StateStore
@@ -245,7 +245,9 @@ class Optimizer:
         self._params: list[np.ndarray] = []
         self._grad_names: list[str] = []  # "grads[i]", for error messages
         self._views: dict[int, dict[str, np.ndarray]] = {}
-        self._plans: dict[int, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
+        # Per parameter: the group's checked values and the state layout it was made for,
+        # and the launch arguments (see _launch_plan).
+        self._plans: dict[int, tuple[tuple[Any, ...], StateLayout, tuple[Any, ...]]] = {}
         self._row_layout = struct.Struct(f"={self._hyper_width}d")
         self._checked: list[tuple[Any, ...]] = []
         self._attached: dict[str, Any] = {}
@@ -781,14 +783,14 @@ class Optimizer:
         self._refresh_hyperparameters()
         self._advance_groups()
         index = 0
-        for group in self.param_groups:
+        for group, checked in zip(self.param_groups, self._checked, strict=True):
             # The parameters of a group usually share their update count: their row (bias
             # corrections and all) is computed once per step, not once per array.
             rows: dict[tuple[Any, ...], tuple[float, ...]] = {}
             for param in group["params"]:
                 grad = paired[index]
                 if grad is not None:
-                    self._update_one(index, param, grad, group, outcome, rows)
+                    self._update_one(index, param, grad, group, checked, outcome, rows)
                 index += 1
         self.step_count += 1
 
@@ -874,15 +876,17 @@ class Optimizer:
         param: np.ndarray,
         grad: np.ndarray,
         group: Mapping[str, Any],
+        checked: tuple[Any, ...],
         outcome: Prestep,
         rows: dict[tuple[Any, ...], tuple[float, ...]],
     ) -> None:
         """Advance parameter ``index`` by one update (everything already validated).
 
-        ``rows`` holds the group's hyperparameter rows made so far in this step, by update
-        count and whether the state was just made."""
-        created, (hyper, bounds, flat, state_arrays, shapes, precision) = self._launch_plan(
-            index, param, group
+        ``checked`` is the group's checked hyperparameter values; ``rows`` holds the group's
+        hyperparameter rows made so far in this step, by update count and whether the state
+        was just made."""
+        created, (hyper, bounds, flat, state_arrays, shapes, precision, serial) = self._launch_plan(
+            index, param, group, checked
         )
         state = self.state[index]
         state["step"] += 1
@@ -900,6 +904,9 @@ class Optimizer:
         if stochastic:
             stream = index if self._rounding_ids is None else self._rounding_ids[index]
             hyper[0, ROUNDING_KEY] = rounding_key(self.seed, stream, state["step"])
+        if serial is not None:  # what launch() would call, without its dispatch
+            serial(bounds, hyper, flat, self._arrays.flat(grad), *state_arrays, *precision)
+            return
         launch(
             self._kernels,
             bounds,
@@ -914,27 +921,37 @@ class Optimizer:
         )
 
     def _launch_plan(
-        self, index: int, param: np.ndarray, group: Mapping[str, Any]
+        self, index: int, param: np.ndarray, group: Mapping[str, Any], checked: tuple[Any, ...]
     ) -> tuple[bool, tuple[Any, ...]]:
         """The kernel arguments of parameter ``index`` but its gradient, made once and kept
         while the group's options need the same state arrays (the per-step cost of a small
-        array is mostly this bookkeeping). Also tells whether state arrays were just made."""
+        array is mostly this bookkeeping), and the serial driver when :func:`launch` would
+        only call that. Also tells whether state arrays were just made.
+
+        The layout is a function of the group's hyperparameters: while the group's checked
+        values are the same object (:meth:`_refresh_hyperparameters` replaces it when one
+        changes), the plan holds without computing the layout again."""
+        cached = self._plans.get(index)
+        if cached is not None and cached[0] is checked:
+            return False, cached[2]
         dtype, shape = self._arrays.dtype_shape(param)
         names = self._layout(group, dtype, math.prod(shape))
-        cached = self._plans.get(index)
-        if cached is not None and cached[0] == names:
-            return False, cached[1]
+        if cached is not None and cached[1] == names:
+            self._plans[index] = (checked, names, cached[2])
+            return False, cached[2]
         created = self._prepare_state(index, param, group)
         views = self._views[index]
+        state = self._quantized_views(self._kernel_state(group, views), names.quantized, views)
         plan = (
             np.empty((1, self._hyper_width)),
             single_segment(views["param"].size),
             views["param"],
-            self._quantized_views(self._kernel_state(group, views), names.quantized, views),
+            state,
             (shape,),
             (views.get(MASTER_PARAM), views.get(KAHAN_COMP), True if names.stochastic else None),
+            serial_driver(self._kernels, views["param"], state),
         )
-        self._plans[index] = (names, plan)
+        self._plans[index] = (checked, names, plan)
         return created, plan
 
     #: Length of the rule's kernel hyperparameter row.
