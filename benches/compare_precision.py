@@ -17,6 +17,11 @@ The modes (bytes per element a step reads and writes):
 - ``fastopt f32 int8-state``: float32 parameter and gradient, 8-bit block-wise state (16,
   and a float32 scale per 256 elements per state array);
 - ``bnb f32 int8-state``: bitsandbytes' ``Adam8bit`` on CPU tensors, the same format (16);
+- ``stream f32``, ``stream bf16``: the memory wall, :func:`fastopt.bench.ceiling.stream_step`
+  on a parameter, a gradient and two state arrays of float32 (28) or bfloat16 (14): the same
+  reads and writes as Adam with an addition per array instead of its arithmetic;
+- ``stream f32 p+g``: the same on a float32 parameter and gradient alone (12): below what a
+  step with 8-bit state moves (16), a floor for its time;
 - ``torch f32``: ``torch.optim.Adam(fused=True)`` in float32 (28);
 - ``torch bf16``: the same on bfloat16 parameters, gradients and state (14);
 - ``torch bf16+master``: what torch needs for a master copy: the bfloat16 gradient cast to a
@@ -35,6 +40,8 @@ from side_by_side import Workers, median_ratio, parse_size
 FASTOPT = """
 import sys
 import ml_dtypes, numpy as np, fastopt
+from fastopt._storage import kernel_view
+from fastopt.bench.ceiling import stream_step
 BF16 = ml_dtypes.bfloat16
 MODE = sys.argv[1]
 
@@ -57,6 +64,15 @@ def setup(n):
         opt = fastopt.Adam(p, lr=1e-4, state_dtype="bfloat16")
     elif MODE == "f32-int8-state":
         opt = fastopt.Adam(p, lr=1e-4, state_dtype="int8")
+    elif MODE.startswith("stream"):  # the same bytes with an addition per array, no Adam
+        dtype, count = {
+            "stream-f32": (np.float32, 2),
+            "stream-bf16": (BF16, 2),
+            "stream-f32-pg": (np.float32, 0),
+        }[MODE]
+        state = [np.zeros(n, dtype) for _ in range(count)]
+        arrays = [kernel_view(x) for x in (p.astype(dtype), g.astype(dtype), *state)]
+        return lambda: stream_step(*arrays)
     return lambda: opt.step(g)
 """
 
@@ -112,6 +128,9 @@ IMPLEMENTATIONS = {
     "fastopt f32 bf16-state": (FASTOPT, "f32-bf16-state", 20),
     "fastopt f32 int8-state": (FASTOPT, "f32-int8-state", 16),
     "bnb f32 int8-state": (BITSANDBYTES, "", 16),
+    "stream f32": (FASTOPT, "stream-f32", 28),
+    "stream bf16": (FASTOPT, "stream-bf16", 14),
+    "stream f32 p+g": (FASTOPT, "stream-f32-pg", 12),
     "torch f32": (TORCH, "f32", 28),
     "torch bf16": (TORCH, "bf16", 14),
     "torch bf16+master": (TORCH, "bf16-master", 40),
@@ -151,6 +170,10 @@ def main() -> None:
                 ("fastopt bf16+master", "torch bf16+master"),
                 ("fastopt bf16 sr", "torch bf16"),
                 ("fastopt f32 int8-state", "bnb f32 int8-state"),
+                ("fastopt f32", "stream f32"),
+                ("fastopt bf16", "stream bf16"),
+                ("fastopt f32 int8-state", "stream f32 p+g"),
+                ("stream bf16", "stream f32"),
             ]
             for ours, theirs in pairs:
                 if ours in times and theirs in times:
