@@ -3,7 +3,8 @@
 numba types the result of ``uint32 op uint32`` as ``uint64``, so bit manipulation written
 with NumPy scalars runs on 64-bit lanes: half as many per vector, and conversions around
 them. These helpers are one LLVM instruction each on ``i32`` (wrapping, as the hardware
-does), which the loops that inline them vectorize 16 lanes wide on AVX-512.
+does), which the loops that inline them vectorize with twice the lanes of 64-bit code (8 per
+256-bit vector, 16 per 512-bit one, as LLVM chooses for the CPU).
 
 Each is also plain Python on ints, exact modulo 2^32 and returning ``numpy.uint32`` (what
 numba's CUDA simulator runs, and what the tests compare with).
@@ -144,7 +145,8 @@ def _float_of(bits):
 
 def lookup(table, index):  # pragma: no cover - the overload below replaces it in compiled code
     """``table[index]`` for a 32-bit word ``index`` below 2^31: in compiled code indexed with
-    32 bits, so that a vectorized loop gathers 16 lanes at a time, not 8 (no bounds check)."""
+    32 bits, so that a vectorized loop gathers twice the lanes per instruction that 64-bit
+    indices allow (no bounds check)."""
     return table[int(index)]
 
 
