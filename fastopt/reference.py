@@ -46,6 +46,26 @@ __all__ = [
 ]
 
 
+def _decayed_gradient(
+    param: np.ndarray,
+    grad: np.ndarray,
+    weight_decay: float,
+    maximize: bool,
+    lr: float = 0.0,
+    decoupled: bool = False,
+) -> np.ndarray:
+    """The gradient a step uses, torch's way: negated to maximize, plus the L2 term
+    ``weight_decay * param``; or, ``decoupled``, the parameter decayed in place by
+    ``1 - lr * weight_decay`` instead (AdamW)."""
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled:
+            param *= 1 - lr * weight_decay
+        else:
+            g = g + weight_decay * param
+    return g
+
+
 def sgd_step(
     param: np.ndarray,
     grad: np.ndarray,
@@ -61,9 +81,7 @@ def sgd_step(
 ) -> None:
     """SGD with momentum, dampening, Nesterov and weight decay (see ``fastopt.sgd_step``);
     the first step copies the gradient into the buffer."""
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        g = g + weight_decay * param
+    g = _decayed_gradient(param, grad, weight_decay, maximize)
     if momentum != 0:
         if step == 1:
             momentum_buffer[...] = g
@@ -89,9 +107,7 @@ def adagrad_step(
 ) -> None:
     """AdaGrad (see ``fastopt.adagrad_step``); ``initial_accumulator_value`` is where the
     caller started ``state_sum``."""
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        g = g + weight_decay * param
+    g = _decayed_gradient(param, grad, weight_decay, maximize)
     clr = lr / (1 + (step - 1) * lr_decay)
     state_sum += g * g
     param -= clr * (g / (np.sqrt(state_sum) + eps))
@@ -113,9 +129,7 @@ def rmsprop_step(
     maximize: bool = False,
 ) -> None:
     """RMSProp, centered with ``grad_avg`` (see ``fastopt.rmsprop_step``)."""
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        g = g + weight_decay * param
+    g = _decayed_gradient(param, grad, weight_decay, maximize)
     square_avg *= alpha
     square_avg += (1 - alpha) * g * g
     if centered:
@@ -149,12 +163,7 @@ def adam_step(
 ) -> None:
     """Adam / AdamW, AMSGrad with ``max_exp_avg_sq`` (see ``fastopt.adam_step``)."""
     beta1, beta2 = betas
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param *= 1 - lr * weight_decay
-        else:
-            g = g + weight_decay * param
+    g = _decayed_gradient(param, grad, weight_decay, maximize, lr, decoupled_weight_decay)
     exp_avg += (1 - beta1) * (g - exp_avg)
     exp_avg_sq *= beta2
     exp_avg_sq += (1 - beta2) * g * g
@@ -182,9 +191,7 @@ def adamax_step(
 ) -> None:
     """Adamax, the infinity-norm Adam (see ``fastopt.adamax_step``)."""
     beta1, beta2 = betas
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        g = g + weight_decay * param
+    g = _decayed_gradient(param, grad, weight_decay, maximize)
     exp_avg += (1 - beta1) * (g - exp_avg)
     np.maximum(beta2 * exp_inf, np.abs(g) + eps, out=exp_inf)
     param -= lr / (1 - beta1**step) * exp_avg / exp_inf
@@ -209,12 +216,7 @@ def nadam_step(
     """NAdam with momentum decay (see ``fastopt.nadam_step``); returns the new
     ``mu_product``, the product of the momentum coefficients so far (kept in float32)."""
     beta1, beta2 = betas
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param *= 1 - lr * weight_decay
-        else:
-            g = g + weight_decay * param
+    g = _decayed_gradient(param, grad, weight_decay, maximize, lr, decoupled_weight_decay)
     mu = beta1 * (1 - 0.5 * 0.96 ** (step * momentum_decay))
     mu_next = beta1 * (1 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
     mu_product = float(np.float32(mu_product) * np.float32(mu))
@@ -240,9 +242,7 @@ def adadelta_step(
     maximize: bool = False,
 ) -> None:
     """Adadelta (see ``fastopt.adadelta_step``)."""
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        g = g + weight_decay * param
+    g = _decayed_gradient(param, grad, weight_decay, maximize)
     square_avg *= rho
     square_avg += (1 - rho) * g * g
     delta = np.sqrt(acc_delta + eps) / np.sqrt(square_avg + eps) * g
@@ -596,12 +596,7 @@ def radam_step(
     """RAdam, rectified once the approximated SMA is longer than 5 (see
     ``fastopt.radam_step``)."""
     beta1, beta2 = betas
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param *= 1 - lr * weight_decay
-        else:
-            g = g + weight_decay * param
+    g = _decayed_gradient(param, grad, weight_decay, maximize, lr, decoupled_weight_decay)
     exp_avg += (1 - beta1) * (g - exp_avg)
     exp_avg_sq *= beta2
     exp_avg_sq += (1 - beta2) * g * g
@@ -664,9 +659,7 @@ def asgd_step(
 ) -> dict[str, float]:
     """ASGD (see ``fastopt.asgd_step``): the update uses the ``eta`` and ``mu`` the previous
     one stored, and returns the new ones (kept in float32)."""
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        g = g + weight_decay * param
+    g = _decayed_gradient(param, grad, weight_decay, maximize)
     param *= 1 - lambd * eta
     param -= eta * g
     if mu != 1:
