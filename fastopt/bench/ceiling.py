@@ -67,8 +67,11 @@ STREAM_ROWS = [
 def stream_step(param: np.ndarray, grad: np.ndarray, *state: np.ndarray) -> None:
     """Read ``param``, ``grad`` and each ``state`` array and write back all but ``grad``.
 
-    The arrays must be 1-D, C-contiguous, of one float dtype and size (the benchmarks make
-    them; nothing is checked here). Up to :data:`MAX_STATE` state arrays.
+    The arrays must be 1-D, C-contiguous, of one dtype and size (the benchmarks make them;
+    nothing is checked here): float32 or float64, or a 16-bit format as the kernels see it
+    (:func:`fastopt._storage.kernel_view`, made once by the caller: the bits of bfloat16 as
+    ``uint16``, each value rounded to nearest when stored). Up to :data:`MAX_STATE` state
+    arrays.
 
     Examples
     --------
